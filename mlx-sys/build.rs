@@ -14,11 +14,16 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir.parent().expect("mlx-sys lives inside the workspace");
+    let workspace = manifest_dir
+        .parent()
+        .expect("mlx-sys lives inside the workspace");
 
     let prefix = input_dir("MLX_PREFIX", &workspace.join(".deps/mlx-prefix"));
     let mlx_c = input_dir("MLX_C_SRC", &workspace.join(".deps/mlx-c"));
-    check_exists(&prefix.join("share/cmake/MLX/MLXConfig.cmake"), "MLX_PREFIX");
+    check_exists(
+        &prefix.join("share/cmake/MLX/MLXConfig.cmake"),
+        "MLX_PREFIX",
+    );
     check_exists(&mlx_c.join("CMakeLists.txt"), "MLX_C_SRC");
     check_exists(&mlx_c.join("mlx/c/mlx.h"), "MLX_C_SRC");
 

@@ -1,1 +1,7 @@
+//! The Opta-LMX controller: the HTTP API on port 1234 and the supervisor of one worker
+//! process per loaded model.
 
+pub mod config;
+pub mod server;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,200 @@
+//! The YAML configuration (`config/default-config.yaml` documents every key). Every key has a
+//! default; unknown keys and wrong types are refused with the key and line named.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: ModelsConfig,
+    pub memory: MemoryConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub timeout_sec: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    pub default_model: Option<String>,
+    pub models_directory: PathBuf,
+    pub auto_load: Vec<String>,
+    pub jit_loading: bool,
+    pub use_batching: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    pub max_memory_percent: u8,
+    pub auto_evict_lru: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Structured,
+    Text,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1234,
+            timeout_sec: 300,
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            default_model: None,
+            models_directory: PathBuf::from("~/.cache/opta-lmx/models"),
+            auto_load: Vec::new(),
+            jit_loading: true,
+            use_batching: true,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_percent: 90,
+            auto_evict_lru: true,
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Parses YAML text; `path` only names the source in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        // An empty file is a valid config of defaults.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?
+        };
+        if !(1..=100).contains(&config.memory.max_memory_percent) {
+            return Err(invalid(format!(
+                "memory.max_memory_percent must be between 1 and 100 (got {})",
+                config.memory.max_memory_percent
+            )));
+        }
+        if !["trace", "debug", "info", "warn", "error"]
+            .contains(&config.logging.level.to_ascii_lowercase().as_str())
+        {
+            return Err(invalid(format!(
+                "logging.level must be one of trace, debug, info, warn, error (got {:?})",
+                config.logging.level
+            )));
+        }
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// `models.models_directory` with a leading `~` expanded.
+    pub fn models_directory(&self) -> PathBuf {
+        expand_home(&self.models.models_directory)
+    }
+}
+
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn shipped_default_config_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default-config.yaml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn missing_keys_take_defaults() {
+        let c = parse("server:\n  port: 4321\n").unwrap();
+        assert_eq!(c.server.port, 4321);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.memory.max_memory_percent, 90);
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = parse("server:\n  port: 1234\n  prot: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prot") && e.contains("line 3"), "{e}");
+        let e = parse("models:\n  jit_loading: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jit_loading") || e.contains("line 2"), "{e}");
+        let e = parse("memory:\n  max_memory_percent: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.max_memory_percent"), "{e}");
+        let e = parse("logging:\n  format: xml\n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

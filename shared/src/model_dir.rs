@@ -1,0 +1,304 @@
+//! The MLX model folder as Mac users download it from Hugging Face (`mlx-community/*`):
+//! `config.json`, one or more `*.safetensors` files, tokenizer files. The controller reads it
+//! to describe models (architecture, quantization, context length) without loading them; the
+//! worker reads it to load them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What can go wrong reading a model folder, always naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    #[error("{path}: not found")]
+    Missing { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Affine quantization settings, as mlx-lm writes them under `"quantization"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantization {
+    pub group_size: u32,
+    pub bits: u32,
+}
+
+/// The `quantization` block of `config.json`: a default plus per-module overrides
+/// (`"model.embed_tokens": {"group_size": 32, "bits": 8}`, or `false` for a module left dense).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QuantizationConfig {
+    pub default: Option<Quantization>,
+    pub overrides: BTreeMap<String, Option<Quantization>>,
+}
+
+impl QuantizationConfig {
+    /// The settings for one module path such as `model.layers.3.mlp.down_proj`
+    /// (`None`: dense).
+    pub fn for_module(&self, module: &str) -> Option<Quantization> {
+        match self.overrides.get(module) {
+            Some(over) => *over,
+            None => self.default,
+        }
+    }
+}
+
+/// The parts of `config.json` that Opta-LMX uses. Unknown keys are ignored, as in mlx-lm.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelConfig {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub vocab_size: usize,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub eos_token_id: Option<Value>,
+    #[serde(default)]
+    pub bos_token_id: Option<Value>,
+    #[serde(default)]
+    pub torch_dtype: Option<String>,
+    #[serde(skip)]
+    pub quantization: QuantizationConfig,
+}
+
+fn default_rms_norm_eps() -> f32 {
+    1e-6
+}
+
+fn default_rope_theta() -> f32 {
+    10000.0
+}
+
+impl ModelConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// A short label such as `4bit` or `bf16`, as LM Studio shows in its model list.
+    pub fn quantization_label(&self) -> String {
+        match self.quantization.default {
+            Some(q) => format!("{}bit", q.bits),
+            None => self.torch_dtype.clone().unwrap_or_else(|| "unknown".into()),
+        }
+    }
+}
+
+/// Reads and checks `<dir>/config.json`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
+    let path = dir.join("config.json");
+    let raw = read_json(&path)?;
+    let mut config: ModelConfig =
+        serde_json::from_value(raw.clone()).map_err(|e| ModelDirError::Json {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    if let Some(q) = raw.get("quantization") {
+        config.quantization = parse_quantization(q).map_err(|message| ModelDirError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+    }
+    if config.num_attention_heads == 0 || config.hidden_size == 0 {
+        return Err(ModelDirError::Invalid {
+            path,
+            message: "hidden_size and num_attention_heads must be positive".into(),
+        });
+    }
+    Ok(config)
+}
+
+fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {
+    let obj = value
+        .as_object()
+        .ok_or("\"quantization\" must be an object")?;
+    if let Some(mode) = obj.get("mode").and_then(Value::as_str) {
+        if mode != "affine" {
+            return Err(format!(
+                "quantization mode {mode:?} is not supported (only \"affine\")"
+            ));
+        }
+    }
+    let mut out = QuantizationConfig {
+        default: parse_one(value)?,
+        overrides: BTreeMap::new(),
+    };
+    for (key, v) in obj {
+        match v {
+            Value::Object(_) => {
+                out.overrides.insert(key.clone(), parse_one(v)?);
+            }
+            Value::Bool(false) => {
+                out.overrides.insert(key.clone(), None);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn parse_one(v: &Value) -> Result<Option<Quantization>, String> {
+    let bits = v.get("bits").and_then(Value::as_u64);
+    let group = v.get("group_size").and_then(Value::as_u64);
+    match (bits, group) {
+        (None, None) => Ok(None),
+        (Some(bits), Some(group_size)) => {
+            if ![2, 3, 4, 5, 6, 8].contains(&bits) {
+                return Err(format!("unsupported quantization bits {bits}"));
+            }
+            if ![32, 64, 128].contains(&group_size) {
+                return Err(format!("unsupported quantization group_size {group_size}"));
+            }
+            Ok(Some(Quantization {
+                group_size: group_size as u32,
+                bits: bits as u32,
+            }))
+        }
+        _ => Err("quantization needs both \"bits\" and \"group_size\"".into()),
+    }
+}
+
+/// The safetensors files that hold the weights: `model.safetensors`, or the shards named in
+/// `model.safetensors.index.json`, or (as mlx-lm also accepts) every `*.safetensors` file.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelDirError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let raw = read_json(&index)?;
+        let map = raw
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ModelDirError::Invalid {
+                path: index.clone(),
+                message: "no \"weight_map\" object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.exists() {
+                return Err(ModelDirError::Missing { path: f.clone() });
+            }
+        }
+        return Ok(files);
+    }
+    let entries = fs::read_dir(dir).map_err(|source| ModelDirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ModelDirError::Missing {
+            path: dir.join("model.safetensors"),
+        });
+    }
+    Ok(files)
+}
+
+/// Reads a JSON file, distinguishing a missing file from a broken one.
+pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
+    let text = fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ModelDirError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ModelDirError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelDirError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quantization_with_per_module_overrides() {
+        let q = parse_quantization(&json!({
+            "group_size": 64, "bits": 4, "mode": "affine",
+            "model.embed_tokens": {"group_size": 32, "bits": 8},
+            "lm_head": false
+        }))
+        .unwrap();
+        let four = Quantization {
+            group_size: 64,
+            bits: 4,
+        };
+        assert_eq!(q.for_module("model.layers.0.mlp.up_proj"), Some(four));
+        assert_eq!(
+            q.for_module("model.embed_tokens"),
+            Some(Quantization {
+                group_size: 32,
+                bits: 8
+            })
+        );
+        assert_eq!(q.for_module("lm_head"), None);
+    }
+
+    #[test]
+    fn quantization_rejects_unknown_modes_and_sizes() {
+        assert!(
+            parse_quantization(&json!({"group_size": 64, "bits": 4, "mode": "mxfp4"})).is_err()
+        );
+        assert!(parse_quantization(&json!({"group_size": 48, "bits": 4})).is_err());
+        assert!(parse_quantization(&json!({"group_size": 64, "bits": 7})).is_err());
+        assert!(parse_quantization(&json!({"bits": 4})).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("opta-cfg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let missing = read_config(&dir).unwrap_err().to_string();
+        assert!(missing.contains("config.json: not found"), "{missing}");
+        fs::write(dir.join("config.json"), "{\"model_type\": ").unwrap();
+        let broken = read_config(&dir).unwrap_err().to_string();
+        assert!(broken.contains("config.json: invalid JSON"), "{broken}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
