@@ -1,6 +1,7 @@
 //! The Opta-LMX controller: the HTTP API on port 1234 and the supervisor of one worker
 //! process per loaded model.
 
+pub mod api;
 pub mod config;
 pub mod server;
 

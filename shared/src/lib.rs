@@ -2,3 +2,4 @@
 //! read, and (with the process issue) the wire protocol between them.
 
 pub mod model_dir;
+pub mod protocol;

@@ -1,4 +1,10 @@
 //! The Opta-LMX worker: one process per loaded model, running MLX through mlx-rs.
 
+pub mod cache;
+pub mod detok;
+pub mod generate;
 pub mod inspect;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
 pub mod weights;

@@ -24,6 +24,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate a chat answer from the command line (greedy unless --temperature is set)
+    Generate {
+        /// An MLX model folder
+        model: PathBuf,
+        /// The user message
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print prompt and generated token ids and timings as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,7 +60,86 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("{e:#}")),
         },
+        Command::Generate {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            seed,
+            json,
+        } => match generate(&model, &prompt, max_tokens, temperature, seed, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        },
     }
+}
+
+fn generate(
+    dir: &std::path::Path,
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f32,
+    seed: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use opta_lmx_worker::generate::{Engine, GenerateParams};
+    use std::io::Write;
+
+    let engine = Engine::load(dir)?;
+    let messages = serde_json::json!([{"role": "user", "content": prompt}]);
+    let ids = engine.chat_prompt(&messages, None, true)?;
+    let params = GenerateParams {
+        sampling: opta_lmx_shared::protocol::SamplingParams {
+            temperature,
+            seed,
+            ..Default::default()
+        },
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    };
+    let mut out_ids: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let outcome = engine.generate(&ids, &params, |chunk| {
+        out_ids.extend(&chunk.token_ids);
+        text.push_str(&chunk.text);
+        if !json {
+            print!("{}", chunk.text);
+            let _ = std::io::stdout().flush();
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let t = &outcome.timings;
+    let gen_tps = if t.generation_ms > 0.0 {
+        (outcome.usage.completion_tokens.saturating_sub(1)) as f64 / (t.generation_ms / 1e3)
+    } else {
+        0.0
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prompt_ids": ids,
+                "ids": out_ids,
+                "text": text,
+                "finish_reason": format!("{:?}", outcome.finish_reason),
+                "prompt_tokens": outcome.usage.prompt_tokens,
+                "completion_tokens": outcome.usage.completion_tokens,
+                "time_to_first_token_ms": t.time_to_first_token_ms,
+                "generation_tokens_per_s": gen_tps,
+                "load_seconds": engine.load_seconds,
+            })
+        );
+    } else {
+        eprintln!(
+            "\n[{} prompt tokens, {} generated, first token {:.0} ms, {:.1} tokens/s, {:?}]",
+            outcome.usage.prompt_tokens,
+            outcome.usage.completion_tokens,
+            t.time_to_first_token_ms,
+            gen_tps,
+            outcome.finish_reason
+        );
+    }
+    Ok(())
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {

@@ -1,0 +1,300 @@
+//! The wire protocol between the controller and one model worker, over the worker's Unix socket.
+//!
+//! Each frame is a 4-byte little-endian payload length followed by a bincode-2 payload
+//! (`bincode::config::standard()`). The worker connects and speaks first with
+//! [`FromWorker::Hello`], then [`FromWorker::Ready`] (or [`FromWorker::LoadFailed`]) once the
+//! weights are loaded and one warm-up forward pass ran. After that the controller sends
+//! [`ToWorker`] requests and the worker answers each `Generate` with zero or more
+//! [`FromWorker::Chunk`] frames and exactly one `Done` or `Error` carrying its `request_id`.
+//! The worker exits when the socket reaches EOF: that is how it notices the controller died.
+//!
+//! The types here are plain Rust types on purpose: bincode 2 cannot encode serde's
+//! `tag`/`untagged`/`flatten`/`skip_serializing_if`, so the OpenAI JSON shapes stay in the
+//! controller, which converts at the boundary.
+
+mod framing;
+
+#[cfg(test)]
+mod tests;
+
+pub use framing::{
+    decode_payload, encode_frame, read_frame, read_frame_blocking, write_frame,
+    write_frame_blocking, ProtocolError, MAX_DECODED_BYTES, MAX_FRAME_BYTES,
+};
+
+use bincode::{Decode, Encode};
+
+/// Sent in [`FromWorker::Hello`]; the controller refuses a worker whose version differs.
+/// bincode is positional (variant indexes, field order), so bump this on ANY change to the
+/// message types below, even adding a variant or a field at the end.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Controller -> worker
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the controller sends to a worker.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ToWorker {
+    /// Start a generation; answered by `Chunk`s then one `Done` or `Error` with its id.
+    Generate(GenerateRequest),
+    /// Stop a generation early (client went away); the worker answers `Done` with
+    /// [`FinishReason::Cancelled`], or nothing if the id already finished.
+    Cancel { request_id: u64 },
+    /// Ask for a [`FromWorker::Stats`] frame.
+    GetStats,
+    /// Finish or cancel what is running, then exit; EOF on the socket means the same.
+    Shutdown,
+}
+
+/// One completion request, already validated and defaulted by the controller.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct GenerateRequest {
+    /// Chosen by the controller, unique per worker connection; every answer carries it.
+    pub request_id: u64,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// `None`: until EOS or the context is full.
+    pub max_tokens: Option<u32>,
+    /// Stop strings; the matched stop string is not sent back.
+    pub stop: Vec<String>,
+    /// Return a [`TokenLogprob`] per generated token.
+    pub logprobs: bool,
+    /// Alternatives per token in [`TokenLogprob::top`] (0 = none); only with `logprobs`.
+    pub top_logprobs: u32,
+    /// `false`: the worker may batch text into fewer, larger chunks.
+    pub stream: bool,
+}
+
+/// What to generate from. Chat prompts are templated in the worker, which holds the tokenizer
+/// and its chat template.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Prompt {
+    Chat {
+        messages: Vec<ChatMessage>,
+        /// The OpenAI `tools` array as JSON text, handed to the chat template as is.
+        tools_json: Option<String>,
+        /// Append the template's assistant-turn opener (the usual case).
+        add_generation_prompt: bool,
+    },
+    /// A raw completion prompt (`/v1/completions`), tokenized as is.
+    Text(String),
+    /// Already tokenized.
+    Tokens(Vec<u32>),
+}
+
+/// One chat turn. Structured content (tool calls) travels as JSON text because bincode cannot
+/// carry `serde_json::Value`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    pub content: String,
+    pub name: Option<String>,
+    /// For `role == "tool"`: the call this message answers.
+    pub tool_call_id: Option<String>,
+    /// For assistant turns that called tools: the OpenAI `tool_calls` array as JSON text.
+    pub tool_calls_json: Option<String>,
+}
+
+/// Sampling settings. Every field has a neutral value, so the controller always sends all of
+/// them and the worker never guesses a default.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// 1.0 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    /// 0.0 = off.
+    pub min_p: f32,
+    /// 1.0 = off.
+    pub repetition_penalty: f32,
+    /// How many recent tokens `repetition_penalty` looks at.
+    pub repetition_context: u32,
+    /// 0.0 = off (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// 0.0 = off (OpenAI semantics).
+    pub frequency_penalty: f32,
+    /// `(token_id, bias)` added to the logits; a list rather than a map to keep the type plain.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `None`: not reproducible.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// OpenAI's defaults: temperature 1.0, top_p 1.0, no penalties or extra filters.
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            // mlx-lm's default window; only matters once a penalty is set.
+            repetition_context: 20,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Deterministic argmax decoding (temperature 0), everything else neutral.
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker -> controller
+// ---------------------------------------------------------------------------------------------
+
+/// Everything a worker sends to the controller.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum FromWorker {
+    /// First frame after connecting, so a stale worker binary is caught before anything else.
+    /// Keep it variant 0 with `protocol_version` first and unchanged in every version: then
+    /// any controller can decode any worker's hello and report the mismatch by number.
+    Hello {
+        protocol_version: u32,
+        worker_version: String,
+        pid: u32,
+    },
+    /// Weights loaded and one warm-up forward pass ran: the model can serve.
+    Ready(ModelFacts),
+    /// Loading failed; the worker exits after sending this.
+    LoadFailed { message: String },
+    /// Newly generated text for one request. `text` holds whole UTF-8 characters only (the
+    /// worker holds back partial ones), so chunks can be forwarded as they come.
+    Chunk {
+        request_id: u64,
+        text: String,
+        token_ids: Vec<u32>,
+        /// One per entry of `token_ids` when the request asked for logprobs, else empty.
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// The request finished; nothing more will come for its id.
+    Done {
+        request_id: u64,
+        finish_reason: FinishReason,
+        usage: Usage,
+        timings: Timings,
+    },
+    /// A request failed (`request_id` set; nothing more will come for it), or the worker
+    /// itself hit a problem not tied to one request (`None`).
+    Error {
+        request_id: Option<u64>,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// Answer to [`ToWorker::GetStats`].
+    Stats(WorkerStats),
+}
+
+/// What the worker learned loading the model; the controller shows it in `/v1/models` and
+/// uses `context_length` to reject prompts before sending them.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ModelFacts {
+    /// `config.json`'s `model_type` (`llama`, `qwen2`, ...).
+    pub model_type: String,
+    pub num_layers: u32,
+    pub context_length: u32,
+    pub vocab_size: u32,
+    /// Human-readable, e.g. `4-bit g64`, or `none`.
+    pub quantization: String,
+    /// Bytes of weights resident after loading.
+    pub weights_bytes: u64,
+    /// Wall time from the start of loading to Ready, warm-up included.
+    pub load_seconds: f64,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Log-probability of one generated token, plus its top alternatives if asked for.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct TokenLogprob {
+    pub token_id: u32,
+    /// The token's text, lossily decoded (a token may be part of a UTF-8 character).
+    pub token: String,
+    pub logprob: f32,
+    /// The token's exact bytes, which OpenAI's `bytes` field needs.
+    pub bytes: Vec<u8>,
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative in [`TokenLogprob::top`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct TopLogprob {
+    pub token_id: u32,
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum FinishReason {
+    /// EOS token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+    /// [`ToWorker::Cancel`] or shutdown.
+    Cancelled,
+}
+
+/// Token counts for one request, as OpenAI's `usage` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens served from the prompt cache (a subset of `prompt_tokens`).
+    pub cached_prompt_tokens: u32,
+}
+
+/// Where one request's time went, in milliseconds, measured in the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Encode, Decode)]
+pub struct Timings {
+    /// Waiting in the worker before the engine took it.
+    pub queue_ms: f64,
+    /// Prompt processing (prefill).
+    pub prompt_ms: f64,
+    /// Token generation (decode).
+    pub generation_ms: f64,
+    /// From receipt of the request to the first generated token.
+    pub time_to_first_token_ms: f64,
+}
+
+/// Class of a failure, so the controller can map it to an HTTP status without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ErrorKind {
+    /// The request cannot be served as given (400).
+    InvalidRequest,
+    /// Prompt plus `max_tokens` exceed the model's context (400, OpenAI's own code).
+    ContextLengthExceeded,
+    /// The engine (MLX) failed while running (500).
+    Engine,
+    /// A bug or broken invariant in the worker (500).
+    Internal,
+    /// The worker's own queue is full (429).
+    Overloaded,
+}
+
+/// A snapshot of the worker's load and memory, for `/metrics` and admin endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct WorkerStats {
+    pub active_requests: u32,
+    pub queued_requests: u32,
+    pub prompt_cache_hits: u64,
+    /// Prompt tokens served from the cache so far.
+    pub prompt_cache_tokens: u64,
+    /// MLX's peak memory since the worker started.
+    pub peak_memory_bytes: u64,
+    /// MLX's memory in use now.
+    pub active_memory_bytes: u64,
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Record mlx-lm's greedy token ids for the engine-equivalence test.
+
+For each test model and each chat prompt below, this runs mlx-lm's own `generate_step`
+(greedy, no logit processors) and stores the prompt's token ids (as mlx-lm's tokenizer and chat
+template produce them) and the first generated ids up to EOS or the token limit. The worker
+must reproduce both exactly (tests/engine_reference.rs).
+
+  .deps/venv/bin/python tools/reference_ids.py [--models DIR] [--out tests/data/reference_ids.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm import load
+from mlx_lm.generate import generate_step
+
+MAX_TOKENS = 64
+VARIANTS = ("SmolLM2-135M-Instruct-bf16", "SmolLM2-135M-Instruct-4bit")
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+    [{"role": "user", "content": "List the first five prime numbers, separated by commas."}],
+    [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ],
+    [{"role": "user", "content": "Translate to French: «Good morning, how are you?» 🙂"}],
+    [
+        {"role": "user", "content": "Hi! My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada! How can I help you today?"},
+        {"role": "user", "content": "What is my name?"},
+    ],
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Path(__file__).resolve().parent.parent
+    ap.add_argument("--models", type=Path, default=root / ".deps/models/opta")
+    ap.add_argument("--out", type=Path, default=root / "tests/data/reference_ids.json")
+    args = ap.parse_args()
+
+    result = {"mlx_lm_generate_step": "greedy", "max_tokens": MAX_TOKENS, "models": {}}
+    for variant in VARIANTS:
+        model, tokenizer = load(str(args.models / variant))
+        cases = []
+        for messages in CONVERSATIONS:
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            start = time.time()
+            out = []
+            for token, _ in generate_step(mx.array(prompt), model, max_tokens=MAX_TOKENS):
+                if token in tokenizer.eos_token_ids:
+                    break
+                out.append(int(token))
+            text = tokenizer.decode(out)
+            print(f"{variant}: {len(out)} tokens in {time.time() - start:.1f}s: {text[:60]!r}", flush=True)
+            cases.append({"messages": messages, "prompt_ids": list(map(int, prompt)), "ids": out, "text": text})
+        result["models"][variant] = cases
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

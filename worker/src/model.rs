@@ -1,0 +1,585 @@
+//! The transformer: one skeleton for the Llama family (llama, mistral, qwen2, qwen3). The
+//! architectures differ only in data (which biases and norms exist, how RoPE is scaled), so
+//! the differences live in `ArchSpec` and in which tensors the folder holds, not in copies of
+//! the forward pass. The arithmetic follows mlx-lm op for op, so that greedy output is
+//! token-identical on identical weights.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mlx_rs::error::Exception;
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{self, indexing::IndexOp};
+use mlx_rs::{Array, Dtype};
+use opta_lmx_shared::model_dir::{ModelConfig, Quantization};
+
+use crate::cache::KvCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3")]
+    UnsupportedArch(String),
+    #[error("tensor {0} is missing from the weight files")]
+    MissingTensor(String),
+    #[error("tensor {name} has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        actual: Vec<i32>,
+        expected: Vec<i32>,
+    },
+    #[error("unsupported rope_scaling: {0}")]
+    RopeScaling(String),
+    #[error("MLX: {0}")]
+    Mlx(#[from] Exception),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// How one supported architecture differs from plain Llama.
+#[derive(Debug, Clone, Copy)]
+struct ArchSpec {
+    /// q/k/v projections carry biases (Qwen2).
+    qkv_bias: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    qk_norm: bool,
+}
+
+fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
+    let bias = config.attention_bias.unwrap_or(false);
+    match config.model_type.as_str() {
+        "llama" | "mistral" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: false,
+        }),
+        "qwen2" => Ok(ArchSpec {
+            qkv_bias: true,
+            qk_norm: false,
+        }),
+        "qwen3" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: true,
+        }),
+        other => Err(ModelError::UnsupportedArch(other.to_string())),
+    }
+}
+
+/// A linear layer, dense or MLX affine-quantized.
+pub enum Linear {
+    Dense {
+        weight: Array,
+        bias: Option<Array>,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        bias: Option<Array>,
+        group_size: i32,
+        bits: i32,
+    },
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(match self {
+            // mlx.nn.Linear: addmm when there is a bias, a plain matmul otherwise.
+            Linear::Dense { weight, bias: None } => ops::matmul(x, weight.t())?,
+            Linear::Dense {
+                weight,
+                bias: Some(b),
+            } => ops::addmm(b, x, weight.t(), None, None)?,
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => {
+                let y = ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?;
+                match bias {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                }
+            }
+        })
+    }
+}
+
+/// Token embedding; with tied weights it doubles as the output projection.
+pub struct Embedding {
+    table: Linear,
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &Array) -> Result<Array> {
+        Ok(match &self.table {
+            Linear::Dense { weight, .. } => weight.take_axis(ids, 0)?,
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                ..
+            } => ops::dequantize(
+                weight.take_axis(ids, 0)?,
+                scales.take_axis(ids, 0)?,
+                &biases.take_axis(ids, 0)?,
+                *group_size,
+                *bits,
+            )?,
+        })
+    }
+
+    fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.table.forward(x)
+    }
+}
+
+pub struct RmsNorm {
+    weight: Array,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}
+
+/// Rotary position embedding, with precomputed frequencies for scaled variants.
+pub struct Rope {
+    dims: i32,
+    base: f32,
+    scale: f32,
+    freqs: Option<Array>,
+}
+
+impl Rope {
+    fn new(config: &ModelConfig, dims: i32) -> Result<Self> {
+        let plain = Rope {
+            dims,
+            base: config.rope_theta,
+            scale: 1.0,
+            freqs: None,
+        };
+        let Some(scaling) = config.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(plain);
+        };
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let factor = scaling.get("factor").and_then(|v| v.as_f64());
+        match (kind, factor) {
+            ("default", _) => Ok(plain),
+            ("linear", Some(f)) => Ok(Rope {
+                scale: 1.0 / f as f32,
+                ..plain
+            }),
+            ("llama3", Some(f)) => {
+                let get = |k: &str, d: f64| scaling.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+                let freqs = llama3_freqs(
+                    dims,
+                    config.rope_theta,
+                    f as f32,
+                    get("low_freq_factor", 1.0) as f32,
+                    get("high_freq_factor", 4.0) as f32,
+                    get("original_max_position_embeddings", 8192.0) as f32,
+                )?;
+                Ok(Rope {
+                    freqs: Some(freqs),
+                    ..plain
+                })
+            }
+            _ => Err(ModelError::RopeScaling(scaling.to_string())),
+        }
+    }
+
+    fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        Ok(match &self.freqs {
+            Some(freqs) => fast::rope(x, self.dims, false, None, 1.0, offset, freqs)?,
+            None => fast::rope(x, self.dims, false, self.base, self.scale, offset, None)?,
+        })
+    }
+}
+
+/// Llama 3's frequency-dependent RoPE scaling, computed with MLX in float32 as mlx-lm does.
+fn llama3_freqs(
+    dims: i32,
+    base: f32,
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    old_context: f32,
+) -> Result<Array> {
+    let low_wavelen = old_context / low_freq_factor;
+    let high_wavelen = old_context / high_freq_factor;
+    let exps = ops::arange::<_, f32>(0, dims, 2)?.divide(Array::from_f32(dims as f32))?;
+    let freqs = ops::power(Array::from_f32(base), &exps)?;
+    let wavelens = freqs.multiply(Array::from_f32(2.0 * std::f32::consts::PI))?;
+    let freqs = ops::select(
+        &wavelens.gt(Array::from_f32(low_wavelen))?,
+        &freqs.multiply(Array::from_f32(factor))?,
+        &freqs,
+    )?;
+    let medium = wavelens
+        .gt(Array::from_f32(high_wavelen))?
+        .logical_and(&wavelens.lt(Array::from_f32(low_wavelen))?)?;
+    let smooth = Array::from_f32(old_context)
+        .divide(&wavelens)?
+        .subtract(Array::from_f32(low_freq_factor))?
+        .divide(Array::from_f32(high_freq_factor - low_freq_factor))?;
+    let smooth_freqs = freqs.divide(
+        &Array::from_f32(1.0)
+            .subtract(&smooth)?
+            .divide(Array::from_f32(factor))?
+            .add(&smooth)?,
+    )?;
+    Ok(ops::select(&medium, &smooth_freqs, &freqs)?)
+}
+
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: i32,
+    n_kv_heads: i32,
+    scale: f32,
+    rope: Rope,
+}
+
+impl Attention {
+    fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
+        let shape = x.shape();
+        let (b, l) = (shape[0], shape[1]);
+        let heads = |y: Array, n: i32| -> Result<Array> {
+            Ok(y.reshape(&[b, l, n, -1])?.transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let mut q = self.q_proj.forward(x)?;
+        let mut k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        // Qwen3 normalises each head before it is split out of the projection.
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q.reshape(&[b, l, self.n_heads, -1])?)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k.reshape(&[b, l, self.n_kv_heads, -1])?)?;
+        }
+        let q = heads(q, self.n_heads)?;
+        let k = heads(k, self.n_kv_heads)?;
+        let v = heads(v, self.n_kv_heads)?;
+
+        let offset = cache.offset();
+        let q = self.rope.forward(&q, offset)?;
+        let k = self.rope.forward(&k, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, &v)?;
+        // One new token attends to everything before it: no mask needed.
+        let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        self.o_proj.forward(&out)
+    }
+}
+
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        // swiglu: silu(gate) * up, with silu(x) = x * sigmoid(x) as in MLX.
+        let act = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
+        self.down_proj.forward(&act)
+    }
+}
+
+pub struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+}
+
+impl Block {
+    fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
+        let h = x.add(self.attn.forward(&self.input_norm.forward(x)?, cache)?)?;
+        Ok(h.add(self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)?)
+    }
+}
+
+/// A loaded model, ready to run forward passes.
+pub struct Model {
+    pub config: ModelConfig,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+}
+
+impl Model {
+    /// Builds the model from a folder's config and tensors, checking every shape.
+    pub fn from_weights(config: ModelConfig, tensors: HashMap<String, Array>) -> Result<Self> {
+        let spec = arch_spec(&config)?;
+        let mut w = TensorSource {
+            tensors,
+            config: &config,
+        };
+        let hidden = config.hidden_size as i32;
+        let inter = config.intermediate_size as i32;
+        let n_heads = config.num_attention_heads as i32;
+        let n_kv = config.num_kv_heads() as i32;
+        let head_dim = config.head_dim() as i32;
+        let vocab = config.vocab_size as i32;
+        let eps = config.rms_norm_eps;
+
+        let embed = Embedding {
+            table: w.linear("model.embed_tokens", vocab, hidden, false)?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let qk_norm = |w: &mut TensorSource, name: &str| -> Result<Option<RmsNorm>> {
+                if spec.qk_norm {
+                    Ok(Some(w.norm(
+                        &format!("{p}.self_attn.{name}"),
+                        head_dim,
+                        eps,
+                    )?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let attn = Attention {
+                q_proj: w.linear(
+                    &format!("{p}.self_attn.q_proj"),
+                    n_heads * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                k_proj: w.linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    n_kv * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                v_proj: w.linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    n_kv * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                o_proj: w.linear(
+                    &format!("{p}.self_attn.o_proj"),
+                    hidden,
+                    n_heads * head_dim,
+                    false,
+                )?,
+                q_norm: qk_norm(&mut w, "q_norm")?,
+                k_norm: qk_norm(&mut w, "k_norm")?,
+                n_heads,
+                n_kv_heads: n_kv,
+                scale: (head_dim as f32).powf(-0.5),
+                rope: Rope::new(&config, head_dim)?,
+            };
+            let mlp = Mlp {
+                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, false)?,
+                up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, false)?,
+                down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?,
+            };
+            layers.push(Block {
+                attn,
+                mlp,
+                input_norm: w.norm(&format!("{p}.input_layernorm"), hidden, eps)?,
+                post_attn_norm: w.norm(&format!("{p}.post_attention_layernorm"), hidden, eps)?,
+            });
+        }
+        let norm = w.norm("model.norm", hidden, eps)?;
+        // Tied embeddings unless the config says otherwise and an lm_head is present.
+        let tied = config
+            .tie_word_embeddings
+            .unwrap_or(!w.tensors.contains_key("lm_head.weight"));
+        let lm_head = if tied {
+            None
+        } else {
+            Some(w.linear("lm_head", vocab, hidden, false)?)
+        };
+        Ok(Model {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Fresh per-layer caches for one sequence.
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        (0..self.layers.len()).map(|_| KvCache::default()).collect()
+    }
+
+    /// Runs `ids` ([batch, tokens], int32) through the transformer, appending to `cache`.
+    /// Returns the final hidden states; call `logits` on the positions that need them.
+    pub fn forward_hidden(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+        let mut h = self.embed.lookup(ids)?;
+        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+            h = layer.forward(&h, c)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// Vocabulary logits for hidden states.
+    pub fn logits(&self, hidden: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => self.embed.as_linear(hidden),
+        }
+    }
+
+    /// Logits of the last position of `ids` ([1, n]): the next-token distribution.
+    pub fn forward_last(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+        let h = self.forward_hidden(ids, cache)?;
+        let n = h.shape()[1];
+        let last = h.index((.., (n - 1)..n, ..));
+        self.logits(&last)
+    }
+
+    /// Bytes of weight storage, the figure reported on load.
+    pub fn weights_bytes(&self) -> usize {
+        self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+
+    /// All weight arrays, to evaluate them once at load time.
+    pub fn arrays(&self) -> Vec<&Array> {
+        fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
+            match l {
+                Linear::Dense { weight, bias } => {
+                    out.push(weight);
+                    out.extend(bias);
+                }
+                Linear::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    bias,
+                    ..
+                } => {
+                    out.extend([weight, scales, biases]);
+                    out.extend(bias);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        lin(&self.embed.table, &mut out);
+        if let Some(h) = &self.lm_head {
+            lin(h, &mut out);
+        }
+        out.push(&self.norm.weight);
+        for l in &self.layers {
+            let a = &l.attn;
+            for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                lin(x, &mut out);
+            }
+            for x in [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj] {
+                lin(x, &mut out);
+            }
+            out.push(&l.input_norm.weight);
+            out.push(&l.post_attn_norm.weight);
+            for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
+                out.push(&n.weight);
+            }
+        }
+        out
+    }
+}
+
+/// Hands out named tensors with shape checks, so a bad folder fails naming the tensor.
+struct TensorSource<'a> {
+    tensors: HashMap<String, Array>,
+    config: &'a ModelConfig,
+}
+
+impl TensorSource<'_> {
+    fn take(&mut self, name: &str) -> Result<Array> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    fn take_shaped(&mut self, name: &str, expected: &[i32]) -> Result<Array> {
+        let t = self.take(name)?;
+        if t.shape() != expected {
+            return Err(ModelError::Shape {
+                name: name.to_string(),
+                actual: t.shape().to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn norm(&mut self, module: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.take_shaped(&format!("{module}.weight"), &[dim])?,
+            eps,
+        })
+    }
+
+    fn linear(&mut self, module: &str, out: i32, inp: i32, bias: bool) -> Result<Linear> {
+        let bias = if bias {
+            Some(self.take_shaped(&format!("{module}.bias"), &[out])?)
+        } else {
+            None
+        };
+        let quant = self.config.quantization.for_module(module);
+        let scales_name = format!("{module}.scales");
+        match quant {
+            Some(Quantization { group_size, bits }) if self.tensors.contains_key(&scales_name) => {
+                let (g, b) = (group_size as i32, bits as i32);
+                let weight = self.take_shaped(&format!("{module}.weight"), &[out, inp * b / 32])?;
+                if weight.dtype() != Dtype::Uint32 {
+                    return Err(ModelError::Shape {
+                        name: format!(
+                            "{module}.weight (dtype {:?}, expected uint32)",
+                            weight.dtype()
+                        ),
+                        actual: weight.shape().to_vec(),
+                        expected: vec![out, inp * b / 32],
+                    });
+                }
+                let scales = self.take_shaped(&scales_name, &[out, inp / g])?;
+                let biases = self.take_shaped(&format!("{module}.biases"), &[out, inp / g])?;
+                Ok(Linear::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    bias,
+                    group_size: g,
+                    bits: b,
+                })
+            }
+            _ => Ok(Linear::Dense {
+                weight: self.take_shaped(&format!("{module}.weight"), &[out, inp])?,
+                bias,
+            }),
+        }
+    }
+}
+
+/// Loads and checks a model folder: config, weights, shapes. Weights are read lazily by MLX;
+/// `Model::arrays` lets the caller evaluate them up front.
+pub fn load(dir: &Path) -> anyhow::Result<Model> {
+    let config = opta_lmx_shared::model_dir::read_config(dir)?;
+    arch_spec(&config)?;
+    let weights = crate::weights::load(dir)?;
+    Ok(Model::from_weights(config, weights.tensors)?)
+}

@@ -1,0 +1,304 @@
+//! The engine on the real test models: token-exact greedy output against mlx-lm, sampling,
+//! stop conditions, streaming text, and load errors.
+
+use std::cell::OnceCell;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
+use opta_lmx_worker::generate::{Engine, GenerateParams};
+use serde_json::{json, Value};
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("OPTA_LMX_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/models/opta"))
+}
+
+fn reference() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/reference_ids.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference ids")).unwrap()
+}
+
+thread_local! {
+    // MLX arrays are not Sync: each test thread loads the f32 model once and reuses it.
+    static F32: OnceCell<Engine> = const { OnceCell::new() };
+}
+
+/// Runs `f` with the f32 model, loaded once per test thread.
+fn with_f32<R>(f: impl FnOnce(&Engine) -> R) -> R {
+    F32.with(|cell| {
+        f(cell
+            .get_or_init(|| Engine::load(&models_dir().join("SmolLM2-135M-Instruct-f32")).unwrap()))
+    })
+}
+
+struct Run {
+    ids: Vec<u32>,
+    text: String,
+    chunks: usize,
+    finish: FinishReason,
+    completion_tokens: u32,
+}
+
+fn run(engine: &Engine, messages: &Value, params: &GenerateParams) -> Run {
+    let prompt = engine.chat_prompt(messages, None, true).unwrap();
+    let mut r = Run {
+        ids: Vec::new(),
+        text: String::new(),
+        chunks: 0,
+        finish: FinishReason::Cancelled,
+        completion_tokens: 0,
+    };
+    let out = engine
+        .generate(&prompt, params, |c| {
+            r.ids.extend(&c.token_ids);
+            r.text.push_str(&c.text);
+            r.chunks += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    r.finish = out.finish_reason;
+    r.completion_tokens = out.usage.completion_tokens;
+    r
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+fn check_against_mlx_lm(variant: &str) {
+    let reference = reference();
+    let max = reference["max_tokens"].as_u64().unwrap() as usize;
+    let engine = Engine::load(&models_dir().join(variant)).unwrap();
+    let cases = reference["models"][variant].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let messages = &case["messages"];
+        let want_prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+        let got_prompt = engine.chat_prompt(messages, None, true).unwrap();
+        assert_eq!(got_prompt, want_prompt, "prompt ids for {messages}");
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = run(&engine, messages, &greedy(max));
+        assert_eq!(got.ids, want, "{variant}: generated ids for {messages}");
+        assert_eq!(got.text, case["text"].as_str().unwrap(), "{variant}: text");
+    }
+}
+
+#[test]
+fn bf16_greedy_output_matches_mlx_lm_token_for_token() {
+    check_against_mlx_lm("SmolLM2-135M-Instruct-bf16");
+}
+
+#[test]
+fn four_bit_greedy_output_matches_mlx_lm_token_for_token() {
+    check_against_mlx_lm("SmolLM2-135M-Instruct-4bit");
+}
+
+#[test]
+fn the_f32_model_knows_the_capital_of_france() {
+    with_f32(|engine| {
+        let r = run(
+            engine,
+            &json!([{"role": "user", "content": "What is the capital of France?"}]),
+            &greedy(32),
+        );
+        assert!(r.text.contains("Paris"), "{}", r.text);
+        assert_eq!(r.finish, FinishReason::Stop, "ends with EOS");
+        assert_eq!(
+            r.completion_tokens as usize,
+            r.ids.len() + 1,
+            "EOS counted, not emitted"
+        );
+    })
+}
+
+#[test]
+fn max_tokens_ends_with_length() {
+    with_f32(|engine| {
+        let r = run(
+            engine,
+            &json!([{"role": "user", "content": "Tell me a long story about dragons."}]),
+            &greedy(5),
+        );
+        assert_eq!(r.finish, FinishReason::Length);
+        assert_eq!(r.ids.len(), 5);
+        assert_eq!(r.completion_tokens, 5);
+    })
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_never_emitted() {
+    with_f32(|engine| {
+        let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+        let full = run(engine, &messages, &greedy(32)).text;
+        let at = full.find("Paris").expect("the answer names Paris");
+        for stop in ["Paris", "aris.", "s P"] {
+            let params = GenerateParams {
+                stop: vec!["never-appears".into(), stop.into()],
+                ..greedy(32)
+            };
+            let r = run(engine, &messages, &params);
+            assert_eq!(r.finish, FinishReason::Stop, "stop {stop:?}");
+            let cut = full.find(stop).unwrap();
+            assert_eq!(r.text, full[..cut], "stop {stop:?}");
+            assert!(!r.text.contains(stop));
+        }
+        assert!(at > 0);
+    })
+}
+
+#[test]
+fn streamed_text_joins_to_the_decoded_text_with_multibyte_characters() {
+    with_f32(|engine| {
+        let messages = json!([{"role": "user", "content": "Write three emoji and the word café in Japanese: コーヒー"}]);
+        let r = run(engine, &messages, &greedy(48));
+        assert!(r.chunks > 1, "streamed in pieces");
+        assert_eq!(r.text, engine.tokenizer.decode(&r.ids).unwrap());
+        assert!(!r.text.contains('\u{FFFD}'), "{}", r.text);
+        assert!(!r.text.is_ascii(), "{}", r.text);
+    })
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible() {
+    with_f32(|engine| {
+        let messages = json!([{"role": "user", "content": "Name a colour."}]);
+        let params = |seed| GenerateParams {
+            sampling: SamplingParams {
+                temperature: 1.5,
+                seed: Some(seed),
+                ..Default::default()
+            },
+            max_tokens: Some(12),
+            ..Default::default()
+        };
+        let a = run(engine, &messages, &params(42));
+        let b = run(engine, &messages, &params(42));
+        assert_eq!(a.ids, b.ids);
+        let others: Vec<Vec<u32>> = (1..4)
+            .map(|s| run(engine, &messages, &params(s)).ids)
+            .collect();
+        assert!(others.iter().any(|o| *o != a.ids), "different seeds differ");
+    })
+}
+
+#[test]
+fn logprobs_come_with_alternatives_and_match_the_choice() {
+    with_f32(|engine| {
+        let prompt = engine
+            .chat_prompt(
+                &json!([{"role": "user", "content": "Say yes."}]),
+                None,
+                true,
+            )
+            .unwrap();
+        let params = GenerateParams {
+            logprobs: Some(3),
+            ..greedy(4)
+        };
+        let mut seen = Vec::new();
+        engine
+            .generate(&prompt, &params, |c| {
+                seen.extend(c.logprobs);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(!seen.is_empty());
+        for lp in &seen {
+            assert_eq!(lp.top.len(), 3);
+            assert!(lp.logprob <= 0.0);
+            // Greedy: the chosen token is the most likely one.
+            assert_eq!(lp.top[0].token_id, lp.token_id);
+            assert!((lp.top[0].logprob - lp.logprob).abs() < 1e-6);
+            assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        }
+    })
+}
+
+#[test]
+fn cancelling_stops_after_the_current_token() {
+    with_f32(|engine| {
+        let prompt = engine
+            .chat_prompt(
+                &json!([{"role": "user", "content": "Count to fifty."}]),
+                None,
+                true,
+            )
+            .unwrap();
+        let mut n = 0;
+        let out = engine
+            .generate(&prompt, &greedy(64), |_| {
+                n += 1;
+                if n == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(out.finish_reason, FinishReason::Cancelled);
+        assert_eq!(n, 2);
+    })
+}
+
+fn copy_model(src: &Path, dst: &Path) {
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+fn load_error(dir: &Path) -> String {
+    match Engine::load(dir) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn broken_model_folders_fail_with_the_culprit_named() {
+    let tiny = models_dir().join("tiny-random-llama");
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny, dir.path());
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let e = load_error(dir.path());
+    assert!(e.contains("tokenizer.json"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny, dir.path());
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    config["model_type"] = json!("gpt-neox");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("gpt-neox") && e.contains("llama, mistral, qwen2, qwen3"),
+        "{e}"
+    );
+
+    config["model_type"] = json!("llama");
+    config["intermediate_size"] = json!(96);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[128, 64]"),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(&tiny, dir.path());
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk",
+    )
+    .unwrap();
+    let e = load_error(dir.path());
+    assert!(e.contains("model.safetensors"), "{e}");
+}
