@@ -144,7 +144,7 @@ if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; the
   rm -rf "$models"
   mkdir -p "$models"
   "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct
-  "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models/tiny-random-llama"
+  "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models"
   printf '%s' "$want_models" >"$model_stamp"
 fi
 ls "$models"

@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Write a tiny random-weights Llama model folder for fast tests.
+"""Write tiny random-weights model folders for fast tests.
 
-It borrows the tokenizer files (and chat template) of a real model folder, so text goes in
-and out exactly as with the real model, while the network is small enough to load and run in
-milliseconds. Its output is gibberish by design; tests use it for plumbing, never for quality.
+They borrow the tokenizer files (and chat template) of a real model folder, so text goes in
+and out exactly as with the real model, while the networks are small enough to load and run in
+milliseconds. Their output is gibberish by design: tests use them for plumbing, and for
+checking the engine's arithmetic against mlx-lm on every supported architecture and
+quantization, never for quality.
 
   make_tiny_model.py <real-model-dir> <out-dir> [--seed N]
+
+writes <out-dir>/tiny-random-{llama,qwen2,qwen3} (float32) and quantized llama variants
+tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mixed} (the last one with per-module
+overrides in config.json, as mlx-lm writes them).
 """
 
 from __future__ import annotations
@@ -18,35 +24,25 @@ from pathlib import Path
 import mlx.core as mx
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+HIDDEN, INTER, LAYERS, HEADS, KV_HEADS = 128, 256, 2, 4, 2
+HEAD_DIM = HIDDEN // HEADS
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("source", type=Path, help="a real model folder to take the tokenizer from")
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-
-    src_config = json.loads((args.source / "config.json").read_text())
-    vocab = src_config["vocab_size"]
-    hidden, inter, layers, heads, kv_heads = 64, 128, 2, 4, 2
-    head_dim = hidden // heads
-    config = {
-        key: src_config[key]
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "rms_norm_eps", "rope_theta", "hidden_act")
-    }
+def base_config(src: dict, arch: str) -> dict:
+    config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "rms_norm_eps", "hidden_act")}
     config.update(
         {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": hidden,
-            "intermediate_size": inter,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": head_dim,
+            "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[arch]],
+            "model_type": arch,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTER,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM,
             "max_position_embeddings": 2048,
-            "vocab_size": vocab,
+            "vocab_size": src["vocab_size"],
+            "rope_theta": 10000.0,
             "tie_word_embeddings": True,
             "attention_bias": False,
             "mlp_bias": False,
@@ -54,35 +50,107 @@ def main() -> None:
             "torch_dtype": "float32",
         }
     )
+    if arch == "llama":
+        # Llama 3's frequency-dependent RoPE scaling, so that path is checked too.
+        config["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1024,
+        }
+    return config
 
-    mx.random.seed(args.seed)
 
-    def normal(*shape: int) -> mx.array:
-        return mx.random.normal(shape) * 0.02
+def random_weights(arch: str, vocab: int) -> dict[str, mx.array]:
+    def normal(*shape: int, std: float = 0.1) -> mx.array:
+        return mx.random.normal(shape) * std
 
-    weights = {"model.embed_tokens.weight": normal(vocab, hidden), "model.norm.weight": mx.ones((hidden,))}
-    for i in range(layers):
+    def norm(dim: int) -> mx.array:
+        return 1.0 + normal(dim, std=0.1)
+
+    w = {"model.embed_tokens.weight": normal(vocab, HIDDEN, std=0.5), "model.norm.weight": norm(HIDDEN)}
+    for i in range(LAYERS):
         p = f"model.layers.{i}"
-        weights.update(
+        w.update(
             {
-                f"{p}.input_layernorm.weight": mx.ones((hidden,)),
-                f"{p}.post_attention_layernorm.weight": mx.ones((hidden,)),
-                f"{p}.self_attn.q_proj.weight": normal(heads * head_dim, hidden),
-                f"{p}.self_attn.k_proj.weight": normal(kv_heads * head_dim, hidden),
-                f"{p}.self_attn.v_proj.weight": normal(kv_heads * head_dim, hidden),
-                f"{p}.self_attn.o_proj.weight": normal(hidden, heads * head_dim),
-                f"{p}.mlp.gate_proj.weight": normal(inter, hidden),
-                f"{p}.mlp.up_proj.weight": normal(inter, hidden),
-                f"{p}.mlp.down_proj.weight": normal(hidden, inter),
+                f"{p}.input_layernorm.weight": norm(HIDDEN),
+                f"{p}.post_attention_layernorm.weight": norm(HIDDEN),
+                f"{p}.self_attn.q_proj.weight": normal(HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.k_proj.weight": normal(KV_HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.v_proj.weight": normal(KV_HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.o_proj.weight": normal(HIDDEN, HEADS * HEAD_DIM),
+                f"{p}.mlp.gate_proj.weight": normal(INTER, HIDDEN),
+                f"{p}.mlp.up_proj.weight": normal(INTER, HIDDEN),
+                f"{p}.mlp.down_proj.weight": normal(HIDDEN, INTER),
             }
         )
+        if arch == "qwen2":
+            for proj, dim in (("q_proj", HEADS), ("k_proj", KV_HEADS), ("v_proj", KV_HEADS)):
+                w[f"{p}.self_attn.{proj}.bias"] = normal(dim * HEAD_DIM)
+        if arch == "qwen3":
+            w[f"{p}.self_attn.q_norm.weight"] = norm(HEAD_DIM)
+            w[f"{p}.self_attn.k_norm.weight"] = norm(HEAD_DIM)
+    return w
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(args.out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+def quantize(weights: dict[str, mx.array], default: dict, overrides: dict) -> dict[str, mx.array]:
+    """mlx-lm's rule: every Linear/Embedding weight whose rows split into whole groups."""
+    out = {}
+    for name, w in weights.items():
+        module = name[: -len(".weight")]
+        q = overrides.get(module, default)
+        if name.endswith(".weight") and w.ndim == 2 and "norm" not in name and q and w.shape[-1] % q["group_size"] == 0:
+            wq, scales, biases = mx.quantize(w, group_size=q["group_size"], bits=q["bits"])
+            out[f"{module}.weight"], out[f"{module}.scales"], out[f"{module}.biases"] = wq, scales, biases
+        else:
+            out[name] = w
+    return out
+
+
+def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in TOKENIZER_FILES:
-        shutil.copy(args.source / name, args.out / name)
-    print(f"wrote {args.out}")
+        shutil.copy(source / name, out / name)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", type=Path, help="a real model folder to take the tokenizer from")
+    ap.add_argument("out", type=Path, help="folder to write the tiny-random-* folders into")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    src = json.loads((args.source / "config.json").read_text())
+
+    mx.random.seed(args.seed)
+    llama = random_weights("llama", src["vocab_size"])
+    for arch in ("llama", "qwen2", "qwen3"):
+        weights = llama if arch == "llama" else random_weights(arch, src["vocab_size"])
+        write(args.out / f"tiny-random-{arch}", args.source, base_config(src, arch), weights)
+
+    variants = {
+        "2bit-g32": ({"group_size": 32, "bits": 2}, {}),
+        "3bit-g64": ({"group_size": 64, "bits": 3}, {}),
+        "6bit-g128": ({"group_size": 128, "bits": 6}, {}),
+        "8bit-g64": ({"group_size": 64, "bits": 8}, {}),
+        "mixed": (
+            {"group_size": 64, "bits": 4},
+            {
+                "model.embed_tokens": {"group_size": 32, "bits": 8},
+                "model.layers.0.mlp.down_proj": {"group_size": 128, "bits": 6},
+                "model.layers.1.self_attn.o_proj": False,
+            },
+        ),
+    }
+    for name, (default, overrides) in variants.items():
+        config = base_config(src, "llama")
+        q = {**default, "mode": "affine", **overrides}
+        config["quantization"] = q
+        config["quantization_config"] = dict(q)
+        write(args.out / f"tiny-random-llama-{name}", args.source, config, quantize(llama, default, overrides))
 
 
 if __name__ == "__main__":

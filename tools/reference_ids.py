@@ -20,8 +20,25 @@ import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import generate_step
 
-MAX_TOKENS = 64
-VARIANTS = ("SmolLM2-135M-Instruct-bf16", "SmolLM2-135M-Instruct-4bit")
+# model folder -> tokens to generate per conversation (the tiny random models check the
+# arithmetic of each architecture and quantization; two conversations each are enough).
+MODELS = {
+    "SmolLM2-135M-Instruct-bf16": 64,
+    "SmolLM2-135M-Instruct-4bit": 64,
+    **{
+        f"tiny-random-{name}": 16
+        for name in (
+            "llama",
+            "qwen2",
+            "qwen3",
+            "llama-2bit-g32",
+            "llama-3bit-g64",
+            "llama-6bit-g128",
+            "llama-8bit-g64",
+            "llama-mixed",
+        )
+    },
+}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],
@@ -44,24 +61,30 @@ def main() -> None:
     root = Path(__file__).resolve().parent.parent
     ap.add_argument("--models", type=Path, default=root / ".deps/models/opta")
     ap.add_argument("--out", type=Path, default=root / "tests/data/reference_ids.json")
+    ap.add_argument("--only", nargs="*", help="re-record only these models, keeping the others")
     args = ap.parse_args()
 
-    result = {"mlx_lm_generate_step": "greedy", "max_tokens": MAX_TOKENS, "models": {}}
-    for variant in VARIANTS:
+    result = {"recorded_with": "mlx_lm.generate.generate_step, greedy", "models": {}}
+    if args.only and args.out.exists():
+        result = json.loads(args.out.read_text())
+    for variant, max_tokens in MODELS.items():
+        if args.only and variant not in args.only:
+            continue
         model, tokenizer = load(str(args.models / variant))
         cases = []
-        for messages in CONVERSATIONS:
+        conversations = CONVERSATIONS if max_tokens > 16 else CONVERSATIONS[:2]
+        for messages in conversations:
             prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
             start = time.time()
             out = []
-            for token, _ in generate_step(mx.array(prompt), model, max_tokens=MAX_TOKENS):
+            for token, _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens):
                 if token in tokenizer.eos_token_ids:
                     break
                 out.append(int(token))
             text = tokenizer.decode(out)
             print(f"{variant}: {len(out)} tokens in {time.time() - start:.1f}s: {text[:60]!r}", flush=True)
             cases.append({"messages": messages, "prompt_ids": list(map(int, prompt)), "ids": out, "text": text})
-        result["models"][variant] = cases
+        result["models"][variant] = {"max_tokens": max_tokens, "cases": cases}
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
 

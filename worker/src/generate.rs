@@ -71,6 +71,8 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Report the chosen token's logprob and this many alternatives (`None`: no logprobs).
     pub logprobs: Option<usize>,
+    /// Keep going past end-of-sequence tokens (benchmarks; vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 /// Text that became final, with the tokens that produced it.
@@ -189,7 +191,7 @@ impl Engine {
             usage.completion_tokens += 1;
             seq.sampler.accept(id);
 
-            let eos = self.tokenizer.eos_ids().contains(&id);
+            let eos = !params.ignore_eos && self.tokenizer.eos_ids().contains(&id);
             let (text, stopped) = if eos {
                 (seq.detok.finish(), false)
             } else {

@@ -1,10 +1,12 @@
 //! The Opta-LMX worker: one process per loaded model, running MLX through mlx-rs.
 
+pub mod bench;
 pub mod cache;
 pub mod detok;
 pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod sampling;
+pub mod serve;
 pub mod tokenizer;
 pub mod weights;

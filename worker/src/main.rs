@@ -41,6 +41,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve one model to the controller over its Unix socket (the controller starts this)
+    Serve {
+        /// The socket the controller bound; the worker connects to it
+        #[arg(long)]
+        socket: PathBuf,
+        /// An MLX model folder
+        #[arg(long)]
+        model: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         },
+        Command::Serve { socket, model } => opta_lmx_worker::serve::run(&socket, &model),
     }
 }
 

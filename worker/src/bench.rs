@@ -1,0 +1,97 @@
+//! The engine benchmark: prompt and generation speed, time to first token and peak memory for
+//! one model, prompt length and generation length. A program prints the figures (and
+//! tools/bench_vs_mlx_lm.py puts them beside mlx-lm's); no test asserts on timings.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use opta_lmx_shared::protocol::SamplingParams;
+use serde::Serialize;
+
+use crate::generate::{Engine, GenerateParams};
+
+/// A fixed English passage, repeated to build prompts of any length.
+const FILLER: &str = "The history of astronomy spans thousands of years, from the first \
+people who tracked the moon and the planets to modern observatories that measure light from \
+galaxies billions of light years away. Each generation built new instruments and asked new \
+questions about the sky. ";
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prompt tokens over the time to the first generated token (mlx-lm's definition).
+    pub prompt_tokens_per_s: f64,
+    /// Tokens after the first over the time after the first (mlx-lm's definition).
+    pub generation_tokens_per_s: f64,
+    pub time_to_first_token_ms: f64,
+    pub peak_memory_bytes: usize,
+}
+
+/// `n` prompt token ids from the filler passage.
+pub fn filler_prompt(engine: &Engine, n: usize) -> anyhow::Result<Vec<u32>> {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        text.push_str(FILLER);
+        ids = engine.tokenizer.encode(&text)?;
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Generates exactly `gen_tokens` greedy tokens after `prompt` and measures it.
+pub fn run(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> anyhow::Result<BenchResult> {
+    mlx_rs::memory::reset_peak_memory()?;
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(gen_tokens),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let mut first = None;
+    let mut n = 0usize;
+    engine.generate(prompt, &params, |chunk| {
+        if !chunk.token_ids.is_empty() {
+            first.get_or_insert_with(Instant::now);
+            n += chunk.token_ids.len();
+        }
+        ControlFlow::Continue(())
+    })?;
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let ttft = first.duration_since(start).as_secs_f64();
+    let gen_secs = end.duration_since(first).as_secs_f64();
+    Ok(BenchResult {
+        prompt_tokens: prompt.len(),
+        generated_tokens: n,
+        prompt_tokens_per_s: prompt.len() as f64 / ttft,
+        generation_tokens_per_s: if gen_secs > 0.0 {
+            n.saturating_sub(1) as f64 / gen_secs
+        } else {
+            0.0
+        },
+        time_to_first_token_ms: ttft * 1e3,
+        peak_memory_bytes: mlx_rs::memory::peak_memory()?,
+    })
+}
+
+/// Loads `dir` and runs the benchmark `runs` times on the same prompt.
+pub fn bench_model(
+    dir: &Path,
+    prompt: Option<Vec<u32>>,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<BenchResult>> {
+    let engine = Engine::load(dir)?;
+    let prompt = match prompt {
+        Some(p) => p,
+        None => filler_prompt(&engine, prompt_tokens)?,
+    };
+    (0..runs.max(1))
+        .map(|_| run(&engine, &prompt, gen_tokens))
+        .collect()
+}

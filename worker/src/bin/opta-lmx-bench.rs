@@ -1,0 +1,77 @@
+//! `opta-lmx-bench`: measures the engine on one model. See worker/src/bench.rs, and
+//! tools/bench_vs_mlx_lm.py for the side-by-side comparison with mlx-lm.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "opta-lmx-bench",
+    version,
+    about = "Prompt/generation speed of the Opta-LMX engine"
+)]
+struct Cli {
+    /// An MLX model folder
+    model: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    gen_tokens: usize,
+    /// A JSON file holding the prompt's token ids (overrides --prompt-tokens)
+    #[arg(long)]
+    prompt_ids: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// One JSON object per run instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opta-lmx-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let prompt = match &cli.prompt_ids {
+        Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
+        None => None,
+    };
+    let results = opta_lmx_worker::bench::bench_model(
+        &cli.model,
+        prompt,
+        cli.prompt_tokens,
+        cli.gen_tokens,
+        cli.runs,
+    )?;
+    if !cli.json {
+        println!(
+            "{:>8} {:>8} {:>14} {:>14} {:>10} {:>10}",
+            "prompt", "gen", "prompt tok/s", "gen tok/s", "TTFT ms", "peak MB"
+        );
+    }
+    for r in &results {
+        if cli.json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!(
+                "{:>8} {:>8} {:>14.1} {:>14.2} {:>10.0} {:>10.0}",
+                r.prompt_tokens,
+                r.generated_tokens,
+                r.prompt_tokens_per_s,
+                r.generation_tokens_per_s,
+                r.time_to_first_token_ms,
+                r.peak_memory_bytes as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! `opta-lmx-worker serve`: the process side of "one worker per model".
+//!
+//! The controller binds a Unix socket and starts the worker with its path. The worker connects,
+//! says `Hello` at once (so the controller knows the process is alive), loads the model, says
+//! `Ready` (or `LoadFailed` and exits non-zero), then serves requests until `Shutdown` or EOF.
+//!
+//! Threads:
+//! - the **engine thread** does all MLX work, the load included (MLX arrays are not `Sync` and
+//!   MLX keeps its errors thread-local), and writes every frame after `Hello`;
+//! - the **reader thread** reads `ToWorker` frames and forwards them over a channel; on EOF or a
+//!   read error it ends the process at once, whatever the engine thread is doing, so a dead
+//!   controller never leaves an orphaned worker holding a model's memory.
+//!
+//! Requests run one at a time in arrival order. Between tokens the engine thread drains the
+//! channel without blocking, which is where cancellation, stats and shutdown take effect.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+use opta_lmx_shared::model_dir::QuantizationConfig;
+use opta_lmx_shared::protocol::{
+    read_frame_blocking, write_frame_blocking, ChatMessage, ErrorKind, FinishReason, FromWorker,
+    GenerateRequest, ModelFacts, Prompt, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
+    PROTOCOL_VERSION,
+};
+use serde_json::{json, Value};
+
+use crate::generate::{Engine, GenerateError, GenerateParams, Outcome};
+
+/// After `Shutdown`, how long the engine thread gets to stop and report before the process
+/// ends anyway (it cannot notice `Shutdown` during a load or a long prefill).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The engine thread gets the main thread's usual stack, as the `generate` subcommand (which
+/// runs the engine on the main thread) does.
+const ENGINE_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("opta-lmx-worker[{}]: {}", std::process::id(), format_args!($($arg)*))
+    };
+}
+
+/// Runs the worker: connect to `socket`, load `model_dir`, serve until shutdown. Returns the
+/// process's exit code; EOF and fatal socket errors end the process from inside instead.
+pub fn run(socket: &Path, model_dir: &Path) -> ExitCode {
+    let link = match Link::connect(socket) {
+        Ok(link) => Arc::new(link),
+        Err(e) => {
+            log!("cannot connect to {}: {e}", socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    link.send(&FromWorker::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+    });
+
+    // The reader starts before the load, so a controller that gives up during a long load
+    // (closing the socket) ends this process at once.
+    let (tx, rx) = mpsc::channel();
+    let reader_link = Arc::clone(&link);
+    if let Err(e) = thread::Builder::new()
+        .name("socket-reader".into())
+        .spawn(move || read_loop(&reader_link, &tx))
+    {
+        log!("cannot start the reader thread: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let dir = model_dir.to_path_buf();
+    let engine = thread::Builder::new()
+        .name("engine".into())
+        .stack_size(ENGINE_STACK_BYTES)
+        .spawn(move || engine_main(&link, &rx, &dir));
+    match engine.map(thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => {
+            // The panic message is already on stderr (default hook).
+            log!("the engine thread panicked; exiting");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            log!("cannot start the engine thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ends the process now. `_exit` skips atexit handlers and C++ static destructors: MLX's
+/// would otherwise run while the engine thread may still be inside MLX, which can crash or
+/// hang the exit. Nothing is buffered (stderr is unbuffered; stdout is never used).
+fn die(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The socket
+// ---------------------------------------------------------------------------------------------
+
+/// The connection to the controller. Reads happen on the reader thread only; writes take
+/// `write_lock` so that frames from different threads never interleave.
+struct Link {
+    stream: Stream,
+    write_lock: Mutex<()>,
+}
+
+impl Link {
+    fn connect(socket: &Path) -> std::io::Result<Link> {
+        let name = socket.to_fs_name::<GenericFilePath>()?;
+        Ok(Link {
+            stream: Stream::connect(name)?,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Writes one whole frame. A failed write means the controller is gone (or the stream is
+    /// out of step), so the process ends: nobody is left to serve.
+    fn send(&self, msg: &FromWorker) {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match write_frame_blocking(&mut &self.stream, msg) {
+            Ok(()) => {}
+            Err(ProtocolError::Io(e)) => {
+                log!("writing to the controller failed ({e}); exiting");
+                die(1);
+            }
+            // Nothing was written, so the stream is still in step; only a message far beyond
+            // any real size gets here.
+            Err(e) => log!("cannot send a message: {e}"),
+        }
+    }
+}
+
+/// One message from the controller, stamped when it arrived (for `queue_ms`).
+struct Inbound {
+    msg: ToWorker,
+    arrived: Instant,
+}
+
+/// The reader thread: forwards frames to the engine thread and ends the process when the
+/// controller goes away.
+fn read_loop(link: &Link, tx: &Sender<Inbound>) -> ! {
+    let mut shutdown_armed = false;
+    loop {
+        match read_frame_blocking::<ToWorker, _>(&mut &link.stream) {
+            Ok(Some(msg)) => {
+                if matches!(msg, ToWorker::Shutdown) && !shutdown_armed {
+                    shutdown_armed = true;
+                    arm_shutdown_deadline();
+                }
+                let inbound = Inbound {
+                    msg,
+                    arrived: Instant::now(),
+                };
+                // A closed channel means the engine thread has finished and main is exiting.
+                let _ = tx.send(inbound);
+            }
+            Ok(None) => {
+                log!("the controller closed the socket; exiting");
+                die(0);
+            }
+            Err(e) => {
+                log!("reading from the controller failed ({e}); exiting");
+                die(1);
+            }
+        }
+    }
+}
+
+fn arm_shutdown_deadline() {
+    let spawned = thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(|| {
+            thread::sleep(SHUTDOWN_GRACE);
+            log!("the engine did not stop within {SHUTDOWN_GRACE:?} of Shutdown; exiting");
+            die(0);
+        });
+    if spawned.is_err() {
+        // Without a deadline thread, the next best thing to a prompt exit is an immediate one.
+        log!("cannot start the shutdown deadline; exiting now");
+        die(0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine thread
+// ---------------------------------------------------------------------------------------------
+
+fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path) -> ExitCode {
+    log!("loading {}", dir.display());
+    let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(dir)));
+    let engine = match loaded {
+        Ok(Ok(engine)) => engine,
+        Ok(Err(e)) => return load_failed(link, format!("{e:#}")),
+        Err(panic) => {
+            return load_failed(
+                link,
+                format!("loading panicked: {}", panic_message(panic.as_ref())),
+            )
+        }
+    };
+    let facts = model_facts(&engine);
+    log!(
+        "ready: {} ({} layers, {}), loaded in {:.2} s",
+        facts.model_type,
+        facts.num_layers,
+        facts.quantization,
+        facts.load_seconds
+    );
+    link.send(&FromWorker::Ready(facts));
+
+    let mut server = Server {
+        engine: &engine,
+        link,
+        rx,
+        queue: VecDeque::new(),
+        shutdown: false,
+    };
+    server.serve();
+    log!("shut down");
+    ExitCode::SUCCESS
+}
+
+fn load_failed(link: &Link, message: String) -> ExitCode {
+    log!("loading failed: {message}");
+    link.send(&FromWorker::LoadFailed { message });
+    ExitCode::FAILURE
+}
+
+/// What the controller learns about the loaded model.
+pub fn model_facts(engine: &Engine) -> ModelFacts {
+    let config = &engine.model.config;
+    ModelFacts {
+        model_type: config.model_type.clone(),
+        num_layers: saturating_u32(config.num_hidden_layers),
+        // No limit in config.json: the engine does not limit the context either.
+        context_length: config
+            .max_position_embeddings
+            .map_or(u32::MAX, saturating_u32),
+        vocab_size: saturating_u32(config.vocab_size),
+        quantization: quantization_label(&config.quantization),
+        weights_bytes: engine.model.weights_bytes() as u64,
+        load_seconds: engine.load_seconds,
+        eos_token_ids: engine.tokenizer.eos_ids().iter().copied().collect(),
+    }
+}
+
+/// `4-bit g64`, `none`, with `(mixed)` when some modules differ from the default.
+pub fn quantization_label(q: &QuantizationConfig) -> String {
+    let mixed = q.overrides.values().any(|over| *over != q.default);
+    match (q.default, mixed) {
+        (Some(d), false) => format!("{}-bit g{}", d.bits, d.group_size),
+        (Some(d), true) => format!("{}-bit g{} (mixed)", d.bits, d.group_size),
+        (None, true) => "mixed".to_string(),
+        (None, false) => "none".to_string(),
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A request waiting for the engine.
+struct Queued {
+    req: GenerateRequest,
+    arrived: Instant,
+}
+
+/// The engine thread's serving state. The queue is a `VecDeque` so that continuous batching
+/// can later take several requests from it.
+struct Server<'a> {
+    engine: &'a Engine,
+    link: &'a Link,
+    rx: &'a Receiver<Inbound>,
+    queue: VecDeque<Queued>,
+    shutdown: bool,
+}
+
+impl Server<'_> {
+    fn serve(&mut self) {
+        loop {
+            // Take everything that already arrived, so a Cancel right behind its Generate
+            // removes it before any work is done. With nothing running, `Break` only means
+            // Shutdown, which `self.shutdown` records.
+            let _ = self.drain(None);
+            if self.shutdown {
+                self.cancel_queued();
+                return;
+            }
+            match self.queue.pop_front() {
+                Some(job) => self.run(job),
+                None => match self.rx.recv() {
+                    Ok(inbound) => {
+                        let _ = self.handle(inbound, None);
+                    }
+                    // The reader never returns (it ends the process), so this is unreachable
+                    // in practice; stopping is the only sensible answer.
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
+    /// Handles every message already waiting, without blocking. Returns `Break` when the
+    /// running request (`running`) must stop: cancelled, or the worker is shutting down.
+    fn drain(&mut self, running: Option<u64>) -> ControlFlow<()> {
+        let mut flow = ControlFlow::Continue(());
+        while let Ok(inbound) = self.rx.try_recv() {
+            if self.handle(inbound, running).is_break() {
+                flow = ControlFlow::Break(());
+            }
+        }
+        flow
+    }
+
+    fn handle(&mut self, inbound: Inbound, running: Option<u64>) -> ControlFlow<()> {
+        match inbound.msg {
+            ToWorker::Generate(req) => self.queue.push_back(Queued {
+                req,
+                arrived: inbound.arrived,
+            }),
+            ToWorker::Cancel { request_id } if running == Some(request_id) => {
+                return ControlFlow::Break(());
+            }
+            ToWorker::Cancel { request_id } => {
+                if let Some(pos) = self
+                    .queue
+                    .iter()
+                    .position(|q| q.req.request_id == request_id)
+                {
+                    if let Some(job) = self.queue.remove(pos) {
+                        self.send_cancelled(&job);
+                    }
+                }
+                // Otherwise it already finished: the protocol says nothing more is sent.
+            }
+            ToWorker::GetStats => self.link.send(&FromWorker::Stats(self.stats(running))),
+            ToWorker::Shutdown => {
+                self.shutdown = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn cancel_queued(&mut self) {
+        while let Some(job) = self.queue.pop_front() {
+            self.send_cancelled(&job);
+        }
+    }
+
+    /// `Done{Cancelled}` for a request that never started.
+    fn send_cancelled(&self, job: &Queued) {
+        self.link.send(&FromWorker::Done {
+            request_id: job.req.request_id,
+            finish_reason: FinishReason::Cancelled,
+            usage: Usage::default(),
+            timings: Timings {
+                queue_ms: ms_since(job.arrived, Instant::now()),
+                ..Timings::default()
+            },
+        });
+    }
+
+    fn stats(&self, running: Option<u64>) -> WorkerStats {
+        // A counter MLX cannot read is reported as 0 rather than failing the whole answer.
+        let bytes = |r: mlx_rs::error::Result<usize>| r.map_or(0, |n| n as u64);
+        WorkerStats {
+            active_requests: u32::from(running.is_some()),
+            queued_requests: saturating_u32(self.queue.len()),
+            prompt_cache_hits: 0,
+            prompt_cache_tokens: 0,
+            peak_memory_bytes: bytes(mlx_rs::memory::peak_memory()),
+            active_memory_bytes: bytes(mlx_rs::memory::active_memory()),
+        }
+    }
+
+    /// Runs one request to its `Done` or `Error`.
+    fn run(&mut self, job: Queued) {
+        let id = job.req.request_id;
+        let started = Instant::now();
+        // A panic (a bug, or one inside MLX) fails this request, not the model.
+        let result = catch_unwind(AssertUnwindSafe(|| self.generate(&job.req)));
+        let msg = match result {
+            Ok(Ok((mut outcome, engine_start))) => {
+                let t = &mut outcome.timings;
+                t.queue_ms = ms_since(job.arrived, started);
+                // The engine counts from its own start; the protocol counts from receipt.
+                t.time_to_first_token_ms += ms_since(job.arrived, engine_start);
+                FromWorker::Done {
+                    request_id: id,
+                    finish_reason: outcome.finish_reason,
+                    usage: outcome.usage,
+                    timings: outcome.timings,
+                }
+            }
+            Ok(Err(e)) => {
+                log!("request {id} failed: {e}");
+                FromWorker::Error {
+                    request_id: Some(id),
+                    kind: error_kind(&e),
+                    message: e.to_string(),
+                }
+            }
+            Err(panic) => {
+                let message = format!("the worker panicked: {}", panic_message(panic.as_ref()));
+                log!("request {id}: {message}");
+                FromWorker::Error {
+                    request_id: Some(id),
+                    kind: ErrorKind::Internal,
+                    message,
+                }
+            }
+        };
+        self.link.send(&msg);
+    }
+
+    /// Templates or tokenizes the prompt and generates, streaming every chunk. Returns the
+    /// outcome and when the engine started.
+    fn generate(&mut self, req: &GenerateRequest) -> Result<(Outcome, Instant), GenerateError> {
+        let engine = self.engine;
+        let prompt = prompt_ids(engine, &req.prompt)?;
+        let params = generate_params(req);
+        let id = req.request_id;
+        let engine_start = Instant::now();
+        let outcome = engine.generate(&prompt, &params, |chunk| {
+            // Always stream: `stream: false` only changes what the controller does.
+            self.link.send(&FromWorker::Chunk {
+                request_id: id,
+                text: chunk.text,
+                token_ids: chunk.token_ids,
+                logprobs: chunk.logprobs,
+            });
+            self.drain(Some(id))
+        })?;
+        Ok((outcome, engine_start))
+    }
+}
+
+/// The engine's parameters for a request.
+pub fn generate_params(req: &GenerateRequest) -> GenerateParams {
+    GenerateParams {
+        sampling: req.sampling.clone(),
+        max_tokens: req.max_tokens.map(|n| n as usize),
+        stop: req.stop.clone(),
+        logprobs: if req.logprobs {
+            Some(req.top_logprobs as usize)
+        } else {
+            None
+        },
+        ..GenerateParams::default()
+    }
+}
+
+/// The prompt's token ids: chat prompts through the model's chat template, text through the
+/// tokenizer, token ids as they are.
+fn prompt_ids<'p>(engine: &Engine, prompt: &'p Prompt) -> Result<Cow<'p, [u32]>, GenerateError> {
+    match prompt {
+        Prompt::Chat {
+            messages,
+            tools_json,
+            add_generation_prompt,
+        } => {
+            let messages = chat_messages_json(messages)?;
+            let tools = match tools_json {
+                Some(text) => Some(parse_json("tools_json", text)?),
+                None => None,
+            };
+            let ids = engine.chat_prompt(&messages, tools.as_ref(), *add_generation_prompt)?;
+            Ok(Cow::Owned(ids))
+        }
+        Prompt::Text(text) => Ok(Cow::Owned(engine.tokenizer.encode(text)?)),
+        Prompt::Tokens(ids) => Ok(Cow::Borrowed(ids)),
+    }
+}
+
+/// The OpenAI-style `messages` array that chat templates expect. `name`, `tool_call_id` and
+/// `tool_calls` appear only when set, as templates test for their presence.
+pub fn chat_messages_json(messages: &[ChatMessage]) -> Result<Value, GenerateError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let mut obj = serde_json::Map::new();
+        obj.insert("role".into(), json!(m.role));
+        obj.insert("content".into(), json!(m.content));
+        if let Some(name) = &m.name {
+            obj.insert("name".into(), json!(name));
+        }
+        if let Some(call_id) = &m.tool_call_id {
+            obj.insert("tool_call_id".into(), json!(call_id));
+        }
+        if let Some(calls) = &m.tool_calls_json {
+            let what = format!("messages[{i}].tool_calls_json");
+            obj.insert("tool_calls".into(), parse_json(&what, calls)?);
+        }
+        out.push(Value::Object(obj));
+    }
+    Ok(Value::Array(out))
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, GenerateError> {
+    serde_json::from_str(text)
+        .map_err(|e| GenerateError::InvalidRequest(format!("{what} is not valid JSON: {e}")))
+}
+
+pub fn error_kind(e: &GenerateError) -> ErrorKind {
+    match e {
+        GenerateError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+        GenerateError::ContextLength { .. } => ErrorKind::ContextLengthExceeded,
+        GenerateError::Engine(_) => ErrorKind::Engine,
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+fn ms_since(earlier: Instant, later: Instant) -> f64 {
+    later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opta_lmx_shared::model_dir::Quantization;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            name: None,
+            tool_call_id: None,
+            tool_calls_json: None,
+        }
+    }
+
+    #[test]
+    fn chat_messages_carry_only_the_fields_that_are_set() {
+        let calls = r#"[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]"#;
+        let messages = [
+            msg("user", "hi"),
+            ChatMessage {
+                tool_calls_json: Some(calls.into()),
+                ..msg("assistant", "")
+            },
+            ChatMessage {
+                name: Some("f".into()),
+                tool_call_id: Some("c1".into()),
+                ..msg("tool", "42")
+            },
+        ];
+        let v = chat_messages_json(&messages).unwrap();
+        assert_eq!(v[0], json!({"role": "user", "content": "hi"}));
+        assert_eq!(v[1]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            v[2],
+            json!({"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"})
+        );
+    }
+
+    #[test]
+    fn bad_tool_calls_json_is_an_invalid_request() {
+        let messages = [ChatMessage {
+            tool_calls_json: Some("[{".into()),
+            ..msg("assistant", "")
+        }];
+        let e = chat_messages_json(&messages).unwrap_err();
+        assert_eq!(error_kind(&e), ErrorKind::InvalidRequest);
+        assert!(e.to_string().contains("messages[0].tool_calls_json"), "{e}");
+    }
+
+    #[test]
+    fn quantization_labels() {
+        let q4 = Some(Quantization {
+            group_size: 64,
+            bits: 4,
+        });
+        let mut q = QuantizationConfig::default();
+        assert_eq!(quantization_label(&q), "none");
+        q.default = q4;
+        assert_eq!(quantization_label(&q), "4-bit g64");
+        q.overrides.insert("lm_head".into(), q4);
+        assert_eq!(quantization_label(&q), "4-bit g64");
+        q.overrides.insert("model.embed_tokens".into(), None);
+        assert_eq!(quantization_label(&q), "4-bit g64 (mixed)");
+    }
+
+    #[test]
+    fn logprobs_map_to_the_engine_only_when_asked() {
+        let mut req = GenerateRequest {
+            request_id: 1,
+            prompt: Prompt::Tokens(vec![1]),
+            sampling: Default::default(),
+            max_tokens: Some(3),
+            stop: vec!["x".into()],
+            logprobs: false,
+            top_logprobs: 5,
+            stream: true,
+        };
+        assert_eq!(generate_params(&req).logprobs, None);
+        req.logprobs = true;
+        let p = generate_params(&req);
+        assert_eq!(p.logprobs, Some(5));
+        assert_eq!(p.max_tokens, Some(3));
+        assert_eq!(p.stop, ["x"]);
+    }
+}

@@ -1,0 +1,538 @@
+//! `opta-lmx-worker serve` driven as the controller drives it: bind a Unix socket, spawn the
+//! real binary, accept its connection, and speak the framed protocol.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use opta_lmx_shared::model_dir::read_config;
+use opta_lmx_shared::protocol::{
+    read_frame_blocking, write_frame_blocking, ChatMessage, ErrorKind, FinishReason, FromWorker,
+    GenerateRequest, ModelFacts, Prompt, SamplingParams, Timings, ToWorker, Usage, WorkerStats,
+    PROTOCOL_VERSION,
+};
+use opta_lmx_worker::tokenizer::Tokenizer;
+use serde_json::json;
+
+/// Longest wait for any one frame; only reached when something is broken.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("OPTA_LMX_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/models/opta"))
+        })
+}
+
+fn smollm() -> PathBuf {
+    models_dir().join("SmolLM2-135M-Instruct-f32")
+}
+
+fn tiny() -> PathBuf {
+    models_dir().join("tiny-random-llama")
+}
+
+/// Kills and reaps the worker however the test ends, so no test leaves a process behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The controller's end of one worker.
+struct Worker {
+    child: ChildGuard,
+    stream: Option<UnixStream>,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Binds a socket, spawns `serve` on `model`, and accepts its connection.
+    fn start(model: &Path) -> Worker {
+        // Short path: Unix socket paths are limited to about 104 bytes on macOS.
+        let dir = tempfile::Builder::new()
+            .prefix("lmx")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let path = dir.path().join("w.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_opta-lmx-worker"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&path)
+            .arg("--model")
+            .arg(model)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut child = ChildGuard(child);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Some(status) = child.0.try_wait().unwrap() {
+                        panic!("worker exited before connecting: {status}");
+                    }
+                    assert!(Instant::now() < deadline, "worker did not connect");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        // Accepted sockets inherit O_NONBLOCK on macOS.
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+        Worker {
+            child,
+            stream: Some(stream),
+            _dir: dir,
+        }
+    }
+
+    fn stream(&mut self) -> &mut UnixStream {
+        self.stream.as_mut().expect("socket still open")
+    }
+
+    fn send(&mut self, msg: ToWorker) {
+        write_frame_blocking(self.stream(), &msg).unwrap();
+    }
+
+    fn recv(&mut self) -> FromWorker {
+        read_frame_blocking(self.stream())
+            .expect("read a frame")
+            .expect("worker closed the socket")
+    }
+
+    /// Expects `Hello` then `Ready`.
+    fn handshake(&mut self) -> ModelFacts {
+        match self.recv() {
+            FromWorker::Hello {
+                protocol_version,
+                worker_version,
+                pid,
+            } => {
+                assert_eq!(protocol_version, PROTOCOL_VERSION);
+                assert_eq!(worker_version, env!("CARGO_PKG_VERSION"));
+                assert_eq!(pid, self.child.0.id());
+            }
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        match self.recv() {
+            FromWorker::Ready(facts) => facts,
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    /// Frames up to and including the `Done` or `Error` for `id`.
+    fn until_end_of(&mut self, id: u64) -> Vec<FromWorker> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv();
+            let end = matches!(
+                &frame,
+                FromWorker::Done { request_id, .. } if *request_id == id
+            ) || matches!(
+                &frame,
+                FromWorker::Error { request_id: Some(r), .. } if *r == id
+            );
+            frames.push(frame);
+            if end {
+                return frames;
+            }
+        }
+    }
+
+    /// Runs a request alone and sums up its answer.
+    fn complete(&mut self, req: GenerateRequest) -> Answer {
+        let id = req.request_id;
+        self.send(ToWorker::Generate(req));
+        Answer::of(id, &self.until_end_of(id))
+    }
+
+    fn stats(&mut self) -> WorkerStats {
+        self.send(ToWorker::GetStats);
+        match self.recv() {
+            FromWorker::Stats(s) => s,
+            other => panic!("expected Stats, got {other:?}"),
+        }
+    }
+
+    /// Polls for the worker's exit for up to `within`.
+    fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One request's frames, summed up.
+#[derive(Debug)]
+struct Answer {
+    text: String,
+    ids: Vec<u32>,
+    chunks: usize,
+    logprobs: Vec<opta_lmx_shared::protocol::TokenLogprob>,
+    end: End,
+}
+
+#[derive(Debug)]
+enum End {
+    Done(FinishReason, Usage, Timings),
+    Error(ErrorKind, String),
+}
+
+impl Answer {
+    /// Sums the frames of request `id`, ignoring other requests' frames.
+    fn of(id: u64, frames: &[FromWorker]) -> Answer {
+        let mut a = Answer {
+            text: String::new(),
+            ids: Vec::new(),
+            chunks: 0,
+            logprobs: Vec::new(),
+            end: End::Error(ErrorKind::Internal, "no end frame".into()),
+        };
+        for frame in frames {
+            match frame {
+                FromWorker::Chunk {
+                    request_id,
+                    text,
+                    token_ids,
+                    logprobs,
+                } if *request_id == id => {
+                    a.text.push_str(text);
+                    a.ids.extend(token_ids);
+                    a.logprobs.extend(logprobs.iter().cloned());
+                    a.chunks += 1;
+                }
+                FromWorker::Done {
+                    request_id,
+                    finish_reason,
+                    usage,
+                    timings,
+                } if *request_id == id => a.end = End::Done(*finish_reason, *usage, *timings),
+                FromWorker::Error {
+                    request_id: Some(r),
+                    kind,
+                    message,
+                } if *r == id => a.end = End::Error(*kind, message.clone()),
+                _ => {}
+            }
+        }
+        a
+    }
+
+    fn done(&self) -> (FinishReason, Usage, Timings) {
+        match &self.end {
+            End::Done(f, u, t) => (*f, *u, *t),
+            End::Error(kind, message) => panic!("expected Done, got {kind:?}: {message}"),
+        }
+    }
+
+    fn error(&self) -> (ErrorKind, &str) {
+        match &self.end {
+            End::Error(kind, message) => (*kind, message),
+            End::Done(f, ..) => panic!("expected Error, got Done({f:?})"),
+        }
+    }
+}
+
+fn request(id: u64, prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest {
+    GenerateRequest {
+        request_id: id,
+        prompt,
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        stop: Vec::new(),
+        logprobs: false,
+        top_logprobs: 0,
+        stream: true,
+    }
+}
+
+fn user(content: &str) -> Prompt {
+    Prompt::Chat {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+            name: None,
+            tool_call_id: None,
+            tool_calls_json: None,
+        }],
+        tools_json: None,
+        add_generation_prompt: true,
+    }
+}
+
+/// A request that runs until the context is full: EOS is biased away, so only Cancel,
+/// Shutdown or a lost socket end it early (the tiny model's 2048 tokens take seconds).
+fn endless(id: u64, facts: &ModelFacts) -> GenerateRequest {
+    let mut req = request(id, Prompt::Text("Once upon a time".into()), None);
+    req.sampling.logit_bias = facts.eos_token_ids.iter().map(|&t| (t, -1e4)).collect();
+    req
+}
+
+/// Waits for the first chunk of `id`, so the request is surely running.
+fn first_chunk(w: &mut Worker, id: u64) {
+    loop {
+        match w.recv() {
+            FromWorker::Chunk { request_id, .. } if request_id == id => return,
+            FromWorker::Chunk { .. } => {}
+            other => panic!("expected a chunk of {id}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hello_then_ready_reports_model_facts() {
+    let mut w = Worker::start(&smollm());
+    let facts = w.handshake();
+    assert_eq!(facts.model_type, "llama");
+    assert_eq!(facts.num_layers, 30);
+    assert_eq!(facts.context_length, 8192);
+    assert_eq!(facts.vocab_size, 49152);
+    assert_eq!(facts.quantization, "none");
+    // ~135M f32 parameters.
+    assert!(
+        (400_000_000..700_000_000).contains(&facts.weights_bytes),
+        "{}",
+        facts.weights_bytes
+    );
+    assert!(facts.load_seconds > 0.0);
+    assert!(facts.eos_token_ids.contains(&2), "<|im_end|>");
+
+    let stats = w.stats();
+    assert_eq!((stats.active_requests, stats.queued_requests), (0, 0));
+    assert!(
+        stats.active_memory_bytes >= facts.weights_bytes,
+        "{stats:?}"
+    );
+    assert!(
+        stats.peak_memory_bytes >= stats.active_memory_bytes,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn greedy_chat_streams_chunks_and_answers_paris() {
+    let mut w = Worker::start(&smollm());
+    w.handshake();
+    let question = "What is the capital of France?";
+    let a = w.complete(request(1, user(question), Some(32)));
+    let (finish, usage, timings) = a.done();
+    assert!(a.text.contains("Paris"), "{}", a.text);
+    assert_eq!(finish, FinishReason::Stop, "ends with EOS: {}", a.text);
+    assert!(a.chunks > 1, "streamed in several chunks");
+
+    // The prompt the worker built is the chat template's, token for token.
+    let dir = smollm();
+    let tokenizer = Tokenizer::load(&dir, &read_config(&dir).unwrap()).unwrap();
+    let rendered = tokenizer
+        .render_chat(&json!([{"role": "user", "content": question}]), None, true)
+        .unwrap();
+    let prompt_tokens = tokenizer.encode(&rendered).unwrap().len() as u32;
+    assert_eq!(usage.prompt_tokens, prompt_tokens);
+    assert_eq!(
+        usage.completion_tokens as usize,
+        a.ids.len() + 1,
+        "EOS counted, not sent"
+    );
+    assert_eq!(usage.cached_prompt_tokens, 0);
+    assert_eq!(tokenizer.decode(&a.ids).unwrap(), a.text);
+    assert!(timings.time_to_first_token_ms > 0.0 && timings.queue_ms >= 0.0);
+    assert!(timings.time_to_first_token_ms >= timings.prompt_ms);
+}
+
+#[test]
+fn back_to_back_generates_complete_in_arrival_order() {
+    let mut w = Worker::start(&tiny());
+    w.handshake();
+    let mut second = request(2, user("And you?"), Some(6));
+    second.logprobs = true;
+    second.top_logprobs = 3;
+    w.send(ToWorker::Generate(request(
+        1,
+        Prompt::Tokens(vec![1, 2, 3, 4]),
+        Some(8),
+    )));
+    w.send(ToWorker::Generate(second));
+    let frames = w.until_end_of(2);
+
+    // Every frame of request 1 comes before any frame of request 2.
+    let ids: Vec<u64> = frames
+        .iter()
+        .map(|f| match f {
+            FromWorker::Chunk { request_id, .. } | FromWorker::Done { request_id, .. } => {
+                *request_id
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let first_of_2 = ids.iter().position(|&id| id == 2).unwrap();
+    assert!(ids[..first_of_2].iter().all(|&id| id == 1), "{ids:?}");
+    assert!(ids[first_of_2..].iter().all(|&id| id == 2), "{ids:?}");
+    assert!(matches!(
+        frames[first_of_2 - 1],
+        FromWorker::Done { request_id: 1, .. }
+    ));
+
+    for (id, max) in [(1, 8), (2, 6)] {
+        let a = Answer::of(id, &frames);
+        let (finish, usage, _) = a.done();
+        assert!(usage.completion_tokens <= max, "{id}: {usage:?}");
+        match finish {
+            FinishReason::Length => assert_eq!(usage.completion_tokens, max),
+            FinishReason::Stop => {}
+            FinishReason::Cancelled => panic!("{id} was cancelled"),
+        }
+    }
+    assert_eq!(Answer::of(1, &frames).done().1.prompt_tokens, 4);
+    // Request 2 waited for request 1, and asked for logprobs.
+    let a2 = Answer::of(2, &frames);
+    assert!(a2.done().2.queue_ms > 0.0);
+    assert_eq!(a2.logprobs.len(), a2.ids.len());
+    assert!(a2.logprobs.iter().all(|l| l.top.len() == 3));
+
+    let stats = w.stats();
+    assert_eq!((stats.active_requests, stats.queued_requests), (0, 0));
+}
+
+#[test]
+fn cancel_ends_running_and_queued_requests_and_the_next_one_still_runs() {
+    let mut w = Worker::start(&tiny());
+    let facts = w.handshake();
+    w.send(ToWorker::Generate(endless(1, &facts)));
+    first_chunk(&mut w, 1);
+    w.send(ToWorker::Generate(request(2, user("queued"), Some(4))));
+    w.send(ToWorker::GetStats);
+    let stats = loop {
+        match w.recv() {
+            FromWorker::Stats(s) => break s,
+            FromWorker::Chunk { request_id: 1, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((stats.active_requests, stats.queued_requests), (1, 1));
+
+    // Cancelling the queued one answers at once, while 1 keeps running.
+    w.send(ToWorker::Cancel { request_id: 2 });
+    let frames = w.until_end_of(2);
+    let (finish, usage, _) = Answer::of(2, &frames).done();
+    assert_eq!(finish, FinishReason::Cancelled);
+    assert_eq!(usage, Usage::default());
+    assert_eq!(Answer::of(2, &frames).chunks, 0);
+
+    let sent = Instant::now();
+    w.send(ToWorker::Cancel { request_id: 1 });
+    let frames = w.until_end_of(1);
+    let (finish, usage, _) = Answer::of(1, &frames).done();
+    assert_eq!(finish, FinishReason::Cancelled);
+    assert!(usage.completion_tokens < 2000, "{usage:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    // A Cancel for a finished request is ignored; the worker serves the next one.
+    w.send(ToWorker::Cancel { request_id: 1 });
+    let a = w.complete(request(3, user("next"), Some(4)));
+    assert_ne!(a.done().0, FinishReason::Cancelled);
+    assert!(a.done().1.completion_tokens <= 4);
+}
+
+#[test]
+fn request_errors_are_reported_and_the_worker_keeps_serving() {
+    let mut w = Worker::start(&tiny());
+    w.handshake();
+
+    let a = w.complete(request(1, Prompt::Tokens(Vec::new()), Some(4)));
+    assert_eq!(a.error().0, ErrorKind::InvalidRequest, "{a:?}");
+    assert_eq!(a.chunks, 0);
+
+    let a = w.complete(request(2, Prompt::Tokens(vec![1, 49152]), Some(4)));
+    assert_eq!(a.error().0, ErrorKind::InvalidRequest, "{a:?}");
+
+    let mut bad_tools = request(3, user("hi"), Some(4));
+    if let Prompt::Chat { tools_json, .. } = &mut bad_tools.prompt {
+        *tools_json = Some("[{".into());
+    }
+    let a = w.complete(bad_tools);
+    let (kind, message) = a.error();
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    assert!(message.contains("tools_json"), "{message}");
+
+    let a = w.complete(request(4, Prompt::Tokens(vec![1; 2048]), Some(4)));
+    assert_eq!(a.error().0, ErrorKind::ContextLengthExceeded, "{a:?}");
+
+    let a = w.complete(request(5, Prompt::Text("hello".into()), Some(3)));
+    let (_, usage, _) = a.done();
+    assert!(usage.prompt_tokens > 0 && usage.completion_tokens <= 3);
+}
+
+#[test]
+fn a_bad_model_dir_gives_load_failed_and_a_nonzero_exit() {
+    let empty = tempfile::tempdir().unwrap();
+    let mut w = Worker::start(empty.path());
+    assert!(matches!(w.recv(), FromWorker::Hello { .. }));
+    match w.recv() {
+        FromWorker::LoadFailed { message } => {
+            assert!(message.contains("config.json"), "{message}")
+        }
+        other => panic!("expected LoadFailed, got {other:?}"),
+    }
+    let status = w
+        .exit_within(Duration::from_secs(10))
+        .expect("worker exits");
+    assert!(!status.success(), "{status}");
+}
+
+#[test]
+fn the_worker_exits_when_the_controller_drops_the_socket_mid_generation() {
+    let mut w = Worker::start(&tiny());
+    let facts = w.handshake();
+    w.send(ToWorker::Generate(endless(1, &facts)));
+    first_chunk(&mut w, 1);
+    w.stream = None;
+    let status = w
+        .exit_within(Duration::from_secs(2))
+        .expect("worker exits within 2 s of EOF");
+    assert!(status.success(), "EOF is a normal stop: {status}");
+}
+
+#[test]
+fn shutdown_cancels_the_running_request_and_exits_zero() {
+    let mut w = Worker::start(&tiny());
+    let facts = w.handshake();
+    w.send(ToWorker::Generate(endless(1, &facts)));
+    first_chunk(&mut w, 1);
+    w.send(ToWorker::Generate(request(2, user("queued"), Some(4))));
+    w.send(ToWorker::Shutdown);
+    let frames = w.until_end_of(1);
+    assert_eq!(Answer::of(1, &frames).done().0, FinishReason::Cancelled);
+    let frames = w.until_end_of(2);
+    assert_eq!(Answer::of(2, &frames).done().0, FinishReason::Cancelled);
+
+    let status = w.exit_within(Duration::from_secs(5)).expect("worker exits");
+    assert!(status.success(), "{status}");
+    // Protocol data never goes to stdout (nor anything else).
+    let mut out = String::new();
+    std::io::Read::read_to_string(w.child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "");
+}
