@@ -17,3 +17,5 @@ echo "== cargo build"
 cargo build --workspace --all-targets -q
 echo "== cargo test"
 cargo test --workspace
+echo "== OpenAI Python SDK against the daemon"
+.deps/venv/bin/python -m pytest -q tests/python

@@ -29,6 +29,8 @@ pub struct ModelsConfig {
     pub models_directory: PathBuf,
     pub auto_load: Vec<String>,
     pub jit_loading: bool,
+    /// Seconds a JIT-loaded model may sit idle before it is unloaded (`None`: never).
+    pub idle_ttl_sec: Option<u64>,
     pub use_batching: bool,
 }
 
@@ -71,6 +73,7 @@ impl Default for ModelsConfig {
             models_directory: PathBuf::from("~/.cache/opta-lmx/models"),
             auto_load: Vec::new(),
             jit_loading: true,
+            idle_ttl_sec: Some(3600),
             use_batching: true,
         }
     }

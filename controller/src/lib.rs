@@ -2,7 +2,11 @@
 //! process per loaded model.
 
 pub mod api;
+pub mod client;
 pub mod config;
+pub mod discovery;
+pub mod inference;
+pub mod manager;
 pub mod server;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -44,3 +44,272 @@ pub fn model(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A running `opta-lmx serve` on a free loopback port, stopped (SIGTERM, then SIGKILL) and
+/// reaped when dropped.
+pub struct Daemon {
+    pub port: u16,
+    pub child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (YAML) and the test models folder, and waits until
+    /// `/admin/health` answers.
+    pub fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, config).expect("write config");
+        let port = free_port();
+        let models = model("tiny-random-llama")
+            .parent()
+            .and_then(Path::parent)
+            .expect("models root")
+            .to_path_buf();
+        let child = std::process::Command::new(binary("opta-lmx"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--port", &port.to_string()])
+            .arg("--models-dir")
+            .arg(&models)
+            .env("OPTA_LMX_WORKER", binary("opta-lmx-worker"))
+            .env("HF_HUB_CACHE", dir.path().join("no-hf-cache"))
+            .spawn()
+            .expect("spawn opta-lmx");
+        let daemon = Daemon {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok((200, _)) = daemon.try_request("GET", "/admin/health", None) {
+                return daemon;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("opta-lmx did not come up on port {port}");
+    }
+
+    /// One HTTP request; the status and the raw body.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        http(self.port, method, path, body, "application/json")
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A request whose answer must be JSON.
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let text = body.map(|b| b.to_string());
+        let (code, raw) = self.request(method, path, text.as_deref());
+        let value = serde_json::from_str(&raw)
+            .unwrap_or_else(|e| panic!("{method} {path} answered non-JSON ({e}): {raw}"));
+        (code, value)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.json("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.json("POST", path, Some(body))
+    }
+
+    /// The `data:` payloads of a streamed response, in order.
+    pub fn stream(&self, path: &str, body: &serde_json::Value) -> (u16, Vec<String>) {
+        let (code, raw) = self.request("POST", path, Some(&body.to_string()));
+        let events = raw
+            .split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+            .collect();
+        (code, events)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM lets the daemon stop its workers; SIGKILL if it does not exit in time.
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close), de-chunking the body if needed.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    content_type: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(300)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        code,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    ))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// Streams a POST's SSE events as they arrive, calling `on_event` with each `data:` payload
+/// until it returns false or the stream ends. Returns the status code and whether the
+/// stream ended by itself.
+pub fn stream_events(
+    port: u16,
+    path: &str,
+    body: &serde_json::Value,
+    mut on_event: impl FnMut(&str) -> bool,
+) -> std::io::Result<(u16, bool)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut chunked = false;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        chunked |= line
+            .to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked");
+    }
+    let mut pending = String::new();
+    loop {
+        let piece = if chunked {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Ok((code, true));
+            }
+            let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                return Ok((code, true));
+            }
+            let mut buf = vec![0; n + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n);
+            buf
+        } else {
+            let mut buf = vec![0; 4096];
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok((code, true));
+            }
+            buf.truncate(n);
+            buf
+        };
+        pending.push_str(&String::from_utf8_lossy(&piece));
+        while let Some(at) = pending.find("\n\n") {
+            let event: String = pending.drain(..at + 2).collect();
+            if let Some(data) = event.trim().strip_prefix("data: ") {
+                if !on_event(data) {
+                    return Ok((code, false));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            // Field 3 is the state; after the ")" that ends the command name.
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Sends a signal by name (`KILL`, `STOP`, `CONT`, `TERM`) with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}

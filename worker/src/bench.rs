@@ -10,6 +10,7 @@ use opta_lmx_shared::protocol::SamplingParams;
 use serde::Serialize;
 
 use crate::generate::{Engine, GenerateParams};
+use crate::model::LoadOptions;
 
 /// A fixed English passage, repeated to build prompts of any length.
 const FILLER: &str = "The history of astronomy spans thousands of years, from the first \
@@ -85,8 +86,9 @@ pub fn bench_model(
     prompt_tokens: usize,
     gen_tokens: usize,
     runs: usize,
+    options: LoadOptions,
 ) -> anyhow::Result<Vec<BenchResult>> {
-    let engine = Engine::load(dir)?;
+    let engine = Engine::load_with(dir, options)?;
     let prompt = match prompt {
         Some(p) => p,
         None => filler_prompt(&engine, prompt_tokens)?,

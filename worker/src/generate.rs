@@ -20,7 +20,7 @@ use opta_lmx_shared::protocol::{
 
 use crate::cache::KvCache;
 use crate::detok::Detokenizer;
-use crate::model::{self, Model};
+use crate::model::{self, LoadOptions, Model};
 use crate::sampling::{self, Sampler};
 use crate::tokenizer::Tokenizer;
 
@@ -91,11 +91,17 @@ pub struct Outcome {
 }
 
 impl Engine {
+    /// Loads a model folder with this machine's default options (see
+    /// [`LoadOptions::for_this_machine`]).
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(dir, LoadOptions::for_this_machine())
+    }
+
     /// Loads a model folder, reads every weight and runs one forward pass, so that "loaded"
     /// means ready to answer.
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    pub fn load_with(dir: &Path, options: LoadOptions) -> anyhow::Result<Self> {
         let start = Instant::now();
-        let model = model::load(dir)?;
+        let model = model::load(dir, options)?;
         let tokenizer = Tokenizer::load(dir, &model.config)?;
         eval(model.arrays()).context("reading the weights")?;
         let mut cache = model.new_cache();

@@ -35,6 +35,36 @@ pub enum ModelError {
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+/// Numeric choices made at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep quantization scales and biases in float32. CPUs without native bfloat16 (x86)
+    /// convert every bf16 scale on the fly, which makes 4-bit matmuls several times slower;
+    /// float32 scales hold the same values exactly, but the matmul then accumulates in
+    /// float32, so outputs differ slightly from mlx-lm's (which keeps bf16).
+    pub float32_quant_params: bool,
+}
+
+impl LoadOptions {
+    /// The same arithmetic as mlx-lm: the files' dtypes as they are.
+    pub const EXACT: LoadOptions = LoadOptions {
+        float32_quant_params: false,
+    };
+
+    /// The default for this machine: float32 quantization parameters on the CPU backend
+    /// (unless `OPTA_LMX_EXACT=1`), the files' dtypes on GPUs, where bf16 is native.
+    pub fn for_this_machine() -> Self {
+        let exact = std::env::var("OPTA_LMX_EXACT").is_ok_and(|v| v == "1");
+        let cpu = mlx_rs::Device::default()
+            .get_type()
+            .map(|t| matches!(t, mlx_rs::DeviceType::Cpu))
+            .unwrap_or(true);
+        LoadOptions {
+            float32_quant_params: cpu && !exact,
+        }
+    }
+}
+
 /// How one supported architecture differs from plain Llama.
 #[derive(Debug, Clone, Copy)]
 struct ArchSpec {
@@ -328,11 +358,16 @@ pub struct Model {
 
 impl Model {
     /// Builds the model from a folder's config and tensors, checking every shape.
-    pub fn from_weights(config: ModelConfig, tensors: HashMap<String, Array>) -> Result<Self> {
+    pub fn from_weights(
+        config: ModelConfig,
+        tensors: HashMap<String, Array>,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let spec = arch_spec(&config)?;
         let mut w = TensorSource {
             tensors,
             config: &config,
+            options,
         };
         let hidden = config.hidden_size as i32;
         let inter = config.intermediate_size as i32;
@@ -506,6 +541,7 @@ impl Model {
 struct TensorSource<'a> {
     tensors: HashMap<String, Array>,
     config: &'a ModelConfig,
+    options: LoadOptions,
 }
 
 impl TensorSource<'_> {
@@ -556,8 +592,12 @@ impl TensorSource<'_> {
                         expected: vec![out, inp * b / 32],
                     });
                 }
-                let scales = self.take_shaped(&scales_name, &[out, inp / g])?;
-                let biases = self.take_shaped(&format!("{module}.biases"), &[out, inp / g])?;
+                let mut scales = self.take_shaped(&scales_name, &[out, inp / g])?;
+                let mut biases = self.take_shaped(&format!("{module}.biases"), &[out, inp / g])?;
+                if self.options.float32_quant_params {
+                    scales = scales.as_dtype(Dtype::Float32)?;
+                    biases = biases.as_dtype(Dtype::Float32)?;
+                }
                 Ok(Linear::Quantized {
                     weight,
                     scales,
@@ -577,9 +617,9 @@ impl TensorSource<'_> {
 
 /// Loads and checks a model folder: config, weights, shapes. Weights are read lazily by MLX;
 /// `Model::arrays` lets the caller evaluate them up front.
-pub fn load(dir: &Path) -> anyhow::Result<Model> {
+pub fn load(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
     let config = opta_lmx_shared::model_dir::read_config(dir)?;
     arch_spec(&config)?;
     let weights = crate::weights::load(dir)?;
-    Ok(Model::from_weights(config, weights.tensors)?)
+    Ok(Model::from_weights(config, weights.tensors, options)?)
 }

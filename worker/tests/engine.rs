@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
 use opta_lmx_worker::generate::{Engine, GenerateParams};
+use opta_lmx_worker::model::LoadOptions;
 use serde_json::{json, Value};
 
 fn models_dir() -> PathBuf {
@@ -75,7 +76,8 @@ fn check_against_mlx_lm(variant: &str) {
     let reference = reference();
     let entry = &reference["models"][variant];
     let max = entry["max_tokens"].as_u64().expect("max_tokens") as usize;
-    let engine = Engine::load(&models_dir().join(variant)).unwrap();
+    // mlx-lm keeps the files' dtypes: compare with the same arithmetic.
+    let engine = Engine::load_with(&models_dir().join(variant), LoadOptions::EXACT).unwrap();
     let cases = entry["cases"].as_array().expect("cases");
     assert!(!cases.is_empty());
     for case in cases {

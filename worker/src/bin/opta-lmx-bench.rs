@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use opta_lmx_worker::model::LoadOptions;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,9 @@ struct Cli {
     prompt_ids: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Keep the files' dtypes (mlx-lm's arithmetic) instead of this machine's defaults
+    #[arg(long)]
+    exact: bool,
     /// One JSON object per run instead of a table
     #[arg(long)]
     json: bool,
@@ -51,6 +55,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         cli.prompt_tokens,
         cli.gen_tokens,
         cli.runs,
+        if cli.exact {
+            LoadOptions::EXACT
+        } else {
+            LoadOptions::for_this_machine()
+        },
     )?;
     if !cli.json {
         println!(

@@ -1,0 +1,205 @@
+//! Finding models: a model id is `publisher/name`, looked up in the models folder (LM Studio's
+//! layout, `<models_directory>/<publisher>/<name>/config.json`), then in the Hugging Face
+//! cache (`~/.cache/huggingface/hub/models--publisher--name/snapshots/<rev>/`, offline). An
+//! absolute path to a model folder also works, with the path as its id.
+
+use std::path::{Path, PathBuf};
+
+use opta_lmx_shared::model_dir::{self, ModelConfig};
+
+/// A model that could be loaded.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    /// Bytes of the weight files, the basis of the memory estimate.
+    pub weights_bytes: u64,
+}
+
+impl ModelEntry {
+    fn read(id: String, dir: PathBuf) -> Option<Self> {
+        let config = model_dir::read_config(&dir).ok()?;
+        let weights_bytes = model_dir::weight_files(&dir)
+            .ok()?
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        Some(ModelEntry {
+            id,
+            dir,
+            config,
+            weights_bytes,
+        })
+    }
+
+    /// The part after the publisher, as LM Studio shows it.
+    pub fn publisher(&self) -> &str {
+        self.id.split_once('/').map_or("local", |(p, _)| p)
+    }
+}
+
+/// Where models are looked for.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub models_dir: PathBuf,
+    pub hf_cache: Option<PathBuf>,
+}
+
+impl Discovery {
+    pub fn new(models_dir: PathBuf) -> Self {
+        Discovery {
+            models_dir,
+            hf_cache: hf_cache_dir(),
+        }
+    }
+
+    /// The folder of `id`, or `None` when no such model exists.
+    pub fn resolve(&self, id: &str) -> Option<ModelEntry> {
+        let path = Path::new(id);
+        if path.is_absolute() {
+            return ModelEntry::read(id.to_string(), path.to_path_buf());
+        }
+        // Ids are publisher/name: refuse anything that could climb out of the folders.
+        let parts: Vec<&str> = id.split('/').collect();
+        if parts.len() != 2
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\\'))
+        {
+            return None;
+        }
+        let local = self.models_dir.join(parts[0]).join(parts[1]);
+        if local.join("config.json").is_file() {
+            return ModelEntry::read(id.to_string(), local);
+        }
+        let cache = self.hf_cache.as_ref()?;
+        let snapshot = hf_snapshot(&cache.join(format!("models--{}--{}", parts[0], parts[1])))?;
+        ModelEntry::read(id.to_string(), snapshot)
+    }
+
+    /// Every model that could be loaded, sorted by id.
+    pub fn list(&self) -> Vec<ModelEntry> {
+        let mut out = Vec::new();
+        for publisher in subdirs(&self.models_dir) {
+            for model in subdirs(&publisher) {
+                if model.join("config.json").is_file() {
+                    let id = format!("{}/{}", file_name(&publisher), file_name(&model));
+                    out.extend(ModelEntry::read(id, model));
+                }
+            }
+        }
+        if let Some(cache) = &self.hf_cache {
+            for repo in subdirs(cache) {
+                let name = file_name(&repo);
+                let Some(rest) = name.strip_prefix("models--") else {
+                    continue;
+                };
+                let Some((publisher, model)) = rest.split_once("--") else {
+                    continue;
+                };
+                let id = format!("{publisher}/{model}");
+                if out.iter().any(|e| e.id == id) {
+                    continue;
+                }
+                if let Some(snap) = hf_snapshot(&repo) {
+                    out.extend(ModelEntry::read(id, snap));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// `HF_HUB_CACHE`, `HF_HOME/hub`, or `~/.cache/huggingface/hub`.
+fn hf_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(home) = std::env::var_os("HF_HOME") {
+        return Some(PathBuf::from(home).join("hub"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+}
+
+/// The snapshot `refs/main` points at, else the newest complete one.
+fn hf_snapshot(repo: &Path) -> Option<PathBuf> {
+    let snapshots = repo.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
+        let dir = snapshots.join(rev.trim());
+        if dir.join("config.json").is_file() {
+            return Some(dir);
+        }
+    }
+    subdirs(&snapshots)
+        .into_iter()
+        .filter(|d| d.join("config.json").is_file())
+        .max_by_key(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_model(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"intermediate_size":8,"num_attention_heads":2,"vocab_size":10}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"12345").unwrap();
+    }
+
+    #[test]
+    fn finds_lm_studio_layout_hf_cache_and_absolute_paths() {
+        let root = tempfile::tempdir().unwrap();
+        let models = root.path().join("models");
+        write_model(&models.join("acme/tiny-4bit"));
+        let cache = root.path().join("hub");
+        let repo = cache.join("models--org--cached");
+        write_model(&repo.join("snapshots/abc123"));
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+
+        let d = Discovery {
+            models_dir: models.clone(),
+            hf_cache: Some(cache),
+        };
+        let local = d.resolve("acme/tiny-4bit").unwrap();
+        assert_eq!(local.dir, models.join("acme/tiny-4bit"));
+        assert_eq!(local.weights_bytes, 5);
+        assert_eq!(local.publisher(), "acme");
+        assert_eq!(
+            d.resolve("org/cached").unwrap().dir,
+            repo.join("snapshots/abc123")
+        );
+        let abs = models.join("acme/tiny-4bit");
+        assert!(d.resolve(abs.to_str().unwrap()).is_some());
+        assert!(d.resolve("acme/missing").is_none());
+        assert!(d.resolve("../etc").is_none());
+        assert!(d.resolve("acme/..").is_none());
+        let ids: Vec<String> = d.list().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["acme/tiny-4bit", "org/cached"]);
+    }
+}

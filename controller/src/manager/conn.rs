@@ -1,0 +1,412 @@
+//! One worker connection, shared by many requests.
+//!
+//! A reader task owns the receiving side: it decodes [`FromWorker`] frames and routes each to
+//! its request's bounded channel by `request_id`. A writer task owns the sending side and
+//! writes the frames queued on an mpsc channel, so a caller that gives up (a dropped future)
+//! can never leave half a frame on the stream. Both tasks share the socket through an `Arc`:
+//! `&Stream` implements tokio's `AsyncRead` and `AsyncWrite`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use interprocess::local_socket::tokio::Stream;
+use opta_lmx_shared::protocol::{read_frame, write_frame, FromWorker, GenerateRequest, ToWorker};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{ManagerError, StreamEvent};
+
+/// Events buffered per request before the reader waits for that request's consumer.
+const STREAM_BUFFER: usize = 256;
+
+/// Locks ignoring poison: every critical section here leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The connection to one worker: its two tasks and the routing table.
+pub(crate) struct Conn {
+    shared: Arc<ConnShared>,
+    closed: watch::Receiver<bool>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+/// What the tasks, the supervisor and every [`GenerationStream`] share.
+pub(crate) struct ConnShared {
+    model: String,
+    out: mpsc::UnboundedSender<ToWorker>,
+    next_id: AtomicU64,
+    state: Mutex<ConnState>,
+}
+
+struct ConnState {
+    routes: HashMap<u64, Route>,
+    /// When the worker last sent a frame (or the reader last finished handing one over).
+    last_frame: Instant,
+    /// When the current busy period (at least one request in flight) began.
+    busy_since: Option<Instant>,
+    /// The reader is waiting for a slow consumer: the worker is not silent, we are.
+    delivering: bool,
+    /// When a request last started or ended (idle TTL and LRU eviction).
+    last_used: Instant,
+    last_used_wall: SystemTime,
+}
+
+/// Where a request's events go. `fail` holds the terminal error for a request ended from
+/// outside the stream (crash, timeout, unload): the consumer first drains what the worker
+/// already sent, then sees the channel close and takes the error.
+struct Route {
+    tx: mpsc::Sender<StreamEvent>,
+    fail: Arc<Mutex<Option<ManagerError>>>,
+}
+
+impl Conn {
+    /// Starts the reader and writer tasks on a connected, handshaken stream.
+    pub(crate) fn start(stream: Stream, model: &str) -> Conn {
+        let stream = Arc::new(stream);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let shared = Arc::new(ConnShared {
+            model: model.to_string(),
+            out: out_tx,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(ConnState {
+                routes: HashMap::new(),
+                last_frame: now,
+                busy_since: None,
+                delivering: false,
+                last_used: now,
+                last_used_wall: SystemTime::now(),
+            }),
+        });
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let reader = tokio::spawn(read_loop(
+            Arc::clone(&stream),
+            Arc::clone(&shared),
+            closed_tx,
+        ));
+        let writer = tokio::spawn(write_loop(stream, out_rx, model.to_string()));
+        Conn {
+            shared,
+            closed: closed_rx,
+            reader,
+            writer,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
+    /// Resolves once the reader has stopped (EOF or a broken stream); callable repeatedly.
+    pub(crate) async fn closed(&mut self) {
+        // An error means the reader is gone without saying so, which is the same thing.
+        let _ = self.closed.wait_for(|closed| *closed).await;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Nothing must outlive the worker's supervision; a finished task ignores the abort.
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+impl ConnShared {
+    fn state(&self) -> MutexGuard<'_, ConnState> {
+        lock(&self.state)
+    }
+
+    /// Queues a frame for the writer. `false`: the writer is gone (the worker is dying).
+    pub(crate) fn send(&self, msg: ToWorker) -> bool {
+        self.out.send(msg).is_ok()
+    }
+
+    /// Registers a request and sends it. `Err` means the writer is gone.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        mut req: GenerateRequest,
+    ) -> Result<GenerationStream, ()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.request_id = id;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let fail = Arc::new(Mutex::new(None));
+        {
+            let mut st = self.state();
+            let now = Instant::now();
+            if st.routes.is_empty() {
+                st.busy_since = Some(now);
+            }
+            st.routes.insert(
+                id,
+                Route {
+                    tx,
+                    fail: Arc::clone(&fail),
+                },
+            );
+            st.touch(now);
+        }
+        // The route exists before the frame leaves, so no answer can miss it.
+        if !self.send(ToWorker::Generate(req)) {
+            self.remove(id);
+            return Err(());
+        }
+        Ok(GenerationStream {
+            rx,
+            fail,
+            conn: Arc::clone(self),
+            id,
+            finished: false,
+        })
+    }
+
+    fn remove(&self, id: u64) -> Option<Route> {
+        let mut st = self.state();
+        let route = st.routes.remove(&id);
+        if route.is_some() {
+            st.touch(Instant::now());
+            if st.routes.is_empty() {
+                st.busy_since = None;
+            }
+        }
+        route
+    }
+
+    /// Ends every request in flight with `err(id)`; returns their ids.
+    pub(crate) fn fail_all(&self, err: impl Fn() -> ManagerError) -> Vec<u64> {
+        let routes: Vec<(u64, Route)> = {
+            let mut st = self.state();
+            if !st.routes.is_empty() {
+                st.touch(Instant::now());
+            }
+            st.busy_since = None;
+            st.routes.drain().collect()
+        };
+        let mut ids = Vec::with_capacity(routes.len());
+        for (id, route) in routes {
+            *lock(&route.fail) = Some(err());
+            // Dropping the sender closes the channel once the reader lets go of its clone.
+            drop(route.tx);
+            ids.push(id);
+        }
+        ids
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.state().routes.len()
+    }
+
+    pub(crate) fn last_used(&self) -> SystemTime {
+        self.state().last_used_wall
+    }
+
+    /// How long no request has been in flight (`None` while busy).
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        let st = self.state();
+        st.routes.is_empty().then(|| st.last_used.elapsed())
+    }
+
+    /// Counts a load or other explicit use as activity, for the idle TTL.
+    pub(crate) fn touch(&self) {
+        self.state().touch(Instant::now());
+    }
+
+    /// True when requests are in flight and the worker has sent nothing for `timeout`.
+    pub(crate) fn stalled(&self, timeout: Duration) -> bool {
+        let st = self.state();
+        match st.busy_since {
+            Some(busy) if !st.delivering => {
+                let silent_since = busy.max(st.last_frame);
+                silent_since.elapsed() >= timeout
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ConnState {
+    fn touch(&mut self, now: Instant) {
+        self.last_used = now;
+        self.last_used_wall = SystemTime::now();
+    }
+}
+
+async fn read_loop(stream: Arc<Stream>, conn: Arc<ConnShared>, closed: watch::Sender<bool>) {
+    let mut r = &*stream;
+    loop {
+        match read_frame::<FromWorker, _>(&mut r).await {
+            Ok(Some(msg)) => route(&conn, msg).await,
+            Ok(None) => {
+                tracing::debug!(model = %conn.model, "the worker closed its socket");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(model = %conn.model, "reading from the worker failed: {e}");
+                break;
+            }
+        }
+    }
+    // The supervisor sees this and reaps the worker; open requests end there, with the
+    // exit status, never with a made-up Done.
+    let _ = closed.send(true);
+}
+
+/// Hands one frame to its request. Awaiting a full channel is the backpressure: the worker's
+/// socket fills and it waits, rather than the controller buffering without bound.
+async fn route(conn: &ConnShared, msg: FromWorker) {
+    let (tx, event) = match msg {
+        FromWorker::Chunk {
+            request_id,
+            text,
+            token_ids,
+            logprobs,
+        } => {
+            let tx = {
+                let mut st = conn.state();
+                st.last_frame = Instant::now();
+                st.routes.get(&request_id).map(|r| r.tx.clone())
+            };
+            let event = StreamEvent::Chunk {
+                text,
+                token_ids,
+                logprobs,
+            };
+            (tx, event)
+        }
+        FromWorker::Done {
+            request_id,
+            finish_reason,
+            usage,
+            timings,
+        } => {
+            conn.state().last_frame = Instant::now();
+            let tx = conn.remove(request_id).map(|r| r.tx);
+            let event = StreamEvent::Done {
+                finish_reason,
+                usage,
+                timings,
+            };
+            (tx, event)
+        }
+        FromWorker::Error {
+            request_id: Some(request_id),
+            kind,
+            message,
+        } => {
+            conn.state().last_frame = Instant::now();
+            let tx = conn.remove(request_id).map(|r| r.tx);
+            (
+                tx,
+                StreamEvent::Error(ManagerError::Request { kind, message }),
+            )
+        }
+        FromWorker::Error {
+            request_id: None,
+            kind,
+            message,
+        } => {
+            conn.state().last_frame = Instant::now();
+            tracing::warn!(model = %conn.model, ?kind, "the worker reported: {message}");
+            return;
+        }
+        other => {
+            conn.state().last_frame = Instant::now();
+            tracing::debug!(model = %conn.model, "ignoring an unexpected frame: {other:?}");
+            return;
+        }
+    };
+    // No route: the request was cancelled or failed already; its late frames are dropped.
+    let Some(tx) = tx else { return };
+    if let Ok(permit) = tx.try_reserve() {
+        permit.send(event);
+        return;
+    }
+    conn.state().delivering = true;
+    // An error means the consumer went away; its Drop already sent Cancel.
+    let _ = tx.send(event).await;
+    let mut st = conn.state();
+    st.delivering = false;
+    st.last_frame = Instant::now();
+}
+
+async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::UnboundedReceiver<ToWorker>, model: String) {
+    let mut w = &*stream;
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = write_frame(&mut w, &msg).await {
+            // The reader or the child's exit tells the supervisor; nothing to retry here.
+            tracing::warn!(model = %model, "writing to the worker failed: {e}");
+            break;
+        }
+    }
+}
+
+/// The events of one generation, in order, ending with exactly one `Done` or `Error`.
+///
+/// Dropping it before the end cancels the request in the worker (the client went away).
+pub struct GenerationStream {
+    rx: mpsc::Receiver<StreamEvent>,
+    fail: Arc<Mutex<Option<ManagerError>>>,
+    conn: Arc<ConnShared>,
+    id: u64,
+    finished: bool,
+}
+
+impl GenerationStream {
+    /// The next event; `None` after the terminal `Done` or `Error`.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        if self.finished {
+            return None;
+        }
+        let event = match self.rx.recv().await {
+            Some(event) => event,
+            None => {
+                let err = lock(&self.fail)
+                    .take()
+                    .unwrap_or_else(|| ManagerError::Crashed {
+                        model: self.conn.model.clone(),
+                        status: "the connection to the worker closed".into(),
+                        stderr_tail: String::new(),
+                    });
+                StreamEvent::Error(err)
+            }
+        };
+        if matches!(event, StreamEvent::Done { .. } | StreamEvent::Error(_)) {
+            self.finished = true;
+        }
+        Some(event)
+    }
+
+    /// The id the manager gave this request on its worker's connection.
+    pub fn request_id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for GenerationStream {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Still routed: the worker is generating for nobody, so stop it. Not routed: it
+        // already finished or failed, and there is nothing to cancel.
+        if self.conn.remove(self.id).is_some() {
+            self.conn.send(ToWorker::Cancel {
+                request_id: self.id,
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for GenerationStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationStream")
+            .field("model", &self.conn.model)
+            .field("request_id", &self.id)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}

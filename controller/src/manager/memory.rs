@@ -1,0 +1,225 @@
+//! The memory guard: estimate what a model will take before starting its worker, and refuse
+//! (or evict least-recently-used idle models) when it would push the system past
+//! `memory.max_memory_percent`.
+//!
+//! Estimate: the folder's `*.safetensors` bytes (weights are loaded as stored) plus 10% of
+//! them for the KV cache and activations, plus a fixed 256 MiB for the worker process itself
+//! (MLX, the tokenizer, buffers). "Used" is total minus available memory as the OS reports it
+//! (page cache that can be dropped does not count as used).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// Fixed per-worker allowance on top of the weights.
+pub const WORKER_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
+/// KV cache and activations, as a fraction of the weights: 1/10.
+pub const KV_ALLOWANCE_DIVISOR: u64 = 10;
+
+/// Bytes of `*.safetensors` directly in `dir` (unreadable entries count as 0: the worker
+/// will report the real problem when it loads).
+pub fn weights_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// What loading the model in `dir` is expected to take.
+pub fn estimate_bytes(dir: &Path) -> u64 {
+    let weights = weights_bytes(dir);
+    weights
+        .saturating_add(weights / KV_ALLOWANCE_DIVISOR)
+        .saturating_add(WORKER_OVERHEAD_BYTES)
+}
+
+/// The byte limit `max_memory_percent` sets on `total`.
+pub fn limit_bytes(total: u64, max_percent: u8) -> u64 {
+    let pct = u128::from(max_percent.min(100));
+    u64::try_from(u128::from(total) * pct / 100).unwrap_or(u64::MAX)
+}
+
+/// Which idle models to unload, least recently used first, so that `needed` more bytes fit
+/// under `limit`. `candidates` are `(model_id, resident_bytes)` in LRU order. `None`: even
+/// unloading all of them would not make room, so nothing should be unloaded.
+pub fn plan_eviction(
+    used: u64,
+    needed: u64,
+    limit: u64,
+    candidates: &[(String, u64)],
+) -> Option<Vec<String>> {
+    let fits = |used: u64| used.saturating_add(needed) <= limit;
+    let mut projected = used;
+    let mut plan = Vec::new();
+    if fits(projected) {
+        return Some(plan);
+    }
+    for (id, resident) in candidates {
+        projected = projected.saturating_sub(*resident);
+        plan.push(id.clone());
+        if fits(projected) {
+            return Some(plan);
+        }
+    }
+    None
+}
+
+/// System memory readings and the bytes promised to loads in progress.
+pub(crate) struct Memory {
+    sys: Mutex<System>,
+    /// model id -> (estimate, loads in flight for it): joined loads share one reservation.
+    reserved: Mutex<HashMap<String, (u64, usize)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Memory {
+    pub(crate) fn new() -> Memory {
+        Memory {
+            sys: Mutex::new(System::new()),
+            reserved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `(total, used)` bytes now.
+    pub(crate) fn system(&self) -> (u64, u64) {
+        let mut sys = lock(&self.sys);
+        sys.refresh_memory();
+        let total = sys.total_memory();
+        (total, total.saturating_sub(sys.available_memory()))
+    }
+
+    /// Resident bytes of each pid that still exists.
+    pub(crate) fn resident(&self, pids: &[u32]) -> HashMap<u32, u64> {
+        if pids.is_empty() {
+            return HashMap::new();
+        }
+        let pids: Vec<Pid> = pids.iter().map(|p| Pid::from_u32(*p)).collect();
+        let mut sys = lock(&self.sys);
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&pids),
+            true,
+            ProcessRefreshKind::nothing().with_memory(),
+        );
+        pids.iter()
+            .filter_map(|pid| sys.process(*pid).map(|p| (pid.as_u32(), p.memory())))
+            .collect()
+    }
+
+    /// Bytes reserved by loads in progress for models other than `model`.
+    pub(crate) fn reserved_except(&self, model: &str) -> u64 {
+        lock(&self.reserved)
+            .iter()
+            .filter(|(id, _)| id.as_str() != model)
+            .map(|(_, (bytes, _))| *bytes)
+            .sum()
+    }
+
+    /// Joins the reservation of a load of `model` already in progress, if there is one.
+    pub(crate) fn join(&self, model: &str) -> Option<Reservation<'_>> {
+        let mut reserved = lock(&self.reserved);
+        let entry = reserved.get_mut(model)?;
+        entry.1 += 1;
+        Some(Reservation {
+            memory: self,
+            model: model.to_string(),
+        })
+    }
+
+    pub(crate) fn reserve(&self, model: &str, bytes: u64) -> Reservation<'_> {
+        let mut reserved = lock(&self.reserved);
+        let entry = reserved.entry(model.to_string()).or_insert((bytes, 0));
+        entry.1 += 1;
+        Reservation {
+            memory: self,
+            model: model.to_string(),
+        }
+    }
+}
+
+/// Counts a load's estimate as used until the load ends (then the worker's real memory is).
+pub(crate) struct Reservation<'a> {
+    memory: &'a Memory,
+    model: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut reserved = lock(&self.memory.reserved);
+        if let Some(entry) = reserved.get_mut(&self.model) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                reserved.remove(&self.model);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn c(id: &str, bytes: u64) -> (String, u64) {
+        (id.to_string(), bytes)
+    }
+
+    #[test]
+    fn fits_without_evicting() {
+        assert_eq!(plan_eviction(4 * GIB, GIB, 10 * GIB, &[]), Some(vec![]));
+        assert_eq!(
+            plan_eviction(4 * GIB, GIB, 10 * GIB, &[c("a", GIB)]),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first_and_only_as_many_as_needed() {
+        let cands = [c("old", 2 * GIB), c("mid", 2 * GIB), c("new", 2 * GIB)];
+        assert_eq!(
+            plan_eviction(9 * GIB, 2 * GIB, 10 * GIB, &cands),
+            Some(vec!["old".to_string()])
+        );
+        assert_eq!(
+            plan_eviction(9 * GIB, 4 * GIB, 10 * GIB, &cands),
+            Some(vec!["old".to_string(), "mid".to_string()])
+        );
+    }
+
+    #[test]
+    fn evicts_nothing_when_even_everything_would_not_be_enough() {
+        let cands = [c("a", GIB), c("b", GIB)];
+        assert_eq!(plan_eviction(9 * GIB, 5 * GIB, 10 * GIB, &cands), None);
+    }
+
+    #[test]
+    fn limit_is_a_percentage_of_total() {
+        assert_eq!(limit_bytes(100, 90), 90);
+        assert_eq!(limit_bytes(u64::MAX, 100), u64::MAX);
+        assert_eq!(limit_bytes(1000, 0), 0);
+    }
+
+    #[test]
+    fn estimate_counts_safetensors_plus_allowances() {
+        let dir = std::env::temp_dir().join(format!("opta-lmx-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model-00001.safetensors"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.join("model-00002.safetensors"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), vec![0u8; 5000]).unwrap();
+        assert_eq!(weights_bytes(&dir), 2000);
+        assert_eq!(estimate_bytes(&dir), 2000 + 200 + WORKER_OVERHEAD_BYTES);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(estimate_bytes(&dir), WORKER_OVERHEAD_BYTES);
+    }
+}

@@ -1,0 +1,283 @@
+//! `opta-lmx-fake-worker`: a stand-in for `opta-lmx-worker serve` that speaks the real
+//! protocol but loads nothing, for fault tests. Usage (flags before or after `serve`):
+//!
+//!   opta-lmx-fake-worker [FLAGS] serve --socket <path> --model <dir>
+//!
+//! - `--exit-before-hello`: print a line to stderr and exit with code 3 before connecting
+//! - `--hang-on-load`: say Hello, then never Ready
+//! - `--load-fail <msg>`: say Hello, then LoadFailed(msg), exit 1
+//! - `--ignore-sigterm`: ignore SIGTERM, Shutdown and EOF (only SIGKILL ends it)
+//! - `--crash-after-chunks <n>`: abort (SIGABRT) right after sending its n-th chunk
+//! - `--chunk-delay-ms <n>`: pause between chunks (default 5)
+//!
+//! It appends its pid to `<dir>/fake-worker.pids`, so tests can find and count processes.
+//! Requests are served one at a time; each chunk is `t<i> `; `max_tokens: None` streams until
+//! cancelled.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::time::Duration;
+
+use opta_lmx_shared::protocol::{
+    read_frame_blocking, write_frame_blocking, FinishReason, FromWorker, GenerateRequest,
+    ModelFacts, Timings, ToWorker, Usage, WorkerStats, PROTOCOL_VERSION,
+};
+
+#[derive(Default)]
+struct Flags {
+    socket: Option<PathBuf>,
+    model: Option<PathBuf>,
+    exit_before_hello: bool,
+    hang_on_load: bool,
+    load_fail: Option<String>,
+    ignore_sigterm: bool,
+    crash_after_chunks: Option<u64>,
+    chunk_delay: Duration,
+}
+
+fn parse() -> Flags {
+    let mut f = Flags {
+        chunk_delay: Duration::from_millis(5),
+        ..Flags::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| fail(&format!("{arg} needs a value")))
+        };
+        match arg.as_str() {
+            "serve" => {}
+            "--socket" => f.socket = Some(value().into()),
+            "--model" => f.model = Some(value().into()),
+            "--exit-before-hello" => f.exit_before_hello = true,
+            "--hang-on-load" => f.hang_on_load = true,
+            "--load-fail" => f.load_fail = Some(value()),
+            "--ignore-sigterm" => f.ignore_sigterm = true,
+            "--crash-after-chunks" => {
+                f.crash_after_chunks = Some(value().parse().unwrap_or_else(|_| fail("bad n")))
+            }
+            "--chunk-delay-ms" => {
+                let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
+                f.chunk_delay = Duration::from_millis(ms);
+            }
+            other => fail(&format!("unknown argument {other}")),
+        }
+    }
+    f
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("fake-worker: {msg}");
+    std::process::exit(2)
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() {
+    let flags = parse();
+    let pid = std::process::id();
+    eprintln!("fake-worker[{pid}]: starting");
+    if flags.ignore_sigterm {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let (Some(socket), Some(model)) = (flags.socket.clone(), flags.model.clone()) else {
+        fail("--socket and --model are required");
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(model.join("fake-worker.pids"))
+    {
+        let _ = writeln!(f, "{pid}");
+    }
+    if flags.exit_before_hello {
+        eprintln!("fake-worker[{pid}]: exiting before hello as asked");
+        std::process::exit(3);
+    }
+    let stream = UnixStream::connect(&socket)
+        .unwrap_or_else(|e| fail(&format!("connect {}: {e}", socket.display())));
+    send(
+        &stream,
+        &FromWorker::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            worker_version: "fake".into(),
+            pid,
+        },
+    );
+    if flags.hang_on_load {
+        eprintln!("fake-worker[{pid}]: hanging in load as asked");
+        sleep_forever();
+    }
+    if let Some(message) = &flags.load_fail {
+        send(
+            &stream,
+            &FromWorker::LoadFailed {
+                message: message.clone(),
+            },
+        );
+        eprintln!("fake-worker[{pid}]: load failed as asked");
+        std::process::exit(1);
+    }
+    send(
+        &stream,
+        &FromWorker::Ready(ModelFacts {
+            model_type: "fake".into(),
+            num_layers: 1,
+            context_length: 4096,
+            vocab_size: 100,
+            quantization: "none".into(),
+            weights_bytes: 0,
+            load_seconds: 0.0,
+            eos_token_ids: vec![0],
+        }),
+    );
+
+    let (tx, rx) = mpsc::channel();
+    let reader = stream.try_clone().unwrap_or_else(|e| fail(&e.to_string()));
+    let ignore = flags.ignore_sigterm;
+    std::thread::spawn(move || loop {
+        match read_frame_blocking::<ToWorker, _>(&mut &reader) {
+            Ok(Some(msg)) => {
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            _ if ignore => sleep_forever(),
+            _ => {
+                eprintln!("fake-worker[{pid}]: socket closed; exiting");
+                std::process::exit(0);
+            }
+        }
+    });
+    Server {
+        stream,
+        rx,
+        flags,
+        queue: Vec::new(),
+        chunks_sent: 0,
+    }
+    .serve();
+}
+
+fn send(stream: &UnixStream, msg: &FromWorker) {
+    if let Err(e) = write_frame_blocking(&mut &*stream, msg) {
+        fail(&format!("write: {e}"));
+    }
+}
+
+struct Server {
+    stream: UnixStream,
+    rx: Receiver<ToWorker>,
+    flags: Flags,
+    queue: Vec<GenerateRequest>,
+    chunks_sent: u64,
+}
+
+enum Stop {
+    No,
+    Cancel,
+}
+
+impl Server {
+    fn serve(mut self) -> ! {
+        loop {
+            if self.queue.is_empty() {
+                match self.rx.recv() {
+                    Ok(msg) => {
+                        self.handle(msg, None);
+                    }
+                    Err(_) => sleep_forever(),
+                }
+                continue;
+            }
+            let req = self.queue.remove(0);
+            self.run(&req);
+        }
+    }
+
+    fn handle(&mut self, msg: ToWorker, running: Option<u64>) -> Stop {
+        match msg {
+            ToWorker::Generate(req) => self.queue.push(req),
+            ToWorker::Cancel { request_id } if running == Some(request_id) => return Stop::Cancel,
+            ToWorker::Cancel { request_id } => {
+                if let Some(pos) = self.queue.iter().position(|q| q.request_id == request_id) {
+                    self.queue.remove(pos);
+                    self.done(request_id, FinishReason::Cancelled, 0);
+                }
+            }
+            ToWorker::GetStats => send(&self.stream, &FromWorker::Stats(WorkerStats::default())),
+            ToWorker::Shutdown if self.flags.ignore_sigterm => {
+                eprintln!("fake-worker: ignoring Shutdown as asked");
+            }
+            ToWorker::Shutdown => {
+                eprintln!("fake-worker: shutting down");
+                std::process::exit(0);
+            }
+        }
+        Stop::No
+    }
+
+    fn run(&mut self, req: &GenerateRequest) {
+        let id = req.request_id;
+        let mut n = 0u32;
+        while req.max_tokens.is_none_or(|max| n < max) {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(msg) => {
+                        if let Stop::Cancel = self.handle(msg, Some(id)) {
+                            eprintln!("fake-worker: request {id} cancelled after {n} chunks");
+                            self.done(id, FinishReason::Cancelled, n);
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => sleep_forever(),
+                }
+            }
+            std::thread::sleep(self.flags.chunk_delay);
+            send(
+                &self.stream,
+                &FromWorker::Chunk {
+                    request_id: id,
+                    text: format!("t{n} "),
+                    token_ids: vec![n],
+                    logprobs: Vec::new(),
+                },
+            );
+            n += 1;
+            self.chunks_sent += 1;
+            if self.flags.crash_after_chunks == Some(self.chunks_sent) {
+                eprintln!(
+                    "fake-worker: crashing after {} chunks as asked",
+                    self.chunks_sent
+                );
+                std::process::abort();
+            }
+        }
+        self.done(id, FinishReason::Length, n);
+    }
+
+    fn done(&self, request_id: u64, finish_reason: FinishReason, completion_tokens: u32) {
+        send(
+            &self.stream,
+            &FromWorker::Done {
+                request_id,
+                finish_reason,
+                usage: Usage {
+                    prompt_tokens: 1,
+                    completion_tokens,
+                    cached_prompt_tokens: 0,
+                },
+                timings: Timings::default(),
+            },
+        );
+    }
+}
