@@ -6,6 +6,7 @@ pub mod detok;
 pub mod generate;
 pub mod inspect;
 pub mod model;
+pub mod process;
 pub mod sampling;
 pub mod serve;
 pub mod tokenizer;

@@ -52,8 +52,13 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn main() {
+    let code = run(Cli::parse());
+    // Leave without running MLX's and OpenBLAS's exit-time destructors (they can hang).
+    opta_lmx_worker::process::exit_now(if code == ExitCode::SUCCESS { 0 } else { 1 })
+}
+
+fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Inspect { model, json } => match opta_lmx_worker::inspect::summarise(&model) {
             Ok(summary) if json => match serde_json::to_string_pretty(&summary) {

@@ -97,12 +97,9 @@ pub fn run(socket: &Path, model_dir: &Path) -> ExitCode {
     }
 }
 
-/// Ends the process now. `_exit` skips atexit handlers and C++ static destructors: MLX's
-/// would otherwise run while the engine thread may still be inside MLX, which can crash or
-/// hang the exit. Nothing is buffered (stderr is unbuffered; stdout is never used).
+/// Ends the process now, whatever the engine thread is doing (see `process::exit_now`).
 fn die(code: i32) -> ! {
-    // SAFETY: `_exit` has no preconditions; it never returns.
-    unsafe { libc::_exit(code) }
+    crate::process::exit_now(code)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 //! tools/bench_vs_mlx_lm.py for the side-by-side comparison with mlx-lm.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 use opta_lmx_worker::model::LoadOptions;
@@ -33,15 +32,17 @@ struct Cli {
     json: bool,
 }
 
-fn main() -> ExitCode {
+fn main() {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run(&cli) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("opta-lmx-bench: {e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Leave without running MLX's and OpenBLAS's exit-time destructors (they can hang).
+    opta_lmx_worker::process::exit_now(code)
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
