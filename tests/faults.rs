@@ -179,3 +179,25 @@ fn twenty_concurrent_jit_requests_start_one_worker() {
         .count();
     assert_eq!(children, 1);
 }
+
+#[test]
+fn with_jit_off_a_crashed_model_still_restarts_on_its_next_request() {
+    let d = Daemon::start("models:\n  jit_loading: false\n");
+    let (code, _) = d.post("/admin/models/load", &json!({"model_id": TINY}));
+    assert_eq!(code, 200);
+    let pid = worker_pid(&d, TINY).unwrap();
+    signal(pid, "KILL");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker_state(&d, TINY)["state"] != "crashed" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(worker_state(&d, TINY)["state"], "crashed");
+    chat_ok(&d, TINY);
+    assert_ne!(worker_pid(&d, TINY), Some(pid));
+    // A model never loaded is still refused with JIT loading off.
+    let (code, _) = d.post(
+        "/v1/chat/completions",
+        &json!({"model": TINY_QWEN, "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_eq!(code, 404);
+}

@@ -101,7 +101,13 @@ pub async fn prepare_model(
         },
     };
     if !state.manager.is_ready(&entry.id) {
-        if !state.config.models.jit_loading {
+        // A model that crashed is started again on its next request, JIT loading or not.
+        let crashed = state
+            .manager
+            .models()
+            .iter()
+            .any(|m| m.model_id == entry.id && m.state == crate::manager::ModelState::Crashed);
+        if !state.config.models.jit_loading && !crashed {
             return Err(ApiError::model_not_found(entry.id.as_str()));
         }
         let ttl = ttl
