@@ -386,15 +386,20 @@ fn lmstudio_extras(
     })
 }
 
-fn with_extras<T: serde::Serialize>(body: &T, extras: Option<Value>) -> Response {
-    let mut value = match serde_json::to_value(body) {
-        Ok(v) => v,
-        Err(e) => return ApiError::internal(e.to_string()).into_response(),
-    };
-    if let (Some(Value::Object(extra)), Value::Object(obj)) = (extras, &mut value) {
+/// `body` as JSON with the fields of `extra` added.
+fn merged<T: serde::Serialize>(body: &T, extra: Value) -> Value {
+    let mut value = serde_json::to_value(body).unwrap_or(Value::Null);
+    if let (Value::Object(extra), Value::Object(obj)) = (extra, &mut value) {
         obj.extend(extra);
     }
-    axum::Json(value).into_response()
+    value
+}
+
+fn with_extras<T: serde::Serialize>(body: &T, extras: Option<Value>) -> Response {
+    match extras {
+        Some(extra) => axum::Json(merged(body, extra)).into_response(),
+        None => axum::Json(body).into_response(),
+    }
 }
 
 /// What kind of response to build from the worker's events.
@@ -419,12 +424,14 @@ pub async fn respond(
     let want_logprobs = req.logprobs;
     let stream = state.manager.generate(&entry.id, req).await?;
     if streaming {
+        let stats = dialect == Dialect::LmStudio;
         return Ok(sse_response(
             stream,
             entry,
             endpoint,
             include_usage,
             want_logprobs,
+            stats,
         ));
     }
     let c = collect(stream).await?;
@@ -472,6 +479,8 @@ struct SseState {
     model: String,
     text_offset: usize,
     began: Instant,
+    /// LM Studio dialect: the final chunk carries `stats` and `model_info`.
+    stats: Option<ModelEntry>,
 }
 
 fn sse_response(
@@ -480,6 +489,7 @@ fn sse_response(
     endpoint: Endpoint,
     include_usage: bool,
     want_logprobs: bool,
+    stats: bool,
 ) -> Response {
     let meta = match endpoint {
         Endpoint::Chat => StreamMeta::chat(entry.id.clone()),
@@ -494,9 +504,10 @@ fn sse_response(
         started: false,
         queue: Default::default(),
         done: false,
-        model: entry.id,
+        model: entry.id.clone(),
         text_offset: 0,
         began: Instant::now(),
+        stats: stats.then_some(entry),
     };
     // Dropping this stream (the client went away) drops the GenerationStream, which
     // cancels the request in the worker.
@@ -557,12 +568,19 @@ impl SseState {
                 timings,
             }) => {
                 log_request(&self.model, &usage, &timings);
+                let extras = self
+                    .stats
+                    .as_ref()
+                    .map(|e| lmstudio_extras(e, &usage, &timings, finish_reason));
                 let reason = finish(finish_reason);
                 let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
                 match self.endpoint {
                     Endpoint::Chat => {
-                        self.queue
-                            .push_back(sse::event(&self.meta.finish_chunk(reason)));
+                        let chunk = self.meta.finish_chunk(reason);
+                        self.queue.push_back(match extras {
+                            Some(extra) => sse::event(&merged(&chunk, extra)),
+                            None => sse::event(&chunk),
+                        });
                         if self.include_usage {
                             self.queue
                                 .push_back(sse::event(&self.meta.usage_chunk(usage)));
