@@ -1,6 +1,6 @@
 //! Unloading returns the model's memory: the worker process ends, and the memory in use on the
-//! system (anonymous pages)
-//! falls by about the model's size. (In-process servers report "unloaded" and keep it.)
+//! system (anonymous pages) falls by about the model's size. (In-process servers report
+//! "unloaded" and keep it.)
 //! A test binary of its own, so no other test loads models while it measures.
 
 use opta_lmx_tests::{process_alive, Daemon};
