@@ -16,6 +16,26 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// A cache holding the first `len` positions of `keys`/`values` ([1, kv_heads, n,
+    /// head_dim], n >= len). The slices share storage with the originals; the first append
+    /// grows into a fresh buffer, so the originals are never written.
+    pub fn from_prefix(keys: &Array, values: &Array, len: i32) -> Self {
+        KvCache {
+            keys: Some(keys.index((.., .., ..len))),
+            values: Some(values.index((.., .., ..len))),
+            offset: len,
+        }
+    }
+
+    /// The cached positions as (keys, values), without the unused capacity.
+    pub fn filled(&self) -> Option<(Array, Array)> {
+        let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
+        Some((
+            keys.index((.., .., ..self.offset)),
+            values.index((.., .., ..self.offset)),
+        ))
+    }
+
     /// Positions already cached: the RoPE offset of the next token.
     pub fn offset(&self) -> i32 {
         self.offset

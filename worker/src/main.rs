@@ -49,6 +49,12 @@ enum Command {
         /// An MLX model folder
         #[arg(long)]
         model: PathBuf,
+        /// Requests decoded together in one batch; more wait in the worker's queue
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        max_batch: u32,
+        /// Memory for the prompt (prefix) cache, in MiB; 0 turns it off
+        #[arg(long, default_value_t = 512)]
+        prompt_cache_mb: u64,
     },
 }
 
@@ -85,7 +91,18 @@ fn run(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         },
-        Command::Serve { socket, model } => opta_lmx_worker::serve::run(&socket, &model),
+        Command::Serve {
+            socket,
+            model,
+            max_batch,
+            prompt_cache_mb,
+        } => {
+            let limits = opta_lmx_worker::serve::Limits {
+                max_batch: max_batch as usize,
+                prompt_cache_bytes: prompt_cache_mb.saturating_mul(1024 * 1024),
+            };
+            opta_lmx_worker::serve::run(&socket, &model, limits)
+        }
     }
 }
 

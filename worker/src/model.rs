@@ -29,6 +29,8 @@ pub enum ModelError {
     },
     #[error("unsupported rope_scaling: {0}")]
     RopeScaling(String),
+    #[error("a sequence's cache has fewer layers than the model")]
+    CacheLayers,
     #[error("MLX: {0}")]
     Mlx(#[from] Exception),
 }
@@ -43,24 +45,40 @@ pub struct LoadOptions {
     /// float32 scales hold the same values exactly, but the matmul then accumulates in
     /// float32, so outputs differ slightly from mlx-lm's (which keeps bf16).
     pub float32_quant_params: bool,
+    /// Expand quantized weights to float32 at load when all of them together then take at
+    /// most this many bytes (0: never). MLX's CPU quantized matmul costs the same per row
+    /// however many rows it gets, so batching gains nothing from it, while a float32 matmul
+    /// through BLAS reads each weight once for the whole batch.
+    pub dequantize_up_to_bytes: usize,
 }
+
+/// The CPU default for [`LoadOptions::dequantize_up_to_bytes`].
+pub const CPU_DEQUANTIZE_LIMIT: usize = 4 << 30;
 
 impl LoadOptions {
     /// The same arithmetic as mlx-lm: the files' dtypes as they are.
     pub const EXACT: LoadOptions = LoadOptions {
         float32_quant_params: false,
+        dequantize_up_to_bytes: 0,
     };
 
-    /// The default for this machine: float32 quantization parameters on the CPU backend
-    /// (unless `OPTA_LMX_EXACT=1`), the files' dtypes on GPUs, where bf16 is native.
+    /// The default for this machine: on the CPU backend (unless `OPTA_LMX_EXACT=1`) float32
+    /// weights for models whose expanded weights fit [`CPU_DEQUANTIZE_LIMIT`], float32
+    /// quantization parameters otherwise; on GPUs, where bf16 and quantized kernels are
+    /// native, the files' dtypes.
     pub fn for_this_machine() -> Self {
         let exact = std::env::var("OPTA_LMX_EXACT").is_ok_and(|v| v == "1");
         let cpu = mlx_rs::Device::default()
             .get_type()
             .map(|t| matches!(t, mlx_rs::DeviceType::Cpu))
             .unwrap_or(true);
-        LoadOptions {
-            float32_quant_params: cpu && !exact,
+        if cpu && !exact {
+            LoadOptions {
+                float32_quant_params: true,
+                dequantize_up_to_bytes: CPU_DEQUANTIZE_LIMIT,
+            }
+        } else {
+            LoadOptions::EXACT
         }
     }
 }
@@ -285,35 +303,51 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
-        let shape = x.shape();
-        let (b, l) = (shape[0], shape[1]);
-        let heads = |y: Array, n: i32| -> Result<Array> {
-            Ok(y.reshape(&[b, l, n, -1])?.transpose_axes(&[0, 2, 1, 3])?)
-        };
-        let mut q = self.q_proj.forward(x)?;
-        let mut k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
-        // Qwen3 normalises each head before it is split out of the projection.
+    /// `x` is [1, n, hidden]: n tokens of one sequence when `caches` holds one cache, or one
+    /// token from each of n sequences when it holds n. The projections run once over all n
+    /// rows (where batching pays); RoPE, the cache and attention run per sequence, so each
+    /// keeps its own length and no padding or mask is needed.
+    fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
+        let l = x.shape()[1];
+        let split = |y: Array, n: i32| y.reshape(&[1, l, n, -1]);
+        let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        // Qwen3 normalises each head before attention.
         if let Some(norm) = &self.q_norm {
-            q = norm.forward(&q.reshape(&[b, l, self.n_heads, -1])?)?;
+            q = norm.forward(&q)?;
         }
         if let Some(norm) = &self.k_norm {
-            k = norm.forward(&k.reshape(&[b, l, self.n_kv_heads, -1])?)?;
+            k = norm.forward(&k)?;
         }
-        let q = heads(q, self.n_heads)?;
-        let k = heads(k, self.n_kv_heads)?;
-        let v = heads(v, self.n_kv_heads)?;
+        let out = match caches {
+            [cache] => self.attend(&q, &k, &v, cache)?,
+            _ => {
+                let mut rows = Vec::with_capacity(caches.len());
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let i = i as i32;
+                    let row = |a: &Array| a.index((.., i..i + 1));
+                    rows.push(self.attend(&row(&q), &row(&k), &row(&v), cache)?);
+                }
+                ops::concatenate(&rows, 1)?
+            }
+        };
+        self.o_proj.forward(&out)
+    }
 
+    /// Attention of one sequence's new tokens (`q`, `k`, `v`: [1, l, heads, head_dim]) over
+    /// its cached history; returns [1, l, heads * head_dim].
+    fn attend(&self, q: &Array, k: &Array, v: &Array, cache: &mut KvCache) -> Result<Array> {
+        let l = q.shape()[1];
+        let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let offset = cache.offset();
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
-        let (k, v) = cache.update_and_fetch(&k, &v)?;
+        let q = self.rope.forward(&heads(q)?, offset)?;
+        let k = self.rope.forward(&heads(k)?, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, &heads(v)?)?;
         // One new token attends to everything before it: no mask needed.
         let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
         let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
-        self.o_proj.forward(&out)
+        Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, -1])?)
     }
 }
 
@@ -341,8 +375,8 @@ pub struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
-        let h = x.add(self.attn.forward(&self.input_norm.forward(x)?, cache)?)?;
+    fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
+        let h = x.add(self.attn.forward(&self.input_norm.forward(x)?, caches)?)?;
         Ok(h.add(self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)?)
     }
 }
@@ -364,10 +398,13 @@ impl Model {
         options: LoadOptions,
     ) -> Result<Self> {
         let spec = arch_spec(&config)?;
+        let dequantize = options.dequantize_up_to_bytes > 0
+            && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
         let mut w = TensorSource {
             tensors,
             config: &config,
             options,
+            dequantize,
         };
         let hidden = config.hidden_size as i32;
         let inter = config.intermediate_size as i32;
@@ -462,12 +499,32 @@ impl Model {
         (0..self.layers.len()).map(|_| KvCache::default()).collect()
     }
 
-    /// Runs `ids` ([batch, tokens], int32) through the transformer, appending to `cache`.
-    /// Returns the final hidden states; call `logits` on the positions that need them.
+    /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
+    /// to `cache`. Returns the final hidden states; call `logits` on the positions that need
+    /// them.
     pub fn forward_hidden(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+        self.forward_rows(ids, &mut [cache])
+    }
+
+    /// One decode step for several sequences: `ids` is [1, n] with one token per sequence,
+    /// `caches[i]` the caches of sequence i. Returns [n, vocab] logits.
+    pub fn forward_batch(&self, ids: &Array, caches: &mut [&mut [KvCache]]) -> Result<Array> {
+        let h = self.forward_rows(ids, caches)?;
+        let logits = self.logits(&h)?;
+        let n = logits.shape()[1];
+        Ok(logits.reshape(&[n, -1])?)
+    }
+
+    /// The transformer over `ids` ([1, n]) with one cache per sequence in `seqs` (see
+    /// `Attention::forward` for the two shapes).
+    fn forward_rows(&self, ids: &Array, seqs: &mut [&mut [KvCache]]) -> Result<Array> {
         let mut h = self.embed.lookup(ids)?;
-        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            h = layer.forward(&h, c)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> = seqs
+                .iter_mut()
+                .map(|seq| seq.get_mut(i).ok_or(ModelError::CacheLayers))
+                .collect::<Result<_>>()?;
+            h = layer.forward(&h, &mut caches)?;
         }
         self.norm.forward(&h)
     }
@@ -542,6 +599,8 @@ struct TensorSource<'a> {
     tensors: HashMap<String, Array>,
     config: &'a ModelConfig,
     options: LoadOptions,
+    /// Expand quantized weights to float32 (see `LoadOptions::dequantize_up_to_bytes`).
+    dequantize: bool,
 }
 
 impl TensorSource<'_> {
@@ -594,9 +653,14 @@ impl TensorSource<'_> {
                 }
                 let mut scales = self.take_shaped(&scales_name, &[out, inp / g])?;
                 let mut biases = self.take_shaped(&format!("{module}.biases"), &[out, inp / g])?;
-                if self.options.float32_quant_params {
+                if self.options.float32_quant_params || self.dequantize {
                     scales = scales.as_dtype(Dtype::Float32)?;
                     biases = biases.as_dtype(Dtype::Float32)?;
+                }
+                if self.dequantize {
+                    // float32 scales make the expanded weights float32 too.
+                    let weight = ops::dequantize(&weight, &scales, &biases, g, b)?;
+                    return Ok(Linear::Dense { weight, bias });
                 }
                 Ok(Linear::Quantized {
                     weight,
@@ -613,6 +677,23 @@ impl TensorSource<'_> {
             }),
         }
     }
+}
+
+/// Bytes the quantized weights would take expanded to float32.
+fn dense_bytes_of_quantized(config: &ModelConfig, tensors: &HashMap<String, Array>) -> usize {
+    tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let module = name.strip_suffix(".weight")?;
+            let q = config.quantization.for_module(module)?;
+            if !tensors.contains_key(&format!("{module}.scales")) {
+                return None;
+            }
+            let shape = t.shape();
+            let cols = *shape.last()? as usize * 32 / q.bits as usize;
+            Some(shape[..shape.len() - 1].iter().product::<i32>() as usize * cols * 4)
+        })
+        .sum()
 }
 
 /// Loads and checks a model folder: config, weights, shapes. Weights are read lazily by MLX;

@@ -11,12 +11,13 @@
 //!   read error it ends the process at once, whatever the engine thread is doing, so a dead
 //!   controller never leaves an orphaned worker holding a model's memory.
 //!
-//! Requests run one at a time in arrival order. Between tokens the engine thread drains the
-//! channel without blocking, which is where cancellation, stats and shutdown take effect.
+//! Up to `Limits::max_batch` requests run together through the continuous-batching scheduler
+//! (`batch.rs`); the rest wait in arrival order. Between steps the engine thread drains the
+//! channel without blocking, which is where new requests join and cancellation, stats and
+//! shutdown take effect.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,7 +35,8 @@ use opta_lmx_shared::protocol::{
 };
 use serde_json::{json, Value};
 
-use crate::generate::{Engine, GenerateError, GenerateParams, Outcome};
+use crate::batch::{Admitted, Event, Scheduler, SchedulerConfig};
+use crate::generate::{Engine, GenerateError, GenerateParams};
 
 /// After `Shutdown`, how long the engine thread gets to stop and report before the process
 /// ends anyway (it cannot notice `Shutdown` during a load or a long prefill).
@@ -50,9 +52,18 @@ macro_rules! log {
     };
 }
 
+/// How much one worker runs at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests decoded together; more wait in arrival order.
+    pub max_batch: usize,
+    /// Bytes of key/value states kept for prompt prefixes; 0 turns the cache off.
+    pub prompt_cache_bytes: u64,
+}
+
 /// Runs the worker: connect to `socket`, load `model_dir`, serve until shutdown. Returns the
 /// process's exit code; EOF and fatal socket errors end the process from inside instead.
-pub fn run(socket: &Path, model_dir: &Path) -> ExitCode {
+pub fn run(socket: &Path, model_dir: &Path, limits: Limits) -> ExitCode {
     let link = match Link::connect(socket) {
         Ok(link) => Arc::new(link),
         Err(e) => {
@@ -82,7 +93,7 @@ pub fn run(socket: &Path, model_dir: &Path) -> ExitCode {
     let engine = thread::Builder::new()
         .name("engine".into())
         .stack_size(ENGINE_STACK_BYTES)
-        .spawn(move || engine_main(&link, &rx, &dir));
+        .spawn(move || engine_main(&link, &rx, &dir, limits));
     match engine.map(thread::JoinHandle::join) {
         Ok(Ok(code)) => code,
         Ok(Err(_)) => {
@@ -197,7 +208,7 @@ fn arm_shutdown_deadline() {
 // The engine thread
 // ---------------------------------------------------------------------------------------------
 
-fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path) -> ExitCode {
+fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) -> ExitCode {
     log!("loading {}", dir.display());
     let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(dir)));
     let engine = match loaded {
@@ -220,11 +231,16 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path) -> ExitCode {
     );
     link.send(&FromWorker::Ready(facts));
 
+    let config = SchedulerConfig {
+        max_batch: limits.max_batch.max(1),
+        prompt_cache_bytes: usize::try_from(limits.prompt_cache_bytes).unwrap_or(usize::MAX),
+    };
     let mut server = Server {
         engine: &engine,
         link,
         rx,
         queue: VecDeque::new(),
+        sched: Scheduler::new(&engine, config),
         shutdown: false,
     };
     server.serve();
@@ -277,62 +293,49 @@ struct Queued {
     arrived: Instant,
 }
 
-/// The engine thread's serving state. The queue is a `VecDeque` so that continuous batching
-/// can later take several requests from it.
+/// The engine thread's serving state: the running batch and the requests waiting for room.
 struct Server<'a> {
     engine: &'a Engine,
     link: &'a Link,
     rx: &'a Receiver<Inbound>,
     queue: VecDeque<Queued>,
+    sched: Scheduler<'a>,
     shutdown: bool,
 }
 
 impl Server<'_> {
     fn serve(&mut self) {
         loop {
-            // Take everything that already arrived, so a Cancel right behind its Generate
-            // removes it before any work is done. With nothing running, `Break` only means
-            // Shutdown, which `self.shutdown` records.
-            let _ = self.drain(None);
-            if self.shutdown {
-                self.cancel_queued();
-                return;
-            }
-            match self.queue.pop_front() {
-                Some(job) => self.run(job),
-                None => match self.rx.recv() {
-                    Ok(inbound) => {
-                        let _ = self.handle(inbound, None);
-                    }
+            if self.sched.is_empty() && self.queue.is_empty() {
+                match self.rx.recv() {
+                    Ok(inbound) => self.handle(inbound),
                     // The reader never returns (it ends the process), so this is unreachable
                     // in practice; stopping is the only sensible answer.
                     Err(_) => return,
-                },
+                }
+            }
+            // Take everything that already arrived, so a Cancel right behind its Generate
+            // removes it before any work is done.
+            while let Ok(inbound) = self.rx.try_recv() {
+                self.handle(inbound);
+            }
+            if self.shutdown {
+                self.cancel_all();
+                return;
+            }
+            self.admit();
+            if !self.sched.is_empty() {
+                self.step();
             }
         }
     }
 
-    /// Handles every message already waiting, without blocking. Returns `Break` when the
-    /// running request (`running`) must stop: cancelled, or the worker is shutting down.
-    fn drain(&mut self, running: Option<u64>) -> ControlFlow<()> {
-        let mut flow = ControlFlow::Continue(());
-        while let Ok(inbound) = self.rx.try_recv() {
-            if self.handle(inbound, running).is_break() {
-                flow = ControlFlow::Break(());
-            }
-        }
-        flow
-    }
-
-    fn handle(&mut self, inbound: Inbound, running: Option<u64>) -> ControlFlow<()> {
+    fn handle(&mut self, inbound: Inbound) {
         match inbound.msg {
             ToWorker::Generate(req) => self.queue.push_back(Queued {
                 req,
                 arrived: inbound.arrived,
             }),
-            ToWorker::Cancel { request_id } if running == Some(request_id) => {
-                return ControlFlow::Break(());
-            }
             ToWorker::Cancel { request_id } => {
                 if let Some(pos) = self
                     .queue
@@ -342,19 +345,64 @@ impl Server<'_> {
                     if let Some(job) = self.queue.remove(pos) {
                         self.send_cancelled(&job);
                     }
+                } else if let Some(outcome) = self.sched.cancel(request_id) {
+                    send_event(self.link, Event::Done(request_id, outcome));
                 }
                 // Otherwise it already finished: the protocol says nothing more is sent.
             }
-            ToWorker::GetStats => self.link.send(&FromWorker::Stats(self.stats(running))),
-            ToWorker::Shutdown => {
-                self.shutdown = true;
-                return ControlFlow::Break(());
-            }
+            ToWorker::GetStats => self.link.send(&FromWorker::Stats(self.stats())),
+            ToWorker::Shutdown => self.shutdown = true,
         }
-        ControlFlow::Continue(())
     }
 
-    fn cancel_queued(&mut self) {
+    /// Moves waiting requests into the batch while it has room.
+    fn admit(&mut self) {
+        while self.sched.has_room() {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            let id = job.req.request_id;
+            let engine = self.engine;
+            // A panic while templating fails this request, not the model.
+            let prepared = catch_unwind(AssertUnwindSafe(|| {
+                prompt_ids(engine, &job.req.prompt).map(Cow::into_owned)
+            }))
+            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+            let admitted = prepared.and_then(|prompt| {
+                self.sched
+                    .add(id, prompt, generate_params(&job.req), job.arrived)
+            });
+            match admitted {
+                Ok(Admitted::Running) => {}
+                Ok(Admitted::Finished(outcome)) => {
+                    send_event(self.link, Event::Done(id, outcome));
+                }
+                Err(e) => send_event(self.link, Event::Error(id, e)),
+            }
+        }
+    }
+
+    /// One scheduler round, streaming what it produced. A panic (a bug, or one inside MLX)
+    /// fails the requests that were running, not the model.
+    fn step(&mut self) {
+        let link = self.link;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.sched.step(&mut |event| send_event(link, event));
+        }));
+        if let Err(panic) = result {
+            let message = panicked(panic.as_ref()).to_string();
+            self.sched
+                .fail_all(&message, &mut |event| send_event(link, event));
+        }
+    }
+
+    /// Ends everything, running requests first (they arrived first).
+    fn cancel_all(&mut self) {
+        for id in self.sched.ids() {
+            if let Some(outcome) = self.sched.cancel(id) {
+                send_event(self.link, Event::Done(id, outcome));
+            }
+        }
         while let Some(job) = self.queue.pop_front() {
             self.send_cancelled(&job);
         }
@@ -373,79 +421,50 @@ impl Server<'_> {
         });
     }
 
-    fn stats(&self, running: Option<u64>) -> WorkerStats {
+    fn stats(&self) -> WorkerStats {
         // A counter MLX cannot read is reported as 0 rather than failing the whole answer.
         let bytes = |r: mlx_rs::error::Result<usize>| r.map_or(0, |n| n as u64);
         WorkerStats {
-            active_requests: u32::from(running.is_some()),
+            active_requests: saturating_u32(self.sched.len()),
             queued_requests: saturating_u32(self.queue.len()),
-            prompt_cache_hits: 0,
-            prompt_cache_tokens: 0,
+            prompt_cache_hits: self.sched.prefix_cache.hits,
+            prompt_cache_tokens: self.sched.prefix_cache.hit_tokens,
             peak_memory_bytes: bytes(mlx_rs::memory::peak_memory()),
             active_memory_bytes: bytes(mlx_rs::memory::active_memory()),
         }
     }
+}
 
-    /// Runs one request to its `Done` or `Error`.
-    fn run(&mut self, job: Queued) {
-        let id = job.req.request_id;
-        let started = Instant::now();
-        // A panic (a bug, or one inside MLX) fails this request, not the model.
-        let result = catch_unwind(AssertUnwindSafe(|| self.generate(&job.req)));
-        let msg = match result {
-            Ok(Ok((mut outcome, engine_start))) => {
-                let t = &mut outcome.timings;
-                t.queue_ms = ms_since(job.arrived, started);
-                // The engine counts from its own start; the protocol counts from receipt.
-                t.time_to_first_token_ms += ms_since(job.arrived, engine_start);
-                FromWorker::Done {
-                    request_id: id,
-                    finish_reason: outcome.finish_reason,
-                    usage: outcome.usage,
-                    timings: outcome.timings,
-                }
+/// Sends what the scheduler produced for one request.
+fn send_event(link: &Link, event: Event) {
+    let msg = match event {
+        // Always stream: `stream: false` only changes what the controller does.
+        Event::Chunk(request_id, chunk) => FromWorker::Chunk {
+            request_id,
+            text: chunk.text,
+            token_ids: chunk.token_ids,
+            logprobs: chunk.logprobs,
+        },
+        Event::Done(request_id, outcome) => FromWorker::Done {
+            request_id,
+            finish_reason: outcome.finish_reason,
+            usage: outcome.usage,
+            timings: outcome.timings,
+        },
+        Event::Error(request_id, e) => {
+            log!("request {request_id} failed: {e}");
+            FromWorker::Error {
+                request_id: Some(request_id),
+                kind: error_kind(&e),
+                message: e.to_string(),
             }
-            Ok(Err(e)) => {
-                log!("request {id} failed: {e}");
-                FromWorker::Error {
-                    request_id: Some(id),
-                    kind: error_kind(&e),
-                    message: e.to_string(),
-                }
-            }
-            Err(panic) => {
-                let message = format!("the worker panicked: {}", panic_message(panic.as_ref()));
-                log!("request {id}: {message}");
-                FromWorker::Error {
-                    request_id: Some(id),
-                    kind: ErrorKind::Internal,
-                    message,
-                }
-            }
-        };
-        self.link.send(&msg);
-    }
+        }
+    };
+    link.send(&msg);
+}
 
-    /// Templates or tokenizes the prompt and generates, streaming every chunk. Returns the
-    /// outcome and when the engine started.
-    fn generate(&mut self, req: &GenerateRequest) -> Result<(Outcome, Instant), GenerateError> {
-        let engine = self.engine;
-        let prompt = prompt_ids(engine, &req.prompt)?;
-        let params = generate_params(req);
-        let id = req.request_id;
-        let engine_start = Instant::now();
-        let outcome = engine.generate(&prompt, &params, |chunk| {
-            // Always stream: `stream: false` only changes what the controller does.
-            self.link.send(&FromWorker::Chunk {
-                request_id: id,
-                text: chunk.text,
-                token_ids: chunk.token_ids,
-                logprobs: chunk.logprobs,
-            });
-            self.drain(Some(id))
-        })?;
-        Ok((outcome, engine_start))
-    }
+fn panicked(payload: &(dyn std::any::Any + Send)) -> GenerateError {
+    GenerateError::Panic(format!("the worker panicked: {}", panic_message(payload)))
 }
 
 /// The engine's parameters for a request.
@@ -518,6 +537,7 @@ pub fn error_kind(e: &GenerateError) -> ErrorKind {
         GenerateError::InvalidRequest(_) => ErrorKind::InvalidRequest,
         GenerateError::ContextLength { .. } => ErrorKind::ContextLengthExceeded,
         GenerateError::Engine(_) => ErrorKind::Engine,
+        GenerateError::Panic(_) => ErrorKind::Internal,
     }
 }
 

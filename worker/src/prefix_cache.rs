@@ -1,0 +1,182 @@
+//! The prompt (prefix) cache: key/value states of finished sequences, kept so that a request
+//! whose prompt starts with the same tokens (a multi-turn chat resending its history, a shared
+//! system prompt) skips recomputing them. Bounded by a byte budget, least recently used first
+//! out.
+
+use crate::cache::KvCache;
+
+/// One finished sequence's states: `tokens[i]` produced position i of every layer's cache.
+struct Entry {
+    tokens: Vec<u32>,
+    layers: Vec<(mlx_rs::Array, mlx_rs::Array)>,
+    bytes: usize,
+}
+
+pub struct PrefixCache {
+    /// Least recently used first.
+    entries: Vec<Entry>,
+    budget: usize,
+    used: usize,
+    /// Requests that reused at least one cached token, and the tokens they reused.
+    pub hits: u64,
+    pub hit_tokens: u64,
+}
+
+impl PrefixCache {
+    /// A cache holding at most `budget` bytes; 0 turns it off.
+    pub fn new(budget: usize) -> Self {
+        PrefixCache {
+            entries: Vec::new(),
+            budget,
+            used: 0,
+            hits: 0,
+            hit_tokens: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.used
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Caches for a new sequence with `prompt`, filled with the longest cached prefix, and its
+    /// length. At least the prompt's last token is left to compute: its logits are the first
+    /// decode step's.
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(Vec<KvCache>, usize)> {
+        let limit = prompt.len().saturating_sub(1);
+        let (best, len) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
+            .max_by_key(|&(i, len)| (len, i))?;
+        if len == 0 {
+            return None;
+        }
+        let entry = self.entries.remove(best);
+        let caches = entry
+            .layers
+            .iter()
+            .map(|(k, v)| KvCache::from_prefix(k, v, len as i32))
+            .collect();
+        self.entries.push(entry);
+        self.hits += 1;
+        self.hit_tokens += len as u64;
+        Some((caches, len))
+    }
+
+    /// Keeps a finished sequence's states. `tokens` are the tokens fed to the model, at least
+    /// as many as the caches hold; the caches' own length decides how many are kept.
+    pub fn insert(&mut self, tokens: &[u32], caches: &[KvCache]) {
+        let Some(len) = caches.first().map(|c| c.offset() as usize) else {
+            return;
+        };
+        if len == 0 || len > tokens.len() {
+            return;
+        }
+        let layers: Option<Vec<_>> = caches.iter().map(KvCache::filled).collect();
+        let Some(layers) = layers else { return };
+        // The buffers behind the slices stay alive, so they are what the budget counts.
+        let bytes = caches.iter().map(KvCache::nbytes).sum();
+        if bytes > self.budget {
+            return;
+        }
+        let tokens = tokens[..len].to_vec();
+        // An entry that the new one extends (or repeats) is redundant.
+        self.entries.retain(|e| {
+            let redundant = common_prefix(&e.tokens, &tokens) == e.tokens.len();
+            if redundant {
+                self.used -= e.bytes;
+            }
+            !redundant
+        });
+        while self.used + bytes > self.budget && !self.entries.is_empty() {
+            let old = self.entries.remove(0);
+            self.used -= old.bytes;
+        }
+        self.used += bytes;
+        self.entries.push(Entry {
+            tokens,
+            layers,
+            bytes,
+        });
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::Array;
+
+    /// One layer's cache with `n` positions whose values are the position numbers.
+    fn caches(n: i32) -> Vec<KvCache> {
+        let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let k = Array::from_slice(&data, &[1, 1, n, 1]);
+        let mut c = KvCache::default();
+        c.update_and_fetch(&k, &k).unwrap();
+        vec![c]
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_leaves_one_token() {
+        let mut pc = PrefixCache::new(1 << 30);
+        pc.insert(&[1, 2, 3, 4, 5], &caches(5));
+        pc.insert(&[1, 2, 9], &caches(3));
+        let (c, len) = pc.lookup(&[1, 2, 3, 4, 7, 8]).unwrap();
+        assert_eq!(len, 4);
+        assert_eq!(c[0].offset(), 4);
+        // The whole entry matches but the last prompt token must still be computed.
+        let (_, len) = pc.lookup(&[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(len, 4);
+        assert!(pc.lookup(&[7, 1, 2]).is_none());
+        assert_eq!((pc.hits, pc.hit_tokens), (2, 8));
+    }
+
+    #[test]
+    fn reused_states_are_the_cached_ones_and_stay_unwritten() {
+        let mut pc = PrefixCache::new(1 << 30);
+        pc.insert(&[1, 2, 3, 4], &caches(4));
+        let (mut c, len) = pc.lookup(&[1, 2, 3, 6, 6]).unwrap();
+        assert_eq!(len, 3);
+        let new = Array::from_slice(&[100.0f32], &[1, 1, 1, 1]);
+        let (k, _) = c[0].update_and_fetch(&new, &new).unwrap();
+        assert_eq!(k.as_slice::<f32>(), [0.0, 1.0, 2.0, 100.0]);
+        // The entry still holds position 3 as it was.
+        let (c2, _) = pc.lookup(&[1, 2, 3, 4, 9]).unwrap();
+        let (k2, _) = c2[0].filled().unwrap();
+        assert_eq!(k2.as_slice::<f32>(), [0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn budget_evicts_least_recently_used_and_drops_superseded() {
+        let one = caches(4).iter().map(KvCache::nbytes).sum::<usize>();
+        let mut pc = PrefixCache::new(2 * one);
+        pc.insert(&[1, 1, 1, 1], &caches(4));
+        pc.insert(&[2, 2, 2, 2], &caches(4));
+        assert!(pc.lookup(&[1, 1, 1, 1, 0]).is_some()); // [1..] is now the most recent
+        pc.insert(&[3, 3, 3, 3], &caches(4));
+        assert_eq!(pc.len(), 2);
+        assert!(pc.lookup(&[2, 2, 2, 2, 0]).is_none());
+        assert!(pc.lookup(&[1, 1, 1, 1, 0]).is_some());
+        assert!(pc.bytes() <= 2 * one);
+        // Extending an entry replaces it.
+        pc.insert(&[3, 3, 3, 3, 3], &caches(5));
+        assert!(pc.len() <= 2);
+        assert_eq!(pc.lookup(&[3, 3, 3, 3, 3, 3]).map(|(_, n)| n), Some(5));
+        // Off: nothing is kept.
+        let mut off = PrefixCache::new(0);
+        off.insert(&[1, 2], &caches(2));
+        assert!(off.is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! Continuous batching and the prompt cache on the real 4-bit test model, loaded as the server
+//! loads it: requests in a batch produce what they produce alone, prompts are read in chunks
+//! between decode steps, and a resent conversation reuses its cached prefix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
+use opta_lmx_worker::batch::{run_alone, Admitted, Event, Scheduler, SchedulerConfig};
+use opta_lmx_worker::generate::{Engine, GenerateParams};
+use serde_json::{json, Value};
+
+fn engine() -> Engine {
+    let dir = std::env::var_os("OPTA_LMX_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/models/opta"));
+    Engine::load(&dir.join("SmolLM2-135M-Instruct-4bit")).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+fn prompt(engine: &Engine, messages: &Value) -> Vec<u32> {
+    engine.chat_prompt(messages, None, true).unwrap()
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn alone(engine: &Engine, prompt: &[u32], params: &GenerateParams) -> Vec<u32> {
+    let mut ids = Vec::new();
+    run_alone(engine, prompt, params, |c| {
+        ids.extend(c.token_ids);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    ids
+}
+
+/// What happened to each request, in event order.
+#[derive(Default)]
+struct Log {
+    ids: HashMap<u64, Vec<u32>>,
+    done: HashMap<u64, opta_lmx_worker::generate::Outcome>,
+    /// (request, step number) for every chunk.
+    chunks: Vec<(u64, usize)>,
+}
+
+fn step(sched: &mut Scheduler, log: &mut Log, step_no: usize) {
+    sched.step(&mut |ev| match ev {
+        Event::Chunk(id, c) => {
+            log.ids.entry(id).or_default().extend(c.token_ids);
+            log.chunks.push((id, step_no));
+        }
+        Event::Done(id, o) => {
+            log.done.insert(id, o);
+        }
+        Event::Error(id, e) => panic!("request {id} failed: {e}"),
+    });
+}
+
+fn config(max_batch: usize, cache_mb: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_batch,
+        prompt_cache_bytes: cache_mb << 20,
+    }
+}
+
+#[test]
+fn greedy_output_in_a_batch_is_the_output_alone() {
+    let engine = engine();
+    let cases = [
+        ("What is the capital of France?", 24),
+        ("Write a haiku about the sea.", 40),
+        ("Count from one to ten.", 8),
+        (
+            "Name three colours of the rainbow and explain where rainbows come from.",
+            32,
+        ),
+        ("hi", 16),
+    ];
+    let prompts: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|(t, _)| prompt(&engine, &user(t)))
+        .collect();
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&cases)
+        .map(|(p, (_, n))| alone(&engine, p, &greedy(*n)))
+        .collect();
+
+    let mut sched = Scheduler::new(&engine, config(8, 0));
+    let mut log = Log::default();
+    // Three start together; the others join while those are generating.
+    for (i, p) in prompts.iter().enumerate().take(3) {
+        let admitted = sched
+            .add(i as u64, p.clone(), greedy(cases[i].1), Instant::now())
+            .unwrap();
+        assert!(matches!(admitted, Admitted::Running));
+    }
+    let mut n = 0;
+    while !sched.is_empty() {
+        if n == 3 || n == 6 {
+            let i = n / 3 + 2;
+            sched
+                .add(
+                    i as u64,
+                    prompts[i].clone(),
+                    greedy(cases[i].1),
+                    Instant::now(),
+                )
+                .unwrap();
+        }
+        step(&mut sched, &mut log, n);
+        n += 1;
+    }
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&log.ids[&(i as u64)], want, "request {i} ({})", cases[i].0);
+        assert_ne!(log.done[&(i as u64)].finish_reason, FinishReason::Cancelled);
+    }
+    // They really ran together: fewer steps than tokens generated.
+    let total: usize = expected.iter().map(Vec::len).sum();
+    assert!(n < total, "{n} steps for {total} tokens");
+}
+
+#[test]
+fn a_long_prompt_is_read_in_chunks_while_others_keep_generating() {
+    let engine = engine();
+    let short = prompt(&engine, &user("Tell me a long story about a dragon."));
+    let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let long = prompt(&engine, &user(&long_text));
+    assert!(long.len() > 300, "{} prompt tokens", long.len());
+
+    let mut sched = Scheduler::new(&engine, config(8, 0));
+    let mut log = Log::default();
+    let endless = GenerateParams {
+        ignore_eos: true,
+        ..greedy(400)
+    };
+    sched.add(1, short, endless, Instant::now()).unwrap();
+    for n in 0..3 {
+        step(&mut sched, &mut log, n);
+    }
+    sched
+        .add(2, long.clone(), greedy(4), Instant::now())
+        .unwrap();
+    let mut n = 3;
+    while !log.done.contains_key(&2) {
+        step(&mut sched, &mut log, n);
+        n += 1;
+    }
+    let first_of_2 = log
+        .chunks
+        .iter()
+        .find(|(id, _)| *id == 2)
+        .map(|c| c.1)
+        .unwrap();
+    let tokens_of_1_meanwhile = log
+        .chunks
+        .iter()
+        .filter(|(id, s)| *id == 1 && (3..first_of_2).contains(s))
+        .count();
+    // Request 1 got a token in every step while request 2's prompt was being read.
+    assert!(first_of_2 > 4, "the long prompt took a single step");
+    assert_eq!(tokens_of_1_meanwhile, first_of_2 - 3);
+    // And the chunked prompt gives the same answer as reading it whole.
+    assert_eq!(log.ids[&2], alone(&engine, &long, &greedy(4)));
+}
+
+#[test]
+fn a_resent_conversation_reuses_its_prefix_with_the_same_answer() {
+    let engine = engine();
+    let turn1 = json!([
+        {"role": "system", "content": "You are a helpful assistant who answers briefly."},
+        {"role": "user", "content": "What is the capital of France?"}
+    ]);
+    let mut sched = Scheduler::new(&engine, config(8, 64));
+    let mut log = Log::default();
+    let p1 = prompt(&engine, &turn1);
+    sched
+        .add(1, p1.clone(), greedy(16), Instant::now())
+        .unwrap();
+    let mut n = 0;
+    while !sched.is_empty() {
+        step(&mut sched, &mut log, n);
+        n += 1;
+    }
+    assert_eq!(log.done[&1].usage.cached_prompt_tokens, 0);
+    let answer = engine.tokenizer.decode(&log.ids[&1]).unwrap();
+
+    let mut turn2 = turn1.as_array().unwrap().clone();
+    turn2.push(json!({"role": "assistant", "content": answer}));
+    turn2.push(json!({"role": "user", "content": "And of Germany?"}));
+    let turn2 = Value::Array(turn2);
+    let p2 = prompt(&engine, &turn2);
+    sched
+        .add(2, p2.clone(), greedy(16), Instant::now())
+        .unwrap();
+    while !sched.is_empty() {
+        step(&mut sched, &mut log, n);
+        n += 1;
+    }
+    let cached = log.done[&2].usage.cached_prompt_tokens as usize;
+    assert!(cached >= p1.len(), "reused {cached} of {} tokens", p2.len());
+    assert!(cached < p2.len());
+    assert_eq!(sched.prefix_cache.hits, 1);
+    assert_eq!(sched.prefix_cache.hit_tokens, cached as u64);
+    // The same answer as computing the whole prompt.
+    assert_eq!(log.ids[&2], alone(&engine, &p2, &greedy(16)));
+}
