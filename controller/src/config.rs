@@ -29,9 +29,18 @@ pub struct ModelsConfig {
     pub models_directory: PathBuf,
     pub auto_load: Vec<String>,
     pub jit_loading: bool,
+    /// Download a `publisher/name` model found neither in `models_directory` nor in the
+    /// Hugging Face cache from the Hub (off by default: nothing is pulled implicitly).
+    pub allow_download: bool,
     /// Seconds a JIT-loaded model may sit idle before it is unloaded (`None`: never).
     pub idle_ttl_sec: Option<u64>,
     pub use_batching: bool,
+    /// Requests one worker decodes together (its `--max-batch`; 1 without batching).
+    pub max_concurrent_per_model: u32,
+    /// Requests per model that may wait beyond the running ones; more get 429.
+    pub max_queue: u32,
+    /// The worker's prompt (prefix) cache, in MiB; 0 turns it off.
+    pub prompt_cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -73,8 +82,12 @@ impl Default for ModelsConfig {
             models_directory: PathBuf::from("~/.cache/opta-lmx/models"),
             auto_load: Vec::new(),
             jit_loading: true,
+            allow_download: false,
             idle_ttl_sec: Some(3600),
             use_batching: true,
+            max_concurrent_per_model: 8,
+            max_queue: 32,
+            prompt_cache_mb: 512,
         }
     }
 }
@@ -127,6 +140,12 @@ impl Config {
                 "memory.max_memory_percent must be between 1 and 100 (got {})",
                 config.memory.max_memory_percent
             )));
+        }
+        // The unsigned types already refuse negative numbers, naming the key.
+        if config.models.max_concurrent_per_model == 0 {
+            return Err(invalid(
+                "models.max_concurrent_per_model must be at least 1 (got 0)".to_string(),
+            ));
         }
         if !["trace", "debug", "info", "warn", "error"]
             .contains(&config.logging.level.to_ascii_lowercase().as_str())
@@ -199,5 +218,55 @@ mod tests {
         assert!(e.contains("memory.max_memory_percent"), "{e}");
         let e = parse("logging:\n  format: xml\n").unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn allow_download_is_off_unless_set() {
+        assert!(!Config::default().models.allow_download);
+        let c = parse("models:\n  allow_download: true\n").unwrap();
+        assert!(c.models.allow_download);
+        let e = parse("models:\n  allow_download: sometimes\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_download") || e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn admission_keys_are_checked() {
+        let c =
+            parse("models:\n  max_concurrent_per_model: 2\n  max_queue: 0\n  prompt_cache_mb: 0\n")
+                .unwrap();
+        assert_eq!(
+            (
+                c.models.max_concurrent_per_model,
+                c.models.max_queue,
+                c.models.prompt_cache_mb
+            ),
+            (2, 0, 0)
+        );
+        let e = parse("models:\n  max_concurrent_per_model: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models.max_concurrent_per_model must be at least 1"),
+            "{e}"
+        );
+        for bad in [
+            "models:\n  max_queue: -1\n",
+            "models:\n  prompt_cache_mb: -5\n",
+            "models:\n  max_concurrent_per_model: many\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            let key = bad
+                .trim()
+                .split_once(':')
+                .unwrap()
+                .1
+                .trim()
+                .split(':')
+                .next()
+                .unwrap();
+            assert!(e.contains(key) && e.contains("line 2"), "{bad}: {e}");
+        }
     }
 }

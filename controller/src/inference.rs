@@ -15,6 +15,7 @@ use opta_lmx_shared::protocol::{
 };
 use serde_json::{json, Value};
 
+use crate::admission::Permit;
 use crate::api::sse;
 use crate::api::types::{
     AssistantMessage, ChatCompletion, ChatCompletionRequest, ChatLogprobs, Completion,
@@ -59,28 +60,34 @@ impl From<ManagerError> for ApiError {
     }
 }
 
-/// Picks the model a request names (or the configured default), loading it on demand when
-/// JIT loading is on.
+/// Picks the model a request names (or the configured default), admits the request (429 past
+/// the model's running + queued limit) and loads the model on demand when JIT loading is on.
+/// `wait` is the client's `Prefer: wait=N`: a load that would take longer is started in the
+/// background and answered with 503 and `Retry-After` instead of awaited.
 pub async fn prepare_model(
     state: &Arc<AppState>,
     requested: Option<&str>,
     ttl: Option<u64>,
-) -> Result<ModelEntry, ApiError> {
+    wait: Option<Duration>,
+) -> Result<(ModelEntry, Permit), ApiError> {
     let requested = requested.map(str::trim).filter(|m| !m.is_empty());
     let default = state.config.models.default_model.as_deref();
+    let jit = state.config.models.jit_loading;
     let entry = match requested {
-        Some(name) => match state.discovery.resolve(name) {
-            Some(e) => e,
-            None => match default.and_then(|d| state.discovery.resolve(d)) {
-                Some(e) => e,
-                None => return Err(ApiError::model_not_found(name)),
-            },
+        // With JIT loading a model missing locally may be downloaded (`models.allow_download`);
+        // one that exists nowhere still falls back to the default model.
+        Some(name) => match crate::download::find(state, name, jit).await {
+            Ok(e) => e,
+            Err(e @ (ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. })) => {
+                match default.and_then(|d| state.discovery.resolve(d)) {
+                    Some(d) => d,
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         },
         None => match default {
-            Some(d) => state
-                .discovery
-                .resolve(d)
-                .ok_or_else(|| ApiError::model_not_found(d))?,
+            Some(d) => crate::download::find(state, d, jit).await?,
             // LM Studio answers with the model that is loaded when there is exactly one.
             None => {
                 let ready: Vec<String> = state
@@ -100,7 +107,8 @@ pub async fn prepare_model(
             }
         },
     };
-    if !state.manager.is_ready(&entry.id) {
+    let ready = state.manager.is_ready(&entry.id);
+    if !ready {
         // A model that crashed is started again on its next request, JIT loading or not.
         let crashed = state
             .manager
@@ -110,12 +118,85 @@ pub async fn prepare_model(
         if !state.config.models.jit_loading && !crashed {
             return Err(ApiError::model_not_found(entry.id.as_str()));
         }
+    }
+    // Requests waiting for the load count too: they will all reach the worker at once.
+    let permit = state.admission.admit(&entry.id)?;
+    if !ready {
         let ttl = ttl
             .or(state.config.models.idle_ttl_sec)
             .map(Duration::from_secs);
-        state.manager.load(&entry.id, &entry.dir, ttl).await?;
+        match wait {
+            None => {
+                // No load_started here: this future is dropped if its client goes away, and
+                // a start never finished would skew later estimates.
+                let result = state.manager.load(&entry.id, &entry.dir, ttl).await;
+                let secs = result.as_ref().ok().map(|info| info.load_seconds);
+                state.admission.load_finished(&entry.id, secs);
+                result?;
+            }
+            Some(wait) => load_within(state, &entry, ttl, wait).await?,
+        }
     }
-    Ok(entry)
+    Ok((entry, permit))
+}
+
+/// Loads `entry` for a client that waits at most `wait` (`Prefer: wait=N`): the load runs in
+/// its own task, so it goes on when the client is answered 503 (at once when the load is
+/// expected to take longer than `wait`, else when `wait` runs out) and a retry finds the
+/// model loaded.
+async fn load_within(
+    state: &Arc<AppState>,
+    entry: &ModelEntry,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    // A background load failed since the last such request: say why, once, rather than
+    // sending the client around again.
+    if let Some(err) = state.admission.take_failure(&entry.id) {
+        return Err(err);
+    }
+    let expected = state
+        .admission
+        .load_estimate(&entry.id, entry.weights_bytes);
+    state.admission.load_started(&entry.id);
+    let task = {
+        let state = Arc::clone(state);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            let result = state.manager.load(&entry.id, &entry.dir, ttl).await;
+            match &result {
+                Ok(info) => state
+                    .admission
+                    .load_finished(&entry.id, Some(info.load_seconds)),
+                Err(e) => {
+                    tracing::warn!(model = %entry.id, error = %e, "background load failed");
+                    state
+                        .admission
+                        .background_load_failed(&entry.id, e.clone().into());
+                }
+            }
+            result
+        })
+    };
+    let not_yet = || {
+        let retry = state
+            .admission
+            .retry_after_secs(&entry.id, entry.weights_bytes);
+        ApiError::model_loading_no_wait(&entry.id, wait.as_secs(), retry)
+    };
+    if wait < expected {
+        return Err(not_yet());
+    }
+    match tokio::time::timeout(wait, task).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => {
+            // This client hears the failure itself; the next one starts afresh.
+            state.admission.take_failure(&entry.id);
+            Err(e.into())
+        }
+        Ok(Err(e)) => Err(ApiError::internal(format!("the load task failed: {e}"))),
+        Err(_) => Err(not_yet()),
+    }
 }
 
 /// The sampling fields chat and text completions share.
@@ -411,10 +492,12 @@ pub enum Endpoint {
     },
 }
 
-/// Runs `req` on `entry`'s worker and answers in the endpoint's shape.
+/// Runs `req` on `entry`'s worker and answers in the endpoint's shape. `permit` is the
+/// request's place in the model's admission count, held until the response ends.
 pub async fn respond(
     state: Arc<AppState>,
     entry: ModelEntry,
+    permit: Permit,
     req: GenerateRequest,
     endpoint: Endpoint,
     include_usage: bool,
@@ -428,6 +511,7 @@ pub async fn respond(
         return Ok(sse_response(
             stream,
             entry,
+            permit,
             endpoint,
             include_usage,
             want_logprobs,
@@ -435,8 +519,13 @@ pub async fn respond(
         ));
     }
     let c = collect(stream).await?;
+    drop(permit);
     log_request(&entry.id, &c.usage, &c.timings);
-    let usage = Usage::new(c.usage.prompt_tokens, c.usage.completion_tokens);
+    let usage = Usage::with_cached(
+        c.usage.prompt_tokens,
+        c.usage.completion_tokens,
+        c.usage.cached_prompt_tokens,
+    );
     let extras = (dialect == Dialect::LmStudio)
         .then(|| lmstudio_extras(&entry, &c.usage, &c.timings, c.finish));
     Ok(match endpoint {
@@ -481,11 +570,14 @@ struct SseState {
     began: Instant,
     /// LM Studio dialect: the final chunk carries `stats` and `model_info`.
     stats: Option<ModelEntry>,
+    /// Dropped with the body: when the stream ends or its client goes away.
+    _permit: Permit,
 }
 
 fn sse_response(
     stream: GenerationStream,
     entry: ModelEntry,
+    permit: Permit,
     endpoint: Endpoint,
     include_usage: bool,
     want_logprobs: bool,
@@ -508,6 +600,7 @@ fn sse_response(
         text_offset: 0,
         began: Instant::now(),
         stats: stats.then_some(entry),
+        _permit: permit,
     };
     // Dropping this stream (the client went away) drops the GenerationStream, which
     // cancels the request in the worker.
@@ -573,7 +666,11 @@ impl SseState {
                     .as_ref()
                     .map(|e| lmstudio_extras(e, &usage, &timings, finish_reason));
                 let reason = finish(finish_reason);
-                let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                let usage = Usage::with_cached(
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cached_prompt_tokens,
+                );
                 match self.endpoint {
                     Endpoint::Chat => {
                         let chunk = self.meta.finish_chunk(reason);

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use opta_lmx::admission::Admission;
 use opta_lmx::client;
 use opta_lmx::config::{Config, LogFormat};
 use opta_lmx::discovery::Discovery;
+use opta_lmx::download::{self, Downloader};
 use opta_lmx::manager::{ManagerConfig, ModelManager};
 use opta_lmx::server::{app, AppState};
 use serde_json::{json, Value};
@@ -185,29 +187,43 @@ async fn serve(
         stop_grace: Duration::from_secs(3),
         max_memory_percent: cfg.memory.max_memory_percent,
         auto_evict_lru: cfg.memory.auto_evict_lru,
+        // Without batching the worker decodes one request at a time.
+        max_batch: if cfg.models.use_batching {
+            cfg.models.max_concurrent_per_model
+        } else {
+            1
+        },
+        prompt_cache_mb: cfg.models.prompt_cache_mb,
     });
     let discovery = Discovery::new(cfg.models_directory());
     tracing::info!(%addr, version = opta_lmx::VERSION, models = %discovery.models_dir.display(), "opta-lmx listening");
+    let downloader = Downloader::from_env(discovery.hf_cache.clone());
+    if cfg.models.allow_download {
+        tracing::info!(endpoint = %downloader.endpoint(), "models missing locally are downloaded from Hugging Face");
+    }
     let state = Arc::new(AppState {
         config: cfg.clone(),
         discovery,
+        downloader,
         manager: manager.clone(),
+        admission: Admission::new(&cfg.models),
         started: Instant::now(),
     });
 
     for id in &cfg.models.auto_load {
-        match state.discovery.resolve(id) {
-            Some(entry) => {
-                let manager = manager.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = manager.load(&entry.id, &entry.dir, None).await {
+        let state = state.clone();
+        let id = id.clone();
+        // In the background: a model may first have to be downloaded (models.allow_download).
+        tokio::spawn(async move {
+            match download::find(&state, &id, true).await {
+                Ok(entry) => {
+                    if let Err(e) = state.manager.load(&entry.id, &entry.dir, None).await {
                         tracing::error!(model = %id, error = %e, "auto_load failed");
                     }
-                });
+                }
+                Err(e) => tracing::error!(model = %id, error = %e, "auto_load: model unavailable"),
             }
-            None => tracing::error!(model = %id, "auto_load: no such model"),
-        }
+        });
     }
 
     let served = axum::serve(listener, app(state))

@@ -5,18 +5,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use opta_lmx_shared::protocol::WorkerStats;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admission::{self, Admission};
 use crate::api::types::{
     ChatCompletionRequest, CompletionRequest, ModelList, ModelObject, PromptInput,
 };
 use crate::api::{ApiError, ApiJson};
 use crate::config::Config;
 use crate::discovery::{Discovery, ModelEntry};
+use crate::download::{self, Downloader};
 use crate::inference::{self, Dialect, Endpoint};
 use crate::manager::{ModelManager, ModelState, ModelStatus};
 
@@ -26,7 +30,11 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct AppState {
     pub config: Config,
     pub discovery: Discovery,
+    /// Fetches models missing locally from the Hub (`models.allow_download`).
+    pub downloader: Downloader,
     pub manager: Arc<ModelManager>,
+    /// Per-model request counts (429 past running + queued) and load-time history.
+    pub admission: Admission,
     pub started: Instant,
 }
 
@@ -49,6 +57,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/models", get(v1_lms_models))
         .route("/api/v1/models/load", post(lms_load))
         .route("/api/v1/models/unload", post(lms_unload))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -58,15 +67,19 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 async fn chat(
     state: Arc<AppState>,
+    headers: HeaderMap,
     req: ChatCompletionRequest,
     dialect: Dialect,
 ) -> Result<Response, ApiError> {
     req.validate()?;
-    let entry = inference::prepare_model(&state, req.model.as_deref(), req.ttl).await?;
+    let wait = admission::prefer_wait(&headers);
+    let (entry, permit) =
+        inference::prepare_model(&state, req.model.as_deref(), req.ttl, wait).await?;
     let wire = inference::chat_request(&req)?;
     inference::respond(
         state,
         entry,
+        permit,
         wire,
         Endpoint::Chat,
         req.include_usage(),
@@ -77,46 +90,62 @@ async fn chat(
 
 async fn completions(
     state: Arc<AppState>,
+    headers: HeaderMap,
     req: CompletionRequest,
     dialect: Dialect,
 ) -> Result<Response, ApiError> {
     req.validate()?;
-    let entry = inference::prepare_model(&state, req.model.as_deref(), req.ttl).await?;
+    let wait = admission::prefer_wait(&headers);
+    let (entry, permit) =
+        inference::prepare_model(&state, req.model.as_deref(), req.ttl, wait).await?;
     let wire = inference::completion_request(&req)?;
     let echo = match (req.echo, req.prompt.single()) {
         (Some(true), Some(PromptInput::Text(t))) => Some(t.to_string()),
         _ => None,
     };
     let endpoint = Endpoint::Completion { echo };
-    inference::respond(state, entry, wire, endpoint, req.include_usage(), dialect).await
+    inference::respond(
+        state,
+        entry,
+        permit,
+        wire,
+        endpoint,
+        req.include_usage(),
+        dialect,
+    )
+    .await
 }
 
 async fn chat_openai(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    chat(s, req, Dialect::OpenAi).await
+    chat(s, headers, req, Dialect::OpenAi).await
 }
 
 async fn chat_lmstudio(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    chat(s, req, Dialect::LmStudio).await
+    chat(s, headers, req, Dialect::LmStudio).await
 }
 
 async fn completions_openai(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    completions(s, req, Dialect::OpenAi).await
+    completions(s, headers, req, Dialect::OpenAi).await
 }
 
 async fn completions_lmstudio(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    completions(s, req, Dialect::LmStudio).await
+    completions(s, headers, req, Dialect::LmStudio).await
 }
 
 // ------------------------------------------------------------------ model listings
@@ -274,10 +303,8 @@ async fn load_entry(
     id: &str,
     ttl: Option<u64>,
 ) -> Result<(ModelEntry, f64), ApiError> {
-    let entry = s
-        .discovery
-        .resolve(id)
-        .ok_or_else(|| ApiError::model_not_found(id))?;
+    // An explicit load may download the model, when `models.allow_download` is on.
+    let entry = download::find(s, id, true).await?;
     let started = Instant::now();
     s.manager
         .load(&entry.id, &entry.dir, ttl.map(Duration::from_secs))
@@ -403,8 +430,48 @@ fn status_json(m: &ModelStatus) -> Value {
     })
 }
 
+/// How long `/admin/status` waits for each worker's stats; a busy or frozen worker shows
+/// `worker_stats: null` rather than holding up the answer.
+const STATS_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn worker_stats_json(st: &WorkerStats) -> Value {
+    json!({
+        "active_requests": st.active_requests,
+        "queued_requests": st.queued_requests,
+        "prompt_cache_hits": st.prompt_cache_hits,
+        "prompt_cache_tokens": st.prompt_cache_tokens,
+        "peak_memory_bytes": st.peak_memory_bytes,
+        "active_memory_bytes": st.active_memory_bytes,
+    })
+}
+
 async fn status(State(s): State<Arc<AppState>>) -> Json<Value> {
     let models = s.manager.models();
+    // Asked of every worker at once, so one slow worker costs STATS_TIMEOUT, not one each.
+    let stats = futures_util::future::join_all(
+        models
+            .iter()
+            .map(|m| s.manager.worker_stats(&m.model_id, STATS_TIMEOUT)),
+    )
+    .await;
+    let workers: Vec<Value> = models
+        .iter()
+        .zip(stats)
+        .map(|(m, stats)| {
+            let mut v = status_json(m);
+            // The controller's own count: requests admitted for this model and not yet
+            // answered, and those of them beyond what the worker decodes at once.
+            let counts = s.admission.counts(&m.model_id);
+            v["requests"] = json!({
+                "in_flight": counts.in_flight,
+                "queued": counts.queued,
+                "max_concurrent": s.admission.max_concurrent(),
+                "max_queue": s.admission.max_queue(),
+            });
+            v["worker_stats"] = stats.as_ref().map_or(Value::Null, worker_stats_json);
+            v
+        })
+        .collect();
     let loaded: Vec<&str> = models
         .iter()
         .filter(|m| matches!(m.state, ModelState::Ready))
@@ -415,7 +482,7 @@ async fn status(State(s): State<Arc<AppState>>) -> Json<Value> {
         "uptime_seconds": s.started.elapsed().as_secs(),
         "loaded_models": loaded.len(),
         "models": loaded,
-        "workers": models.iter().map(status_json).collect::<Vec<_>>(),
+        "workers": workers,
         "memory": memory_json(&s),
     }))
 }

@@ -56,6 +56,8 @@ fn config(worker_bin: PathBuf) -> ManagerConfig {
         stop_grace: Duration::from_millis(500),
         max_memory_percent: 100,
         auto_evict_lru: false,
+        max_batch: 8,
+        prompt_cache_mb: 512,
     }
 }
 
@@ -496,6 +498,44 @@ async fn a_worker_crashing_mid_stream_fails_the_stream_and_keeps_crashing_with_b
     assert_eq!(fake.pids().len(), 3);
     m.shutdown().await;
     assert!(fake.pids().iter().all(|p| !alive(*p)));
+}
+
+#[tokio::test]
+async fn worker_stats_come_back_and_a_frozen_worker_costs_only_the_timeout() {
+    let fake = Fake::new("--chunk-delay-ms 20");
+    let m = fake.manager(|_| {});
+    let wait = Duration::from_millis(500);
+    assert!(m.worker_stats("slow", wait).await.is_none(), "not loaded");
+    let info = m.load("slow", &fake.model_dir(), None).await.unwrap();
+    let idle = m.worker_stats("slow", wait).await.expect("stats");
+    assert_eq!((idle.active_requests, idle.queued_requests), (0, 0));
+    // One running, one waiting in the worker's queue (the fake serves one at a time).
+    let mut running = m
+        .generate("slow", request(Prompt::Text("x".into()), None))
+        .await
+        .unwrap();
+    next_chunk(&mut running).await;
+    let waiting = m.generate("slow", text(3)).await.unwrap();
+    // Concurrent askers each get an answer (Stats frames carry no request id).
+    let (a, b) = tokio::join!(m.worker_stats("slow", wait), m.worker_stats("slow", wait));
+    for busy in [a, b] {
+        let busy = busy.expect("stats while busy");
+        assert_eq!((busy.active_requests, busy.queued_requests), (1, 1));
+    }
+    drop(waiting);
+    drop(running);
+
+    signal(info.pid, Signal::SIGSTOP);
+    let asked = Instant::now();
+    assert!(m.worker_stats("slow", wait).await.is_none(), "frozen");
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    signal(info.pid, Signal::SIGCONT);
+    let after = m
+        .worker_stats("slow", wait)
+        .await
+        .expect("stats after SIGCONT");
+    assert_eq!(after.queued_requests, 0);
+    m.shutdown().await;
 }
 
 #[tokio::test]

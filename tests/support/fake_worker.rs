@@ -9,10 +9,14 @@
 //! - `--ignore-sigterm`: ignore SIGTERM, Shutdown and EOF (only SIGKILL ends it)
 //! - `--crash-after-chunks <n>`: abort (SIGABRT) right after sending its n-th chunk
 //! - `--chunk-delay-ms <n>`: pause between chunks (default 5)
+//! - `--load-delay-ms <n>`: pause between Hello and Ready, as a real load takes time
+//! - `--max-batch <n>`, `--prompt-cache-mb <n>`: accepted as the real worker's, not used
 //!
-//! It appends its pid to `<dir>/fake-worker.pids`, so tests can find and count processes.
-//! Requests are served one at a time; each chunk is `t<i> `; `max_tokens: None` streams until
-//! cancelled.
+//! It appends its pid to `<dir>/fake-worker.pids` and its arguments to
+//! `<dir>/fake-worker.args` (one line per start), so tests can find and count processes and
+//! check what they were started with. Requests are served one at a time, the rest wait in its
+//! queue; each chunk is `t<i> `; `max_tokens: None` streams until cancelled. `GetStats`
+//! reports the running request as active and the waiting ones as queued.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -35,6 +39,7 @@ struct Flags {
     ignore_sigterm: bool,
     crash_after_chunks: Option<u64>,
     chunk_delay: Duration,
+    load_delay: Duration,
 }
 
 fn parse() -> Flags {
@@ -59,9 +64,18 @@ fn parse() -> Flags {
             "--crash-after-chunks" => {
                 f.crash_after_chunks = Some(value().parse().unwrap_or_else(|_| fail("bad n")))
             }
+            "--max-batch" | "--prompt-cache-mb" => {
+                value()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| fail(&format!("bad {arg}")));
+            }
             "--chunk-delay-ms" => {
                 let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
                 f.chunk_delay = Duration::from_millis(ms);
+            }
+            "--load-delay-ms" => {
+                let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
+                f.load_delay = Duration::from_millis(ms);
             }
             other => fail(&format!("unknown argument {other}")),
         }
@@ -98,6 +112,14 @@ fn main() {
     {
         let _ = writeln!(f, "{pid}");
     }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(model.join("fake-worker.args"))
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let _ = writeln!(f, "{}", args.join(" "));
+    }
     if flags.exit_before_hello {
         eprintln!("fake-worker[{pid}]: exiting before hello as asked");
         std::process::exit(3);
@@ -116,6 +138,7 @@ fn main() {
         eprintln!("fake-worker[{pid}]: hanging in load as asked");
         sleep_forever();
     }
+    std::thread::sleep(flags.load_delay);
     if let Some(message) = &flags.load_fail {
         send(
             &stream,
@@ -213,7 +236,14 @@ impl Server {
                     self.done(request_id, FinishReason::Cancelled, 0);
                 }
             }
-            ToWorker::GetStats => send(&self.stream, &FromWorker::Stats(WorkerStats::default())),
+            ToWorker::GetStats => {
+                let stats = WorkerStats {
+                    active_requests: u32::from(running.is_some()),
+                    queued_requests: self.queue.len() as u32,
+                    ..WorkerStats::default()
+                };
+                send(&self.stream, &FromWorker::Stats(stats));
+            }
             ToWorker::Shutdown if self.flags.ignore_sigterm => {
                 eprintln!("fake-worker: ignoring Shutdown as asked");
             }

@@ -57,6 +57,12 @@ impl Daemon {
     /// Starts the daemon with `config` (YAML) and the test models folder, and waits until
     /// `/admin/health` answers.
     pub fn start(config: &str) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables for the daemon (they override
+    /// the defaults, such as `HF_HUB_CACHE`).
+    pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, config).expect("write config");
@@ -75,6 +81,7 @@ impl Daemon {
             .arg(&models)
             .env("OPTA_LMX_WORKER", binary("opta-lmx-worker"))
             .env("HF_HUB_CACHE", dir.path().join("no-hf-cache"))
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn opta-lmx");
         let daemon = Daemon {
@@ -173,6 +180,17 @@ pub fn http(
     body: Option<&str>,
     content_type: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_with_head(port, method, path, body, content_type).map(|(code, _, body)| (code, body))
+}
+
+/// As [`http`], also returning the response's head (status line and headers) as text.
+pub fn http_with_head(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    content_type: &str,
+) -> std::io::Result<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(300)))?;
@@ -196,6 +214,7 @@ pub fn http(
         .contains("transfer-encoding: chunked");
     Ok((
         code,
+        head.to_string(),
         if chunked {
             dechunk(rest)
         } else {

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// 404 with code `model_not_found`: the SDKs raise `NotFoundError` from this.
     #[error("The model `{model}` does not exist or cannot be loaded.")]
     ModelNotFound { model: String },
+    /// 404 with code `model_not_found`, saying why (downloading is off, the Hub has no such
+    /// repository).
+    #[error("{message}")]
+    ModelUnavailable { model: String, message: String },
     /// 404 for an unknown route or resource other than a model.
     #[error("{message}")]
     NotFound { message: String },
@@ -48,9 +52,9 @@ pub enum ApiError {
         retry_after_secs: Option<u64>,
     },
     /// 503 with code `model_loading`: the model is being loaded and cannot answer yet.
-    #[error("The model `{model}` is loading; retry shortly.")]
+    #[error("{message}")]
     ModelLoading {
-        model: String,
+        message: String,
         retry_after_secs: Option<u64>,
     },
     /// 507 with code `insufficient_memory`: loading would pass the memory cap.
@@ -60,6 +64,10 @@ pub enum ApiError {
     /// because the failure is in the process behind the controller, and the SDKs retry both.
     #[error("{message}")]
     WorkerCrashed { message: String },
+    /// 502 with code `download_failed`: fetching the model from the Hugging Face Hub failed
+    /// (network, server or disk); the message carries the cause.
+    #[error("{message}")]
+    DownloadFailed { message: String },
     /// 504: the worker did not answer in time.
     #[error("{message}")]
     Timeout { message: String },
@@ -122,6 +130,19 @@ impl ApiError {
         }
     }
 
+    pub fn model_unavailable(model: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::ModelUnavailable {
+            model: model.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn download_failed(message: impl Into<String>) -> Self {
+        ApiError::DownloadFailed {
+            message: message.into(),
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::NotFound {
             message: message.into(),
@@ -143,8 +164,21 @@ impl ApiError {
 
     pub fn model_loading(model: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
         ApiError::ModelLoading {
-            model: model.into(),
+            message: format!("The model `{}` is loading; retry shortly.", model.into()),
             retry_after_secs,
+        }
+    }
+
+    /// 503 for a request that sent `Prefer: wait=N` (RFC 7240) with N shorter than the load
+    /// of its model, which goes on in the background.
+    pub fn model_loading_no_wait(model: &str, wait_secs: u64, retry_after_secs: u64) -> Self {
+        ApiError::ModelLoading {
+            message: format!(
+                "The model `{model}` is loading and the request asked not to wait for it \
+                 (`Prefer: wait={wait_secs}`); retry in about {retry_after_secs} s \
+                 (Retry-After), or send the request without `Prefer: wait` to wait for the load."
+            ),
+            retry_after_secs: Some(retry_after_secs),
         }
     }
 
@@ -176,12 +210,16 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound { .. }
+            | ApiError::ModelUnavailable { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::WorkerCrashed { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::WorkerCrashed { .. } | ApiError::DownloadFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -193,12 +231,14 @@ impl ApiError {
             ApiError::InvalidRequest { .. }
             | ApiError::Unauthorized { .. }
             | ApiError::ModelNotFound { .. }
+            | ApiError::ModelUnavailable { .. }
             | ApiError::NotFound { .. }
             | ApiError::PayloadTooLarge { .. } => INVALID_REQUEST_ERROR,
             ApiError::Overloaded { .. } => RATE_LIMIT_ERROR,
             ApiError::ModelLoading { .. }
             | ApiError::InsufficientMemory { .. }
             | ApiError::WorkerCrashed { .. }
+            | ApiError::DownloadFailed { .. }
             | ApiError::Timeout { .. }
             | ApiError::Internal { .. } => SERVER_ERROR,
         }
@@ -209,12 +249,15 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } | ApiError::NotFound { .. } => None,
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
-            ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => {
+                Some("model_not_found")
+            }
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::Overloaded { .. } => Some("rate_limit_exceeded"),
             ApiError::ModelLoading { .. } => Some("model_loading"),
             ApiError::InsufficientMemory { .. } => Some("insufficient_memory"),
             ApiError::WorkerCrashed { .. } => Some("worker_crashed"),
+            ApiError::DownloadFailed { .. } => Some("download_failed"),
             ApiError::Timeout { .. } => Some("timeout"),
             ApiError::Internal { .. } => Some("internal_error"),
         }
@@ -224,7 +267,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
-            ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => Some("model"),
             _ => None,
         }
     }
@@ -402,6 +445,18 @@ mod tests {
                 404,
                 INVALID_REQUEST_ERROR,
                 Some("model_not_found"),
+            ),
+            (
+                ApiError::model_unavailable("a/b", "downloading is off"),
+                404,
+                INVALID_REQUEST_ERROR,
+                Some("model_not_found"),
+            ),
+            (
+                ApiError::download_failed("connection refused"),
+                502,
+                SERVER_ERROR,
+                Some("download_failed"),
             ),
             (
                 ApiError::not_found("no such route"),

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use interprocess::local_socket::tokio::Stream;
-use opta_lmx_shared::protocol::{read_frame, write_frame, FromWorker, GenerateRequest, ToWorker};
-use tokio::sync::{mpsc, watch};
+use opta_lmx_shared::protocol::{
+    read_frame, write_frame, FromWorker, GenerateRequest, ToWorker, WorkerStats,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{ManagerError, StreamEvent};
@@ -53,6 +55,9 @@ struct ConnState {
     /// When a request last started or ended (idle TTL and LRU eviction).
     last_used: Instant,
     last_used_wall: SystemTime,
+    /// Callers waiting for a `Stats` frame. Stats carry no request id, and any fresh snapshot
+    /// answers every waiter, so each `Stats` frame goes to all of them.
+    stats_waiters: Vec<oneshot::Sender<WorkerStats>>,
 }
 
 /// Where a request's events go. `fail` holds the terminal error for a request ended from
@@ -80,6 +85,7 @@ impl Conn {
                 delivering: false,
                 last_used: now,
                 last_used_wall: SystemTime::now(),
+                stats_waiters: Vec::new(),
             }),
         });
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -194,6 +200,20 @@ impl ConnShared {
             ids.push(id);
         }
         ids
+    }
+
+    /// Asks the worker for its stats; the receiver gets the next `Stats` frame. `None`: the
+    /// writer is gone.
+    pub(crate) fn request_stats(&self) -> Option<oneshot::Receiver<WorkerStats>> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.state();
+            // Callers that timed out are gone; a worker that never answers must not make
+            // this list grow.
+            st.stats_waiters.retain(|w| !w.is_closed());
+            st.stats_waiters.push(tx);
+        }
+        self.send(ToWorker::GetStats).then_some(rx)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -311,6 +331,16 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
         } => {
             conn.state().last_frame = Instant::now();
             tracing::warn!(model = %conn.model, ?kind, "the worker reported: {message}");
+            return;
+        }
+        FromWorker::Stats(stats) => {
+            // Not progress on any request: a worker that answers stats but generates nothing
+            // must still time out.
+            let waiters = std::mem::take(&mut conn.state().stats_waiters);
+            for w in waiters {
+                // A waiter that gave up does not need the answer.
+                let _ = w.send(stats);
+            }
             return;
         }
         other => {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opta_lmx_shared::protocol::{
-    ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings, TokenLogprob, Usage,
+    ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings, TokenLogprob, Usage, WorkerStats,
 };
 use tokio::sync::oneshot;
 
@@ -50,6 +50,10 @@ pub struct ManagerConfig {
     pub stop_grace: Duration,
     pub max_memory_percent: u8,
     pub auto_evict_lru: bool,
+    /// The worker's `--max-batch`: requests it decodes together.
+    pub max_batch: u32,
+    /// The worker's `--prompt-cache-mb`.
+    pub prompt_cache_mb: u64,
 }
 
 /// Why a manager call failed. The messages are written for clients and can be sent as they
@@ -517,6 +521,21 @@ impl ModelManager {
             m.resident_bytes = m.pid.and_then(|pid| resident.get(&pid).copied());
         }
         out
+    }
+
+    /// The live stats of a ready model's worker (`GetStats`), or `None` when it is not ready
+    /// or does not answer within `timeout` (it may be busy in a long step, or frozen).
+    pub async fn worker_stats(&self, model_id: &str, timeout: Duration) -> Option<WorkerStats> {
+        let conn = {
+            let handle = self.handle(model_id)?;
+            let p = supervisor::lock(&handle.published);
+            if p.state != Some(ModelState::Ready) {
+                return None;
+            }
+            Arc::clone(p.conn.as_ref()?)
+        };
+        let reply = conn.request_stats()?;
+        tokio::time::timeout(timeout, reply).await.ok()?.ok()
     }
 
     pub fn is_ready(&self, model_id: &str) -> bool {

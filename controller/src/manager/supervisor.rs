@@ -328,6 +328,8 @@ impl Supervisor {
             socket_path,
             load_timeout: cfg.load_timeout,
             stop_grace: cfg.stop_grace,
+            max_batch: cfg.max_batch,
+            prompt_cache_mb: cfg.prompt_cache_mb,
         };
         let (cancel_tx, mut cancel_rx) = oneshot::channel();
         let task = tokio::spawn(async move {

@@ -1,9 +1,9 @@
 //! Starting and stopping one worker process.
 //!
-//! Start: bind the socket, spawn `opta-lmx-worker serve --socket <path> --model <dir>` in its
-//! own process group, then wait for its Hello and Ready with one deadline raced against the
-//! child's exit, so "exited before ready", "load failed: <reason>" and "timed out" stay
-//! distinct. Stop: Shutdown, deadline, SIGTERM to the group, deadline, SIGKILL, always reaped.
+//! Start: bind the socket, spawn `opta-lmx-worker serve --socket <path> --model <dir>
+//! --max-batch <n> --prompt-cache-mb <n>` in its own process group, then wait for its Hello
+//! and Ready with one deadline raced against the child's exit, so "exited before ready",
+//! "load failed: <reason>" and "timed out" stay distinct. Stop: Shutdown, deadline, SIGTERM to the group, deadline, SIGKILL, always reaped.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -41,6 +41,8 @@ pub(crate) struct Launch {
     pub socket_path: PathBuf,
     pub load_timeout: Duration,
     pub stop_grace: Duration,
+    pub max_batch: u32,
+    pub prompt_cache_mb: u64,
 }
 
 /// A running, ready worker.
@@ -90,6 +92,10 @@ pub(crate) async fn launch(
         .arg(&l.socket_path)
         .arg("--model")
         .arg(&l.dir)
+        .arg("--max-batch")
+        .arg(l.max_batch.max(1).to_string())
+        .arg("--prompt-cache-mb")
+        .arg(l.prompt_cache_mb.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,1061 @@
+//! The OpenAPI 3.1 document of every route `server::app` serves, at `GET /openapi.json`.
+//!
+//! Written by hand from the handlers rather than derived with a macro crate: the shapes here
+//! are the ones the code produces (response objects are closed with
+//! `additionalProperties: false`), and `tests/openapi.rs` sends a real request to every
+//! operation and checks the answer against this document.
+//!
+//! Server-sent event streams are `text/event-stream`; OpenAPI 3.1 cannot give the schema of
+//! each event, so the media type carries it in the extension `x-sse-data-schema`: every
+//! `data:` line is one JSON value of that schema, and the stream ends with `data: [DONE]`.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+/// A model id the examples use.
+const EXAMPLE_MODEL: &str = "opta/SmolLM2-135M-Instruct-4bit";
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<Value> {
+    Json(document().clone())
+}
+
+/// The whole document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+fn build() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Opta-LMX",
+            "version": crate::VERSION,
+            "description": "A local LLM server that answers as LM Studio's local server does: \
+                OpenAI's API under /v1, LM Studio's REST API under /api/v0 and /api/v1, and an \
+                admin API under /admin. Every error, also one inside a stream, is OpenAI-shaped \
+                (the Error schema); an unknown path answers 404 in that shape. Validation \
+                failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
+                read as JSON whatever their Content-Type; unknown fields are ignored and null \
+                reads as absent.",
+            "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"},
+        },
+        "servers": [{"url": "http://127.0.0.1:1234"}],
+        "tags": [
+            {"name": "OpenAI", "description": "OpenAI-compatible routes."},
+            {"name": "LM Studio", "description": "LM Studio's REST API (/api/v0, /api/v1)."},
+            {"name": "Admin", "description": "Health, status, memory, load and unload."},
+        ],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "responses": error_responses(),
+        },
+    })
+}
+
+// ------------------------------------------------------------------ small builders
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// `schema` or `null`: a primitive type gains `"null"`, anything else is wrapped in `anyOf`.
+fn nullable(schema: Value) -> Value {
+    let mut s = schema;
+    if let Some(t) = s.get("type").and_then(Value::as_str).map(str::to_string) {
+        s["type"] = json!([t, "null"]);
+        if let Some(values) = s.get_mut("enum").and_then(Value::as_array_mut) {
+            values.push(Value::Null);
+        }
+        return s;
+    }
+    json!({"anyOf": [s, {"type": "null"}]})
+}
+
+/// A response object: exactly these properties, `required` always present.
+fn closed(required: &[&str], properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+/// A request object: unknown fields are ignored by the server.
+fn open(required: &[&str], properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": true,
+    })
+}
+
+/// `base`'s schema with more properties (LM Studio's responses are OpenAI's plus fields).
+fn extended(base: &Value, required: &[&str], more: Value) -> Value {
+    let mut s = base.clone();
+    if let (Some(props), Value::Object(more)) = (s["properties"].as_object_mut(), more) {
+        props.extend(more);
+    }
+    if let Some(req) = s["required"].as_array_mut() {
+        req.extend(required.iter().map(|r| json!(r)));
+    }
+    s
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({"application/json": {"schema": schema}})
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": json_content(schema)})
+}
+
+/// 200 as JSON, or as an SSE stream when the request had `"stream": true`.
+fn ok_json_or_stream(json_schema: Value, event_schema: Value) -> Value {
+    json!({
+        "description": "The completion: JSON, or with `\"stream\": true` an SSE stream whose \
+            every `data:` line is one JSON chunk (x-sse-data-schema) and which ends with \
+            `data: [DONE]`. A failure after the 200 is sent arrives as one Error event and the \
+            stream ends without `[DONE]`.",
+        "content": {
+            "application/json": {"schema": json_schema},
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-sse-data-schema": {"oneOf": [event_schema, schema_ref("Error")]},
+            },
+        },
+    })
+}
+
+fn json_body(schema: Value, example: Value) -> Value {
+    json!({
+        "required": true,
+        "content": {"application/json": {"schema": schema, "example": example}},
+    })
+}
+
+/// The documented error statuses, each referring to `components.responses`.
+fn with_errors(ok: Value, codes: &[u16]) -> Value {
+    let mut out = Map::new();
+    out.insert("200".into(), ok);
+    for code in codes {
+        out.insert(
+            code.to_string(),
+            json!({"$ref": format!("#/components/responses/E{code}")}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn operation(tag: &str, id: &str, summary: &str, responses: Value) -> Value {
+    json!({"tags": [tag], "operationId": id, "summary": summary, "responses": responses})
+}
+
+fn with_body(mut op: Value, body: Value) -> Value {
+    op["requestBody"] = body;
+    op
+}
+
+/// RFC 7240's `Prefer: wait=N`, read by the generation routes.
+fn with_prefer_header(mut op: Value) -> Value {
+    op["parameters"] = json!([{
+        "name": "Prefer",
+        "in": "header",
+        "required": false,
+        "description": "`wait=N`: wait at most N seconds for the model to load. A load \
+            expected to take longer goes on in the background and the request is answered 503 \
+            `model_loading` with Retry-After.",
+        "schema": {"type": "string"},
+        "example": "wait=0",
+    }]);
+    op
+}
+
+fn with_model_param(mut op: Value) -> Value {
+    op["parameters"] = json!([{
+        "name": "id",
+        "in": "path",
+        "required": true,
+        "description": "A model id, `publisher/name` (its `/` sent as is).",
+        "schema": {"type": "string"},
+        "example": EXAMPLE_MODEL,
+    }]);
+    op
+}
+
+// ------------------------------------------------------------------ paths
+
+/// Statuses of a request that may load a model and generate: body errors, unknown model,
+/// queue full, the load's and the worker's failures.
+const GENERATION_ERRORS: &[u16] = &[400, 404, 413, 429, 500, 502, 503, 504, 507];
+/// Statuses of a load: body errors, unknown model, and the load's failures.
+const LOAD_ERRORS: &[u16] = &[400, 404, 413, 500, 502, 503, 504, 507];
+/// Statuses of an unload: body errors and a model that is not loaded.
+const UNLOAD_ERRORS: &[u16] = &[400, 404, 413];
+
+fn paths() -> Value {
+    let mut p = Map::new();
+    for (path, item) in admin_paths()
+        .into_iter()
+        .chain(openai_paths())
+        .chain(lmstudio_paths())
+    {
+        p.insert(path.to_string(), item);
+    }
+    p.insert(
+        "/openapi.json".into(),
+        json!({"get": operation(
+            "Admin",
+            "getOpenApi",
+            "This document.",
+            with_errors(ok_json("The OpenAPI 3.1 document.", json!({"type": "object"})), &[]),
+        )}),
+    );
+    Value::Object(p)
+}
+
+fn admin_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/admin/health",
+            json!({"get": operation("Admin", "adminHealth", "Liveness and version.",
+                with_errors(ok_json("The server is up.", schema_ref("Health")), &[]))}),
+        ),
+        (
+            "/admin/status",
+            json!({"get": operation("Admin", "adminStatus",
+                "Uptime, loaded models, every worker's state, memory.",
+                with_errors(ok_json("The server's status.", schema_ref("Status")), &[]))}),
+        ),
+        (
+            "/admin/memory",
+            json!({"get": operation("Admin", "adminMemory",
+                "System memory and each worker's resident memory.",
+                with_errors(ok_json("Memory use.", schema_ref("Memory")), &[]))}),
+        ),
+        (
+            "/admin/models",
+            json!({"get": operation("Admin", "adminModels",
+                "Every model that could be loaded, with its state and worker.",
+                with_errors(ok_json("The models.", schema_ref("AdminModelList")), &[]))}),
+        ),
+        (
+            "/admin/models/load",
+            json!({"post": with_body(
+                operation("Admin", "adminLoadModel",
+                    "Load a model into its own worker process (no-op when it is ready).",
+                    with_errors(ok_json("Loaded.", schema_ref("AdminLoadResponse")), LOAD_ERRORS)),
+                json_body(schema_ref("AdminLoadRequest"), json!({"model_id": EXAMPLE_MODEL})),
+            )}),
+        ),
+        (
+            "/admin/models/unload",
+            json!({"post": with_body(
+                operation("Admin", "adminUnloadModel",
+                    "Unload a model: its worker process ends and its memory is returned.",
+                    with_errors(ok_json("Unloaded.", schema_ref("AdminUnloadResponse")),
+                        UNLOAD_ERRORS)),
+                json_body(schema_ref("AdminUnloadRequest"), json!({"model_id": EXAMPLE_MODEL})),
+            )}),
+        ),
+    ]
+}
+
+fn chat_example() -> Value {
+    json!({
+        "model": EXAMPLE_MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 64,
+    })
+}
+
+fn completion_example() -> Value {
+    json!({"model": EXAMPLE_MODEL, "prompt": "Once upon a time", "max_tokens": 16})
+}
+
+fn openai_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/v1/models",
+            json!({"get": operation("OpenAI", "listModels",
+                "Models: with JIT loading on (the default) every model that could be loaded, \
+                 otherwise only loaded ones.",
+                with_errors(ok_json("The model list.", schema_ref("ModelList")), &[]))}),
+        ),
+        (
+            "/v1/models/{id}",
+            json!({"get": with_model_param(operation("OpenAI", "retrieveModel",
+                "One model of the list.",
+                with_errors(ok_json("The model.", schema_ref("Model")), &[404])))}),
+        ),
+        (
+            "/v1/chat/completions",
+            generation_op(
+                ("OpenAI", "createChatCompletion"),
+                "Chat completion; loads the model on first use when JIT loading is on.",
+                ("ChatCompletion", "ChatCompletionChunk"),
+                ("ChatCompletionRequest", chat_example()),
+            ),
+        ),
+        (
+            "/v1/completions",
+            generation_op(
+                ("OpenAI", "createCompletion"),
+                "Text completion (one prompt); loads the model on first use when JIT \
+                 loading is on.",
+                ("Completion", "CompletionChunk"),
+                ("CompletionRequest", completion_example()),
+            ),
+        ),
+    ]
+}
+
+/// A chat or text completion route: (tag, operationId), summary, the (JSON, SSE chunk)
+/// response schemas and the (request schema, example).
+fn generation_op(
+    (tag, id): (&str, &str),
+    summary: &str,
+    (full, chunk): (&str, &str),
+    (request, example): (&str, Value),
+) -> Value {
+    let responses = with_errors(
+        ok_json_or_stream(schema_ref(full), schema_ref(chunk)),
+        GENERATION_ERRORS,
+    );
+    let op = with_prefer_header(operation(tag, id, summary, responses));
+    json!({"post": with_body(op, json_body(schema_ref(request), example))})
+}
+
+fn lmstudio_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/api/v0/models",
+            json!({"get": operation("LM Studio", "lmsListModels",
+                "Every model that could be loaded, with its state.",
+                with_errors(ok_json("The models.", schema_ref("LmsModelList")), &[]))}),
+        ),
+        (
+            "/api/v0/models/{id}",
+            json!({"get": with_model_param(operation("LM Studio", "lmsGetModel",
+                "One model, loaded or not.",
+                with_errors(ok_json("The model.", schema_ref("LmsModel")), &[404])))}),
+        ),
+        (
+            "/api/v0/chat/completions",
+            generation_op(
+                ("LM Studio", "lmsChatCompletion"),
+                "As /v1/chat/completions, plus LM Studio's stats, model_info and runtime \
+                 (on the finish chunk when streamed).",
+                ("LmsChatCompletion", "LmsChatCompletionChunk"),
+                ("ChatCompletionRequest", chat_example()),
+            ),
+        ),
+        (
+            "/api/v0/completions",
+            generation_op(
+                ("LM Studio", "lmsCompletion"),
+                "As /v1/completions, plus LM Studio's stats, model_info and runtime when \
+                 not streamed.",
+                ("LmsCompletion", "CompletionChunk"),
+                ("CompletionRequest", completion_example()),
+            ),
+        ),
+        (
+            "/api/v1/models",
+            json!({"get": operation("LM Studio", "lmsV1ListModels",
+                "Every model that could be loaded, with its loaded instances.",
+                with_errors(ok_json("The models.", schema_ref("LmsV1ModelList")), &[]))}),
+        ),
+        (
+            "/api/v1/models/load",
+            json!({"post": with_body(
+                operation("LM Studio", "lmsLoadModel", "Load a model (LM Studio's shape).",
+                    with_errors(ok_json("Loaded.", schema_ref("LmsLoadResponse")), LOAD_ERRORS)),
+                json_body(schema_ref("LmsLoadRequest"), json!({"model": EXAMPLE_MODEL})),
+            )}),
+        ),
+        (
+            "/api/v1/models/unload",
+            json!({"post": with_body(
+                operation("LM Studio", "lmsUnloadModel", "Unload a model instance.",
+                    with_errors(ok_json("Unloaded.", schema_ref("LmsUnloadResponse")),
+                        UNLOAD_ERRORS)),
+                json_body(schema_ref("LmsUnloadRequest"), json!({"instance_id": EXAMPLE_MODEL})),
+            )}),
+        ),
+    ]
+}
+
+// ------------------------------------------------------------------ error responses
+
+fn error_responses() -> Value {
+    let retry_after = json!({"Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }});
+    // 401 is left out: no route answers it until API tokens exist.
+    let entries: [(u16, &str); 9] = [
+        (
+            400,
+            "The body is not valid JSON or a field is wrong or out of range; `param` names \
+               the field. Also a missing `model` when none is loaded or configured, and a \
+               prompt longer than the model's context.",
+        ),
+        (
+            404,
+            "`model_not_found`: no such model, here or (with models.allow_download) on the \
+               Hugging Face Hub; with JIT loading off, not loaded; for unload, not loaded.",
+        ),
+        (413, "`request_too_large`: the body is over 8 MiB."),
+        (429, "`rate_limit_exceeded`: the model's queue is full."),
+        (
+            500,
+            "`internal_error`: the worker could not be started, could not load the model, or \
+               failed while generating.",
+        ),
+        (
+            502,
+            "`worker_crashed`: the model's worker process died (`download_failed`: fetching \
+               the model from the Hugging Face Hub failed).",
+        ),
+        (
+            503,
+            "`model_loading`: the model is being unloaded, or is still loading past the \
+               request's `Prefer: wait=N`; retry after Retry-After.",
+        ),
+        (504, "`timeout`: the worker did not answer in time."),
+        (
+            507,
+            "`insufficient_memory`: loading would pass memory.max_memory_percent.",
+        ),
+    ];
+    let mut out = Map::new();
+    for (code, description) in entries {
+        let mut r =
+            json!({"description": description, "content": json_content(schema_ref("Error"))});
+        if matches!(code, 429 | 503) {
+            r["headers"] = retry_after.clone();
+        }
+        out.insert(format!("E{code}"), r);
+    }
+    Value::Object(out)
+}
+
+// ------------------------------------------------------------------ schemas
+
+fn schemas() -> Value {
+    let mut s = Map::new();
+    for part in [
+        common_schemas(),
+        request_schemas(),
+        chat_schemas(),
+        completion_schemas(),
+        model_schemas(),
+        admin_schemas(),
+    ] {
+        if let Value::Object(m) = part {
+            s.extend(m);
+        }
+    }
+    Value::Object(s)
+}
+
+fn common_schemas() -> Value {
+    json!({
+        "Error": closed(&["error"], json!({"error": closed(
+            &["message", "type", "param", "code"],
+            json!({
+                "message": {"type": "string"},
+                "type": {"type": "string",
+                         "enum": ["invalid_request_error", "server_error", "rate_limit_error"]},
+                "param": nullable(json!({"type": "string"})),
+                "code": nullable(json!({"type": "string", "enum": [
+                    "model_not_found", "request_too_large", "rate_limit_exceeded",
+                    "model_loading", "insufficient_memory", "worker_crashed", "download_failed",
+                    "timeout", "internal_error"]})),
+            }),
+        )})),
+        "Usage": closed(
+            &["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"],
+            json!({
+                "prompt_tokens": {"type": "integer", "minimum": 0},
+                "completion_tokens": {"type": "integer", "minimum": 0},
+                "total_tokens": {"type": "integer", "minimum": 0},
+                "prompt_tokens_details": closed(&["cached_tokens"], json!({
+                    "cached_tokens": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Prompt tokens served from the prompt (prefix) cache.",
+                    },
+                })),
+            }),
+        ),
+        "FinishReason": {"type": "string", "enum": ["stop", "length"]},
+        "LmsStats": closed(
+            &["tokens_per_second", "time_to_first_token", "generation_time", "stop_reason"],
+            json!({
+                "tokens_per_second": {"type": "number"},
+                "time_to_first_token": {"type": "number", "description": "Seconds."},
+                "generation_time": {"type": "number", "description": "Seconds."},
+                "stop_reason": {"type": "string",
+                                "enum": ["eosFound", "maxPredictedTokensReached"]},
+            }),
+        ),
+        "LmsModelInfo": closed(&["arch", "quant", "format", "context_length"], json!({
+            "arch": {"type": "string"},
+            "quant": {"type": "string"},
+            "format": {"type": "string", "enum": ["mlx"]},
+            "context_length": nullable(json!({"type": "integer"})),
+        })),
+        "LmsRuntime": closed(&["name", "version", "supported_formats"], json!({
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "supported_formats": {"type": "array", "items": {"type": "string"}},
+        })),
+    })
+}
+
+/// `max_tokens`: -1 for no limit, else at least 1.
+fn token_limit(description: &str) -> Value {
+    nullable(json!({
+        "description": description,
+        "oneOf": [
+            {"type": "integer", "enum": [-1]},
+            {"type": "integer", "minimum": 1, "maximum": 4_294_967_295u64},
+        ],
+    }))
+}
+
+fn number_in(min: f64, max: f64) -> Value {
+    nullable(json!({"type": "number", "minimum": min, "maximum": max}))
+}
+
+/// The sampling fields chat and text completions share.
+fn sampling_properties() -> Map<String, Value> {
+    let penalty = json!({"type": "number", "exclusiveMinimum": 0,
+        "description": "Multiplicative repetition penalty; 1 disables it."});
+    let props = json!({
+        "model": nullable(json!({"type": "string", "description": "A model id, \
+            `publisher/name`. When absent: the configured default model, else the one loaded \
+            model."})),
+        "temperature": number_in(0.0, 2.0),
+        "top_p": number_in(0.0, 1.0),
+        "top_k": nullable(json!({"type": "integer", "minimum": -1,
+            "description": "0 or -1 disables it."})),
+        "min_p": number_in(0.0, 1.0),
+        "stream": nullable(json!({"type": "boolean"})),
+        "stream_options": nullable(open(&[], json!({
+            "include_usage": nullable(json!({"type": "boolean",
+                "description": "End the stream with a chunk that carries `usage`."})),
+        }))),
+        "stop": nullable(json!({
+            "description": "Stop sequences (empty strings are dropped); never part of the output.",
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            ],
+        })),
+        "seed": nullable(json!({"type": "integer"})),
+        "presence_penalty": number_in(-2.0, 2.0),
+        "frequency_penalty": number_in(-2.0, 2.0),
+        "repeat_penalty": nullable(penalty.clone()),
+        "repetition_penalty": nullable(penalty),
+        "logit_bias": nullable(json!({
+            "type": "object",
+            "description": "Token id (as a string) to a bias in -100..=100.",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        })),
+        "n": nullable(json!({"type": "integer", "enum": [1]})),
+        "ttl": nullable(json!({"type": "integer", "minimum": 1,
+            "description": "Idle seconds before a model this request loads is unloaded."})),
+        "user": nullable(json!({"type": "string", "description": "Accepted and ignored."})),
+    });
+    match props {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn chat_request_schema() -> Value {
+    let mut props = sampling_properties();
+    let chat = json!({
+        "messages": {"type": "array", "minItems": 1, "items": schema_ref("ChatMessage")},
+        "max_tokens": token_limit("-1 for no limit (the default)."),
+        "max_completion_tokens": token_limit("Wins over max_tokens."),
+        "logprobs": nullable(json!({"type": "boolean"})),
+        "top_logprobs": nullable(json!({"type": "integer", "minimum": 0, "maximum": 20})),
+        "response_format": nullable(json!({
+            "description": "Accepted and ignored: the output is not constrained.",
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string",
+                                    "enum": ["text", "json_object", "json_schema"]}},
+        })),
+        "tools": nullable(json!({"type": "array", "items": schema_ref("Tool"),
+            "description": "Passed to the model's chat template."})),
+        "tool_choice": nullable(json!({
+            "description": "Checked against `tools`; generation is not constrained by it.",
+            "oneOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                open(&["function"], json!({
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": open(&["name"], json!({"name": {"type": "string"}})),
+                })),
+            ],
+        })),
+        "parallel_tool_calls": nullable(json!({"type": "boolean",
+            "description": "Accepted and ignored."})),
+    });
+    if let Value::Object(m) = chat {
+        props.extend(m);
+    }
+    open(&["messages"], Value::Object(props))
+}
+
+fn completion_request_schema() -> Value {
+    let mut props = sampling_properties();
+    let token_ids = json!({"type": "array", "items": {"type": "integer", "minimum": 0}});
+    let completion = json!({
+        "prompt": {
+            "description": "One prompt: a string or token ids, or a one-element list of either.",
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                token_ids,
+                {"type": "array", "items": token_ids, "minItems": 1, "maxItems": 1},
+            ],
+        },
+        "max_tokens": token_limit("Default 16; -1 for no limit."),
+        "logprobs": nullable(json!({"type": "integer", "minimum": 0, "maximum": 5,
+            "description": "How many alternatives per token to return."})),
+        "echo": nullable(json!({"type": "boolean",
+            "description": "Put the (text) prompt before the completion."})),
+        "best_of": nullable(json!({"type": "integer", "enum": [1]})),
+    });
+    if let Value::Object(m) = completion {
+        props.extend(m);
+    }
+    open(&["prompt"], Value::Object(props))
+}
+
+fn request_schemas() -> Value {
+    let arguments = json!({
+        "description": "JSON-encoded arguments; an object is re-encoded to a string.",
+        "type": ["string", "object", "null"],
+    });
+    json!({
+        "ChatCompletionRequest": chat_request_schema(),
+        "CompletionRequest": completion_request_schema(),
+        "ChatMessage": open(&["role"], json!({
+            "role": {"type": "string",
+                     "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+            "content": nullable(json!({"oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": schema_ref("ContentPart")},
+            ]})),
+            "name": nullable(json!({"type": "string"})),
+            "tool_calls": nullable(json!({"type": "array", "items": schema_ref("ToolCall")})),
+            "tool_call_id": nullable(json!({"type": "string"})),
+        })),
+        "ContentPart": open(&["type", "text"], json!({
+            "type": {"type": "string", "enum": ["text", "input_text"],
+                     "description": "Only text parts; others are a 400."},
+            "text": {"type": "string"},
+        })),
+        "ToolCall": open(&["function"], json!({
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "function": open(&["name"], json!({
+                "name": {"type": "string"},
+                "arguments": arguments,
+            })),
+        })),
+        "Tool": open(&["function"], json!({
+            "type": {"type": "string", "enum": ["function"]},
+            "function": open(&["name"], json!({
+                "name": {"type": "string", "minLength": 1},
+                "description": {"type": "string"},
+                "parameters": {"type": "object", "description": "A JSON Schema."},
+                "strict": {"type": "boolean"},
+            })),
+        })),
+        "AdminLoadRequest": open(&["model_id"], json!({
+            "model_id": {"type": "string"},
+            "ttl": nullable(json!({"type": "integer", "minimum": 0,
+                "description": "Idle seconds before the model is unloaded."})),
+        })),
+        "AdminUnloadRequest": open(&["model_id"], json!({"model_id": {"type": "string"}})),
+        "LmsLoadRequest": open(&["model"], json!({
+            "model": {"type": "string"},
+            "ttl": nullable(json!({"type": "integer", "minimum": 0})),
+        })),
+        "LmsUnloadRequest": open(&["instance_id"], json!({"instance_id": {"type": "string"}})),
+    })
+}
+
+fn top_logprob() -> Value {
+    closed(
+        &["token", "logprob", "bytes"],
+        json!({
+            "token": {"type": "string"},
+            "logprob": {"type": "number", "description": "-9999 for an impossible token."},
+            "bytes": nullable(json!({"type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 255}})),
+        }),
+    )
+}
+
+fn chat_completion() -> Value {
+    closed(
+        &["id", "object", "created", "model", "choices", "usage"],
+        json!({
+            "id": {"type": "string", "description": "`chatcmpl-` and 24 characters."},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": closed(
+                &["index", "message", "finish_reason", "logprobs"],
+                json!({
+                    "index": {"type": "integer"},
+                    "message": closed(&["role", "content"], json!({
+                        "role": {"type": "string", "enum": ["assistant"]},
+                        "content": nullable(json!({"type": "string"})),
+                    })),
+                    "finish_reason": nullable(schema_ref("FinishReason")),
+                    "logprobs": nullable(schema_ref("ChatLogprobs")),
+                }),
+            )},
+            "usage": schema_ref("Usage"),
+            "system_fingerprint": {"type": "string"},
+        }),
+    )
+}
+
+fn chat_completion_chunk() -> Value {
+    closed(
+        &["id", "object", "created", "model", "choices"],
+        json!({
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "choices": {"type": "array", "items": closed(
+                &["index", "delta", "logprobs", "finish_reason"],
+                json!({
+                    "index": {"type": "integer"},
+                    "delta": closed(&[], json!({
+                        "role": {"type": "string", "enum": ["assistant"]},
+                        "content": {"type": "string"},
+                    })),
+                    "logprobs": nullable(schema_ref("ChatLogprobs")),
+                    "finish_reason": nullable(schema_ref("FinishReason")),
+                }),
+            )},
+            "usage": schema_ref("Usage"),
+        }),
+    )
+}
+
+fn lms_extras() -> Value {
+    json!({
+        "stats": schema_ref("LmsStats"),
+        "model_info": schema_ref("LmsModelInfo"),
+        "runtime": schema_ref("LmsRuntime"),
+    })
+}
+
+fn chat_schemas() -> Value {
+    let chat = chat_completion();
+    let chunk = chat_completion_chunk();
+    let extras = ["stats", "model_info", "runtime"];
+    json!({
+        "LmsChatCompletion": extended(&chat, &extras, lms_extras()),
+        "LmsChatCompletionChunk": extended(&chunk, &[], lms_extras()),
+        "ChatCompletion": chat,
+        "ChatCompletionChunk": chunk,
+        "ChatLogprobs": closed(&["content"], json!({
+            "content": {"type": "array", "items": schema_ref("TokenLogprob")},
+        })),
+        "TokenLogprob": extended(&top_logprob(), &["top_logprobs"], json!({
+            "top_logprobs": {"type": "array", "items": schema_ref("TopLogprob")},
+        })),
+        "TopLogprob": top_logprob(),
+    })
+}
+
+fn completion_schemas() -> Value {
+    let chunk = closed(
+        &["id", "object", "created", "model", "choices"],
+        json!({
+            "id": {"type": "string", "description": "`cmpl-` and 24 characters."},
+            "object": {"type": "string", "enum": ["text_completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "choices": {"type": "array", "items": closed(
+                &["text", "index", "logprobs", "finish_reason"],
+                json!({
+                    "text": {"type": "string"},
+                    "index": {"type": "integer"},
+                    "logprobs": nullable(schema_ref("CompletionLogprobs")),
+                    "finish_reason": nullable(schema_ref("FinishReason")),
+                }),
+            )},
+            "usage": schema_ref("Usage"),
+        }),
+    );
+    let completion = extended(&chunk, &["usage"], json!({}));
+    json!({
+        "LmsCompletion": extended(&completion, &["stats", "model_info", "runtime"], lms_extras()),
+        "Completion": completion,
+        "CompletionChunk": chunk,
+        "CompletionLogprobs": closed(
+            &["tokens", "token_logprobs", "top_logprobs", "text_offset"],
+            json!({
+                "tokens": {"type": "array", "items": {"type": "string"}},
+                "token_logprobs": {"type": "array", "items": nullable(json!({"type": "number"}))},
+                "top_logprobs": {"type": "array", "items": nullable(json!({
+                    "type": "object", "additionalProperties": {"type": "number"},
+                }))},
+                "text_offset": {"type": "array", "items": {"type": "integer"}},
+            }),
+        ),
+    })
+}
+
+fn model_state() -> Value {
+    json!({"type": "string",
+           "enum": ["loaded", "loading", "unloading", "crashed", "not-loaded"]})
+}
+
+fn model_schemas() -> Value {
+    json!({
+        "ModelList": closed(&["object", "data"], json!({
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": schema_ref("Model")},
+        })),
+        "Model": closed(&["id", "object", "created", "owned_by"], json!({
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer", "description": "config.json's modification time."},
+            "owned_by": {"type": "string", "description": "The publisher."},
+        })),
+        "LmsModelList": closed(&["object", "data"], json!({
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": schema_ref("LmsModel")},
+        })),
+        "LmsModel": closed(
+            &["id", "object", "type", "publisher", "arch", "compatibility_type", "quantization",
+              "state", "max_context_length"],
+            json!({
+                "id": {"type": "string"},
+                "object": {"type": "string", "enum": ["model"]},
+                "type": {"type": "string", "enum": ["llm"]},
+                "publisher": {"type": "string"},
+                "arch": {"type": "string"},
+                "compatibility_type": {"type": "string", "enum": ["mlx"]},
+                "quantization": {"type": "string"},
+                "state": model_state(),
+                "max_context_length": nullable(json!({"type": "integer"})),
+            }),
+        ),
+        "LmsV1ModelList": closed(&["models"], json!({
+            "models": {"type": "array", "items": closed(
+                &["type", "key", "publisher", "architecture", "quantization", "format",
+                  "max_context_length", "size_bytes", "loaded_instances"],
+                json!({
+                    "type": {"type": "string", "enum": ["llm"]},
+                    "key": {"type": "string"},
+                    "publisher": {"type": "string"},
+                    "architecture": {"type": "string"},
+                    "quantization": {"type": "string"},
+                    "format": {"type": "string", "enum": ["mlx"]},
+                    "max_context_length": nullable(json!({"type": "integer"})),
+                    "size_bytes": {"type": "integer"},
+                    "loaded_instances": {"type": "array", "items": closed(&["id"],
+                        json!({"id": {"type": "string"}}))},
+                }),
+            )},
+        })),
+        "LmsLoadResponse": closed(&["type", "instance_id", "load_time_seconds", "status"], json!({
+            "type": {"type": "string", "enum": ["llm"]},
+            "instance_id": {"type": "string"},
+            "load_time_seconds": {"type": "number"},
+            "status": {"type": "string", "enum": ["loaded"]},
+        })),
+        "LmsUnloadResponse": closed(&["instance_id"], json!({
+            "instance_id": {"type": "string"},
+        })),
+    })
+}
+
+fn worker_properties() -> Value {
+    let int_or_null = || nullable(json!({"type": "integer"}));
+    json!({
+        "model_id": {"type": "string"},
+        "state": model_state(),
+        "pid": int_or_null(),
+        "path": {"type": "string"},
+        "resident_bytes": int_or_null(),
+        "in_flight": {"type": "integer"},
+        "loaded_at": int_or_null(),
+        "last_used": int_or_null(),
+        "ttl_seconds": int_or_null(),
+        "restarts": {"type": "integer"},
+        "weights_bytes": int_or_null(),
+        "context_length": int_or_null(),
+        "crash": nullable(closed(&["status", "stderr_tail", "at"], json!({
+            "status": {"type": "string"},
+            "stderr_tail": {"type": "string"},
+            "at": {"type": "integer"},
+        }))),
+    })
+}
+
+/// What `/admin/status` adds to each worker: the controller's admission counts and the
+/// worker's own stats (`null` when it does not answer within half a second).
+fn status_extras() -> Value {
+    let count = || json!({"type": "integer", "minimum": 0});
+    json!({
+        "requests": closed(&["in_flight", "queued", "max_concurrent", "max_queue"], json!({
+            "in_flight": count(),
+            "queued": count(),
+            "max_concurrent": count(),
+            "max_queue": count(),
+        })),
+        "worker_stats": nullable(closed(
+            &["active_requests", "queued_requests", "prompt_cache_hits", "prompt_cache_tokens",
+              "peak_memory_bytes", "active_memory_bytes"],
+            json!({
+                "active_requests": count(),
+                "queued_requests": count(),
+                "prompt_cache_hits": count(),
+                "prompt_cache_tokens": count(),
+                "peak_memory_bytes": count(),
+                "active_memory_bytes": count(),
+            }),
+        )),
+    })
+}
+
+const WORKER_FIELDS: &[&str] = &[
+    "model_id",
+    "state",
+    "pid",
+    "path",
+    "resident_bytes",
+    "in_flight",
+    "loaded_at",
+    "last_used",
+    "ttl_seconds",
+    "restarts",
+    "weights_bytes",
+    "context_length",
+    "crash",
+];
+
+fn admin_schemas() -> Value {
+    let worker = closed(WORKER_FIELDS, worker_properties());
+    // A model without a worker lists only its id, state and folder.
+    let admin_model = extended(
+        &closed(&["model_id", "state", "path"], worker_properties()),
+        &[],
+        json!({"weights_bytes_on_disk": {"type": "integer"}}),
+    );
+    json!({
+        "Health": closed(&["status", "version"], json!({
+            "status": {"type": "string", "enum": ["ok"]},
+            "version": {"type": "string"},
+        })),
+        "Memory": closed(
+            &["total_bytes", "used_bytes", "available_bytes", "total_gb", "used_gb",
+              "available_gb", "usage_percent", "threshold_percent", "models"],
+            json!({
+                "total_bytes": {"type": "integer"},
+                "used_bytes": {"type": "integer"},
+                "available_bytes": {"type": "integer"},
+                "total_gb": {"type": "number"},
+                "used_gb": {"type": "number"},
+                "available_gb": {"type": "number"},
+                "usage_percent": {"type": "number"},
+                "threshold_percent": {"type": "integer",
+                    "description": "memory.max_memory_percent."},
+                "models": {"type": "array", "items": closed(
+                    &["model_id", "pid", "resident_bytes"],
+                    json!({
+                        "model_id": {"type": "string"},
+                        "pid": nullable(json!({"type": "integer"})),
+                        "resident_bytes": nullable(json!({"type": "integer"})),
+                    }),
+                )},
+            }),
+        ),
+        "StatusWorker": extended(&worker, &["requests", "worker_stats"], status_extras()),
+        "WorkerStatus": worker,
+        "Status": closed(
+            &["version", "uptime_seconds", "loaded_models", "models", "workers", "memory"],
+            json!({
+                "version": {"type": "string"},
+                "uptime_seconds": {"type": "integer"},
+                "loaded_models": {"type": "integer"},
+                "models": {"type": "array", "items": {"type": "string"},
+                           "description": "Ids of the ready models."},
+                "workers": {"type": "array", "items": schema_ref("StatusWorker")},
+                "memory": schema_ref("Memory"),
+            }),
+        ),
+        "AdminModelList": closed(&["models"], json!({
+            "models": {"type": "array", "items": admin_model},
+        })),
+        "AdminLoadResponse": closed(
+            &["success", "model_id", "time_to_load_ms", "pid", "memory"],
+            json!({
+                "success": {"type": "boolean", "enum": [true]},
+                "model_id": {"type": "string"},
+                "time_to_load_ms": {"type": "number"},
+                "pid": nullable(json!({"type": "integer"})),
+                "memory": schema_ref("Memory"),
+            }),
+        ),
+        "AdminUnloadResponse": closed(&["success", "model_id", "memory"], json!({
+            "success": {"type": "boolean", "enum": [true]},
+            "model_id": {"type": "string"},
+            "memory": schema_ref("Memory"),
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` in the document points at something that exists.
+    #[test]
+    fn every_ref_resolves() {
+        fn walk(doc: &Value, v: &Value) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        let pointer = r.strip_prefix('#').unwrap_or(r);
+                        assert!(doc.pointer(pointer).is_some(), "dangling {r}");
+                    }
+                    m.values().for_each(|x| walk(doc, x));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(doc, x)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        walk(doc, doc);
+        assert_eq!(doc["openapi"], "3.1.0");
+    }
+}

@@ -1,0 +1,597 @@
+//! The OpenAPI document at `/openapi.json` against the running daemon: every route of the
+//! router is documented (and nothing else is), and every documented operation answers real
+//! requests, valid and invalid, with a documented status and a body that fits the documented
+//! schema. Real `opta-lmx`, real `opta-lmx-worker`, the tiny test model.
+
+use std::collections::BTreeSet;
+
+use opta_lmx_tests::{http_with_head, workspace_root, Daemon};
+use serde_json::{json, Value};
+
+const TINY: &str = "opta/tiny-random-llama";
+const UNKNOWN: &str = "nobody/no-such-model";
+const HTTP_METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
+
+// ------------------------------------------------------------------ schema checker
+
+/// Follows `$ref` (a JSON pointer into the document) until a schema without one.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> Result<&'a Value, String> {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let target = doc
+                .pointer(r.strip_prefix('#').unwrap_or(r))
+                .ok_or_else(|| format!("dangling $ref {r}"))?;
+            resolve(doc, target)
+        }
+        None => Ok(schema),
+    }
+}
+
+fn is_type(value: &Value, t: &str) -> bool {
+    match t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        // Stricter than JSON Schema (which takes 1.0): a float where the doc says integer
+        // is drift worth failing on.
+        "integer" => value.is_i64() || value.is_u64(),
+        _ => false,
+    }
+}
+
+fn num(schema: &Value, key: &str) -> Option<f64> {
+    schema.get(key).and_then(Value::as_f64)
+}
+
+/// Checks `value` against `schema`, the subset of JSON Schema 2020-12 the document uses:
+/// `$ref`, `allOf`/`anyOf`/`oneOf`, `type`, `enum`, `required`, `properties`,
+/// `additionalProperties`, `items`, `minItems`/`maxItems`, `minimum`/`maximum`/
+/// `exclusiveMinimum`, `minLength`. Other keywords are documentation only. `at` is the path
+/// of `value` for the error message.
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let s = resolve(doc, schema)?;
+    for sub in s
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check(doc, sub, value, at)?;
+    }
+    if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
+        let errors: Vec<String> = any
+            .iter()
+            .filter_map(|sub| check(doc, sub, value, at).err())
+            .collect();
+        if errors.len() == any.len() {
+            return Err(format!("{at}: matches no anyOf branch: {errors:?}"));
+        }
+    }
+    if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
+        let matching = one
+            .iter()
+            .filter(|sub| check(doc, sub, value, at).is_ok())
+            .count();
+        if matching != 1 {
+            return Err(format!(
+                "{at}: matches {matching} oneOf branches, not 1: {value}"
+            ));
+        }
+    }
+    check_type_and_enum(s, value, at)?;
+    check_number(s, value, at)?;
+    check_string(s, value, at)?;
+    check_array(doc, s, value, at)?;
+    check_object(doc, s, value, at)
+}
+
+fn check_type_and_enum(s: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let types: Vec<&str> = match s.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.iter().any(|t| is_type(value, t)) {
+        return Err(format!("{at}: expected {types:?}, got {value}"));
+    }
+    if let Some(allowed) = s.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            return Err(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_number(s: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let Some(v) = value.as_f64() else {
+        return Ok(());
+    };
+    let below = num(s, "minimum").is_some_and(|m| v < m)
+        || num(s, "exclusiveMinimum").is_some_and(|m| v <= m);
+    let above = num(s, "maximum").is_some_and(|m| v > m);
+    if below || above {
+        return Err(format!("{at}: {v} is out of the documented range"));
+    }
+    Ok(())
+}
+
+fn check_string(s: &Value, value: &Value, at: &str) -> Result<(), String> {
+    match (value.as_str(), num(s, "minLength")) {
+        (Some(text), Some(min)) if (text.chars().count() as f64) < min => {
+            Err(format!("{at}: shorter than {min}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_array(doc: &Value, s: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let Some(items) = value.as_array() else {
+        return Ok(());
+    };
+    let n = items.len() as f64;
+    if num(s, "minItems").is_some_and(|m| n < m) || num(s, "maxItems").is_some_and(|m| n > m) {
+        return Err(format!("{at}: {n} items is out of the documented range"));
+    }
+    if let Some(item_schema) = s.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(doc, item_schema, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_object(doc: &Value, s: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let Some(obj) = value.as_object() else {
+        return Ok(());
+    };
+    for key in s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = key.as_str().unwrap_or_default();
+        if !obj.contains_key(key) {
+            return Err(format!("{at}: required property `{key}` is missing"));
+        }
+    }
+    let props = s.get("properties").and_then(Value::as_object);
+    for (key, v) in obj {
+        let path = format!("{at}.{key}");
+        match (
+            props.and_then(|p| p.get(key)),
+            s.get("additionalProperties"),
+        ) {
+            (Some(prop), _) => check(doc, prop, v, &path)?,
+            (None, Some(Value::Bool(false))) => {
+                return Err(format!("{at}: undocumented property `{key}` = {v}"))
+            }
+            (None, Some(extra @ Value::Object(_))) => check(doc, extra, v, &path)?,
+            (None, _) => {}
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_schema_checker_rejects_what_it_should() {
+    let doc = json!({"components": {"schemas": {
+        "Thing": {"type": "object", "required": ["id"], "additionalProperties": false,
+                  "properties": {"id": {"type": "integer"},
+                                 "kind": {"type": ["string", "null"], "enum": ["a", null]},
+                                 "tags": {"type": "array", "maxItems": 1,
+                                          "items": {"type": "string"}}}},
+        "Either": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+    }}});
+    let thing = json!({"$ref": "#/components/schemas/Thing"});
+    let either = json!({"$ref": "#/components/schemas/Either"});
+    let ok = |schema: &Value, v: Value| check(&doc, schema, &v, "$").map_err(|e| e.to_string());
+    assert_eq!(
+        ok(&thing, json!({"id": 1, "kind": null, "tags": ["x"]})),
+        Ok(())
+    );
+    assert!(ok(&thing, json!({"id": 1.5})).is_err(), "float for integer");
+    assert!(ok(&thing, json!({})).is_err(), "missing required");
+    assert!(
+        ok(&thing, json!({"id": 1, "extra": 0})).is_err(),
+        "undocumented"
+    );
+    assert!(ok(&thing, json!({"id": 1, "kind": "b"})).is_err(), "enum");
+    assert!(
+        ok(&thing, json!({"id": 1, "tags": ["x", "y"]})).is_err(),
+        "maxItems"
+    );
+    assert!(
+        ok(&thing, json!({"id": 1, "tags": [3]})).is_err(),
+        "item type"
+    );
+    assert_eq!(ok(&either, json!("s")), Ok(()));
+    assert!(ok(&either, json!(0)).is_err(), "minimum");
+    assert!(
+        ok(&json!({"$ref": "#/nowhere"}), json!(1)).is_err(),
+        "dangling ref"
+    );
+}
+
+// ------------------------------------------------------------------ the router's routes
+
+/// The (method, path) pairs `server::app` registers, read from its source so a route added
+/// there without a document entry fails this test. Axum's catch-all `{*id}` is OpenAPI's
+/// `{id}`.
+fn router_operations() -> BTreeSet<(String, String)> {
+    let path = workspace_root().join("controller/src/server.rs");
+    let src = std::fs::read_to_string(&path).expect("read controller/src/server.rs");
+    for unsupported in [".nest(", ".merge(", ".route_service(", ".nest_service("] {
+        assert!(
+            !src.contains(unsupported),
+            "server.rs uses {unsupported}: teach router_operations() to read it"
+        );
+    }
+    let mut out = BTreeSet::new();
+    for call in src.split(".route(").skip(1) {
+        let args = call_arguments(call);
+        let route = args
+            .split('"')
+            .nth(1)
+            .expect("a .route(\"path\", ...) call");
+        let route = route.replace("{*", "{");
+        for method in HTTP_METHODS {
+            if calls(args, method) {
+                out.insert((method.to_string(), route.clone()));
+            }
+        }
+    }
+    assert!(out.len() > 10, "found too few routes in server.rs: {out:?}");
+    out
+}
+
+/// The text of a call's arguments, up to its closing parenthesis.
+fn call_arguments(after_open: &str) -> &str {
+    let mut depth = 1;
+    for (i, c) in after_open.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return &after_open[..i];
+        }
+    }
+    after_open
+}
+
+/// Whether `text` calls `name(` as a whole word (`get(` but not `forget(`).
+fn calls(text: &str, name: &str) -> bool {
+    let needle = format!("{name}(");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let paths = doc["paths"].as_object().expect("paths");
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let item = item.as_object().expect("path item");
+            item.keys()
+                .filter(|k| HTTP_METHODS.contains(&k.as_str()))
+                .map(|m| (m.clone(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ requests per operation
+
+/// One request to send and the status it must get.
+struct Call {
+    url: String,
+    body: Option<String>,
+    expect: u16,
+    /// Loads the tiny model first (for the unloads).
+    load_first: bool,
+}
+
+fn call(url: impl Into<String>, body: Option<Value>, expect: u16) -> Call {
+    Call {
+        url: url.into(),
+        body: body.map(|b| b.to_string()),
+        expect,
+        load_first: false,
+    }
+}
+
+fn raw(url: &str, body: String, expect: u16) -> Call {
+    Call {
+        url: url.to_string(),
+        body: Some(body),
+        expect,
+        load_first: false,
+    }
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+           "temperature": 0, "max_tokens": 4})
+}
+
+/// A body over the 8 MiB limit.
+fn oversized() -> String {
+    format!("{{\"x\": \"{}\"}}", "a".repeat(9 * 1024 * 1024))
+}
+
+/// Valid and invalid requests for each documented operation. An operation without any
+/// fails the test, so a new route needs requests here.
+fn calls_for(method: &str, path: &str) -> Vec<Call> {
+    let post = |valid: Vec<Value>, invalid: Vec<(Value, u16)>| {
+        let mut out: Vec<Call> = valid
+            .into_iter()
+            .map(|b| call(path, Some(b), 200))
+            .collect();
+        out.extend(
+            invalid
+                .into_iter()
+                .map(|(b, code)| call(path, Some(b), code)),
+        );
+        out.push(raw(path, "{\"model\": ".to_string(), 400));
+        out.push(raw(path, oversized(), 413));
+        out
+    };
+    match (method, path) {
+        ("get", "/v1/models/{id}" | "/api/v0/models/{id}") => vec![
+            call(path.replace("{id}", TINY), None, 200),
+            call(path.replace("{id}", UNKNOWN), None, 404),
+        ],
+        ("get", _) => vec![call(path, None, 200)],
+        ("post", "/v1/chat/completions" | "/api/v0/chat/completions") => post(
+            vec![
+                json!({"model": TINY, "messages": [{"role": "system", "content": "Be brief."},
+                       {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                       "temperature": 0, "max_tokens": 4, "logprobs": true, "top_logprobs": 2}),
+                json!({"model": TINY, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}}),
+            ],
+            vec![
+                (json!({"model": TINY, "messages": []}), 400),
+                (
+                    json!({"model": TINY, "messages": [{"role": "user", "content": "x"}],
+                        "temperature": 5}),
+                    400,
+                ),
+                (chat(UNKNOWN), 404),
+            ],
+        ),
+        ("post", "/v1/completions" | "/api/v0/completions") => post(
+            vec![
+                json!({"model": TINY, "prompt": "Once upon", "max_tokens": 4, "temperature": 0,
+                       "logprobs": 2, "echo": true}),
+                json!({"model": TINY, "prompt": ["Once upon"], "max_tokens": 4, "stream": true,
+                       "stream_options": {"include_usage": true}}),
+            ],
+            vec![
+                (json!({"model": TINY, "prompt": ["a", "b"]}), 400),
+                (json!({"model": UNKNOWN, "prompt": "x"}), 404),
+            ],
+        ),
+        ("post", "/admin/models/load") => post(
+            vec![json!({"model_id": TINY})],
+            vec![(json!({}), 400), (json!({"model_id": UNKNOWN}), 404)],
+        ),
+        ("post", "/api/v1/models/load") => post(
+            vec![json!({"model": TINY, "ttl": 600})],
+            vec![(json!({"model": 5}), 400), (json!({"model": UNKNOWN}), 404)],
+        ),
+        ("post", "/admin/models/unload") => unload_calls(post(
+            vec![json!({"model_id": TINY})],
+            vec![
+                (json!({"name": TINY}), 400),
+                (json!({"model_id": UNKNOWN}), 404),
+            ],
+        )),
+        ("post", "/api/v1/models/unload") => unload_calls(post(
+            vec![json!({"instance_id": TINY})],
+            vec![(json!({}), 400), (json!({"instance_id": UNKNOWN}), 404)],
+        )),
+        _ => panic!("no requests written for {method} {path}: add them to calls_for()"),
+    }
+}
+
+/// An unload answers 200 only for a loaded model: load it before each valid call.
+fn unload_calls(mut calls: Vec<Call>) -> Vec<Call> {
+    for c in calls.iter_mut().filter(|c| c.expect == 200) {
+        c.load_first = true;
+    }
+    calls
+}
+
+// ------------------------------------------------------------------ checking answers
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The operation's response object for `status`, or a failure naming what is documented.
+fn documented_response<'a>(doc: &'a Value, op: &'a Value, status: u16, what: &str) -> &'a Value {
+    let responses = op["responses"].as_object().expect("responses");
+    let r = responses.get(&status.to_string()).unwrap_or_else(|| {
+        panic!(
+            "{what}: status {status} is not documented (documented: {:?})",
+            responses.keys().collect::<Vec<_>>()
+        )
+    });
+    resolve(doc, r).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Checks an answer's Content-Type and body against the documented response.
+fn check_answer(doc: &Value, response: &Value, head: &str, body: &str, what: &str) {
+    let media = header(head, "content-type")
+        .and_then(|ct| ct.split(';').next())
+        .map(|ct| ct.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| panic!("{what}: no Content-Type in {head}"));
+    let content = response["content"]
+        .get(&media)
+        .unwrap_or_else(|| panic!("{what}: Content-Type {media} is not documented"));
+    match media.as_str() {
+        "application/json" => {
+            let value: Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {body}"));
+            check(doc, &content["schema"], &value, "$")
+                .unwrap_or_else(|e| panic!("{what}: {e}\nbody: {body}"));
+        }
+        "text/event-stream" => check_stream(doc, &content["x-sse-data-schema"], body, what),
+        other => panic!("{what}: no checker for {other}"),
+    }
+}
+
+/// Every `data:` event fits the documented schema, and a successful stream ends `[DONE]`.
+fn check_stream(doc: &Value, schema: &Value, body: &str, what: &str) {
+    assert!(!schema.is_null(), "{what}: no x-sse-data-schema");
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{what}: {body}");
+    assert!(events.len() > 1, "{what}: no chunks before [DONE]");
+    for (i, event) in events[..events.len() - 1].iter().enumerate() {
+        let value: Value = serde_json::from_str(event)
+            .unwrap_or_else(|e| panic!("{what}: event {i} is not JSON ({e}): {event}"));
+        check(doc, schema, &value, &format!("event[{i}]"))
+            .unwrap_or_else(|e| panic!("{what}: {e}\nevent: {event}"));
+    }
+}
+
+fn request_schema(op: &Value) -> Option<&Value> {
+    op.pointer("/requestBody/content/application~1json/schema")
+}
+
+/// Sends one call and checks it against the operation's documentation.
+fn run_call(d: &Daemon, doc: &Value, method: &str, op: &Value, c: &Call) {
+    let shown = c.body.as_deref().map_or(String::new(), |b| {
+        format!(" {}", b.chars().take(120).collect::<String>())
+    });
+    let what = format!("{} {}{shown}", method.to_uppercase(), c.url);
+    if c.load_first {
+        let (code, body) = d.post("/admin/models/load", &json!({"model_id": TINY}));
+        assert_eq!(code, 200, "{what}: loading first: {body}");
+    }
+    // A valid request must also fit the documented request schema.
+    if let (200, Some(schema), Some(body)) = (c.expect, request_schema(op), &c.body) {
+        let value: Value = serde_json::from_str(body).expect("test body is JSON");
+        check(doc, schema, &value, "request")
+            .unwrap_or_else(|e| panic!("{what}: the documented request schema refuses it: {e}"));
+    }
+    let (code, head, body) = http_with_head(
+        d.port,
+        &method.to_uppercase(),
+        &c.url,
+        c.body.as_deref(),
+        "application/json",
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let response = documented_response(doc, op, code, &what);
+    assert_eq!(code, c.expect, "{what}: answered {code}: {body}");
+    check_answer(doc, response, &head, &body, &what);
+}
+
+// ------------------------------------------------------------------ the document itself
+
+/// Operation ids are unique, every operation documents 200, every `$ref` resolves, and
+/// every request example fits its schema.
+fn check_document_shape(doc: &Value) {
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    let mut ids = BTreeSet::new();
+    for (method, path) in documented_operations(doc) {
+        let op = &doc["paths"][&path][&method];
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(ids.insert(id.to_string()), "duplicate operationId {id:?}");
+        assert!(
+            op["responses"].get("200").is_some(),
+            "{method} {path}: no 200"
+        );
+        if let Some(media) = op.pointer("/requestBody/content/application~1json") {
+            check(doc, &media["schema"], &media["example"], "example")
+                .unwrap_or_else(|e| panic!("{method} {path}: example: {e}"));
+        }
+    }
+    let mut refs = Vec::new();
+    collect_refs(doc, &mut refs);
+    for r in refs {
+        assert!(
+            doc.pointer(r.strip_prefix('#').unwrap_or(&r)).is_some(),
+            "dangling $ref {r}"
+        );
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_route_answers_as_the_openapi_document_says() {
+    let d = Daemon::start("");
+    let (code, head, raw) =
+        http_with_head(d.port, "GET", "/openapi.json", None, "application/json")
+            .expect("GET /openapi.json");
+    assert_eq!(code, 200, "{raw}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/json"),
+        "{head}"
+    );
+    let doc: Value = serde_json::from_str(&raw).expect("/openapi.json is JSON");
+    check_document_shape(&doc);
+
+    let documented = documented_operations(&doc);
+    let routed = router_operations();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the document: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
+
+    // A loaded model first, so the listings and the status show a worker to check.
+    let (code, body) = d.post("/admin/models/load", &json!({"model_id": TINY}));
+    assert_eq!(code, 200, "{body}");
+
+    let mut sent = 0;
+    for (method, path) in &documented {
+        let op = &doc["paths"][path][method];
+        for c in calls_for(method, path) {
+            run_call(&d, &doc, method, op, &c);
+            sent += 1;
+        }
+    }
+    assert!(sent >= 2 * documented.len(), "only {sent} requests sent");
+}
