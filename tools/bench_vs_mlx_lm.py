@@ -101,7 +101,7 @@ def main() -> None:
     print(f"\nmodel {args.model.name}, {args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, "
           f"median of {args.runs} run(s), mlx {mx.__version__}")
     print("--exact keeps the files' dtypes (mlx-lm's arithmetic, token-identical output); the default")
-    print("on a CPU backend keeps quantization scales in float32 (see LoadOptions in worker/src/model.rs).")
+    print("on a CPU backend expands quantized weights to float32 (see LoadOptions in worker/src/model.rs).")
     print(f"{'metric':<26}{'mlx-lm':>10}{'--exact':>10}{'ratio':>8}{'default':>10}{'ratio':>8}")
     for key, label in (
         ("prompt_tokens_per_s", "prompt tokens/s"),
