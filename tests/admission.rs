@@ -318,7 +318,12 @@ fn prefer_wait_0_gets_503_while_the_model_loads_in_the_background() {
         "{message}"
     );
 
-    // The load goes on without the client; asking again meanwhile is 503 too.
+    // The load goes on without the client (its task may take a moment to reach the
+    // supervisor); asking again meanwhile is 503 too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while worker(&d, &a)["state"].is_null() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(worker(&d, &a)["state"], "loading");
     let (code, head, _) = send(
         port,

@@ -37,7 +37,8 @@ fn build() -> Value {
             "description": "A local LLM server that answers as LM Studio's local server does: \
                 OpenAI's API under /v1, LM Studio's REST API under /api/v0 and /api/v1, and an \
                 admin API under /admin. Every error, also one inside a stream, is OpenAI-shaped \
-                (the Error schema); an unknown path answers 404 in that shape. Validation \
+                (the Error schema); an unknown path answers 404 and a known path with another \
+                method 405 (code `method_not_allowed`) in that shape. Validation \
                 failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
                 read as JSON whatever their Content-Type; unknown fields are ignored and null \
                 reads as absent.",

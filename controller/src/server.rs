@@ -59,6 +59,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/models/unload", post(lms_unload))
         .route("/openapi.json", get(crate::openapi::serve))
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::method_not_allowed(method.as_str(), uri.path())
+            },
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 404 for an unknown route or resource other than a model.
     #[error("{message}")]
     NotFound { message: String },
+    /// 405: a known path with a method it does not serve.
+    #[error("{message}")]
+    MethodNotAllowed { message: String },
     /// 413: the body is over the configured limit.
     #[error("{message}")]
     PayloadTooLarge { message: String },
@@ -149,6 +152,12 @@ impl ApiError {
         }
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        ApiError::MethodNotAllowed {
+            message: format!("{path} does not accept {method} (see /openapi.json)."),
+        }
+    }
+
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         ApiError::PayloadTooLarge {
             message: message.into(),
@@ -213,6 +222,7 @@ impl ApiError {
             ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
             | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -233,6 +243,7 @@ impl ApiError {
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
             | ApiError::NotFound { .. }
+            | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. } => INVALID_REQUEST_ERROR,
             ApiError::Overloaded { .. } => RATE_LIMIT_ERROR,
             ApiError::ModelLoading { .. }
@@ -248,6 +259,7 @@ impl ApiError {
     pub fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidRequest { .. } | ApiError::NotFound { .. } => None,
+            ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => {
                 Some("model_not_found")
@@ -451,6 +463,12 @@ mod tests {
                 404,
                 INVALID_REQUEST_ERROR,
                 Some("model_not_found"),
+            ),
+            (
+                ApiError::method_not_allowed("GET", "/v1/chat/completions"),
+                405,
+                INVALID_REQUEST_ERROR,
+                Some("method_not_allowed"),
             ),
             (
                 ApiError::download_failed("connection refused"),

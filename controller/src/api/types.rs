@@ -1661,7 +1661,8 @@ mod tests {
         );
         assert_eq!(
             v["usage"],
-            json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+            json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                   "prompt_tokens_details": {"cached_tokens": 0}})
         );
         assert!(v.get("system_fingerprint").is_none());
 
