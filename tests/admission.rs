@@ -409,3 +409,67 @@ fn status_reports_a_real_workers_stats() {
     assert_eq!(stats["queued_requests"], 0, "{w}");
     assert!(stats["peak_memory_bytes"].is_u64(), "{w}");
 }
+
+/// The same limits with the real worker and the real 4-bit model: `Prefer: wait=0` gets 503
+/// while the model loads, then 429 past running + queued while a long answer streams.
+#[test]
+fn prefer_wait_and_the_queue_limit_with_the_real_worker() {
+    const REAL: &str = "opta/SmolLM2-135M-Instruct-4bit";
+    let d = Daemon::start("models:\n  max_concurrent_per_model: 1\n  max_queue: 0\n");
+    let port = d.port;
+    let (code, head, err) = send(
+        port,
+        "/v1/chat/completions",
+        &chat(REAL, Some(2), false),
+        &[("Prefer", "wait=0")],
+    );
+    assert_eq!(code, 503, "{head} {err}");
+    assert_eq!(err["error"]["code"], "model_loading", "{err}");
+    assert!(retry_after(&head).is_some(), "{head}");
+    wait_until("the background load", Duration::from_secs(120), || {
+        worker(&d, REAL)["state"] == "loaded"
+    });
+
+    // A long streamed answer holds the only place; the client hangs up after 5 text chunks.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let long = std::thread::spawn(move || {
+        let mut body = chat(REAL, Some(200), true);
+        body["logit_bias"] = json!({"2": -100});
+        let mut text_chunks = 0;
+        stream_events(port, "/v1/chat/completions", &body, |data| {
+            let has_text = serde_json::from_str::<Value>(data).is_ok_and(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            });
+            if has_text {
+                text_chunks += 1;
+                if text_chunks == 1 {
+                    let _ = tx.send(());
+                }
+            }
+            text_chunks < 5
+        })
+        .expect("stream")
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the long answer started");
+    let (code, head, err) = send(
+        port,
+        "/v1/chat/completions",
+        &chat(REAL, Some(2), false),
+        &[],
+    );
+    assert_eq!(code, 429, "{head} {err}");
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded", "{err}");
+    assert!(retry_after(&head).is_some(), "{head}");
+    let (code, ended) = long.join().expect("long stream thread");
+    assert_eq!((code, ended), (200, false));
+
+    // Its client gone, the place is freed and the next request is answered.
+    wait_until("the place to free up", Duration::from_secs(30), || {
+        worker(&d, REAL)["requests"]["in_flight"] == 0
+    });
+    let (code, body) = d.post("/v1/chat/completions", &chat(REAL, Some(2), false));
+    assert_eq!(code, 200, "{body}");
+}
