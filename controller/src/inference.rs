@@ -212,6 +212,23 @@ struct Knobs {
     seed: Option<i64>,
 }
 
+/// The `Knobs` of a chat or completion request: both types name these fields alike.
+macro_rules! knobs {
+    ($req:expr) => {
+        Knobs {
+            temperature: $req.temperature,
+            top_p: $req.top_p,
+            top_k: $req.top_k,
+            min_p: $req.min_p,
+            repeat_penalty: $req.repeat_penalty,
+            presence: $req.presence_penalty,
+            frequency: $req.frequency_penalty,
+            logit_bias: $req.logit_bias_ids(),
+            seed: $req.seed,
+        }
+    };
+}
+
 impl Knobs {
     /// OpenAI's defaults where a field is absent (temperature 1, no other filters).
     fn params(self) -> SamplingParams {
@@ -269,18 +286,7 @@ pub fn chat_request(req: &ChatCompletionRequest) -> Result<GenerateRequest, ApiE
             tools_json,
             add_generation_prompt: true,
         },
-        sampling: Knobs {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            repeat_penalty: req.repeat_penalty,
-            presence: req.presence_penalty,
-            frequency: req.frequency_penalty,
-            logit_bias: req.logit_bias_ids(),
-            seed: req.seed,
-        }
-        .params(),
+        sampling: knobs!(req).params(),
         max_tokens: req.max_new_tokens(),
         stop: req.stop_sequences().to_vec(),
         logprobs: req.logprobs_top_n().is_some(),
@@ -304,18 +310,7 @@ pub fn completion_request(req: &CompletionRequest) -> Result<GenerateRequest, Ap
     Ok(GenerateRequest {
         request_id: 0,
         prompt,
-        sampling: Knobs {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            repeat_penalty: req.repeat_penalty,
-            presence: req.presence_penalty,
-            frequency: req.frequency_penalty,
-            logit_bias: req.logit_bias_ids(),
-            seed: req.seed,
-        }
-        .params(),
+        sampling: knobs!(req).params(),
         // Absent means OpenAI's 16; -1 (no limit) means up to the context length.
         max_tokens: match req.max_tokens {
             None => Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
