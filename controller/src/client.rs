@@ -49,7 +49,9 @@ pub async fn call(
     Ok((status, json))
 }
 
-fn dechunk(mut s: &str) -> String {
+/// The payload of a whole `Transfer-Encoding: chunked` body (the integration tests' HTTP
+/// helpers use it too).
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {

@@ -14,9 +14,7 @@ use nix::unistd::Pid;
 use opta_lmx::manager::{
     GenerationStream, ManagerConfig, ManagerError, ModelManager, ModelState, StreamEvent,
 };
-use opta_lmx_shared::protocol::{
-    ChatMessage, FinishReason, GenerateRequest, Prompt, SamplingParams,
-};
+use opta_lmx_shared::protocol::{FinishReason, GenerateRequest, Prompt, SamplingParams};
 
 const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/models/opta");
 
@@ -125,20 +123,7 @@ fn text(max_tokens: u32) -> GenerateRequest {
 }
 
 fn chat(content: &str, max_tokens: u32) -> GenerateRequest {
-    request(
-        Prompt::Chat {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: content.into(),
-                name: None,
-                tool_call_id: None,
-                tool_calls_json: None,
-            }],
-            tools_json: None,
-            add_generation_prompt: true,
-        },
-        Some(max_tokens),
-    )
+    request(Prompt::user(content), Some(max_tokens))
 }
 
 /// Reads a stream to its end: the text and the terminal event.

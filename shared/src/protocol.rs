@@ -83,6 +83,17 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
+impl Prompt {
+    /// A chat of one user message, ready for the assistant's answer.
+    pub fn user(content: impl Into<String>) -> Self {
+        Prompt::Chat {
+            messages: vec![ChatMessage::new("user", content)],
+            tools_json: None,
+            add_generation_prompt: true,
+        }
+    }
+}
+
 /// One chat turn. Structured content (tool calls) travels as JSON text because bincode cannot
 /// carry `serde_json::Value`.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -95,6 +106,19 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     /// For assistant turns that called tools: the OpenAI `tool_calls` array as JSON text.
     pub tool_calls_json: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain turn: a role and its text, no name or tool fields.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            name: None,
+            tool_call_id: None,
+            tool_calls_json: None,
+        }
+    }
 }
 
 /// Sampling settings. Every field has a neutral value, so the controller always sends all of

@@ -216,26 +216,11 @@ pub fn http_with_head(
         code,
         head.to_string(),
         if chunked {
-            dechunk(rest)
+            opta_lmx::client::dechunk(rest)
         } else {
             rest.to_string()
         },
     ))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }
 
 /// Streams a POST's SSE events as they arrive, calling `on_event` with each `data:` payload

@@ -561,13 +561,7 @@ mod tests {
     use opta_lmx_shared::model_dir::Quantization;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-            name: None,
-            tool_call_id: None,
-            tool_calls_json: None,
-        }
+        ChatMessage::new(role, content)
     }
 
     #[test]

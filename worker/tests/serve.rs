@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use opta_lmx_shared::model_dir::read_config;
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, ChatMessage, ErrorKind, FinishReason, FromWorker,
+    read_frame_blocking, write_frame_blocking, ErrorKind, FinishReason, FromWorker,
     GenerateRequest, ModelFacts, Prompt, SamplingParams, Timings, ToWorker, Usage, WorkerStats,
     PROTOCOL_VERSION,
 };
@@ -272,20 +272,6 @@ fn request(id: u64, prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest 
     }
 }
 
-fn user(content: &str) -> Prompt {
-    Prompt::Chat {
-        messages: vec![ChatMessage {
-            role: "user".into(),
-            content: content.into(),
-            name: None,
-            tool_call_id: None,
-            tool_calls_json: None,
-        }],
-        tools_json: None,
-        add_generation_prompt: true,
-    }
-}
-
 /// A request that runs until the context is full: EOS is biased away, so only Cancel,
 /// Shutdown or a lost socket end it early (the tiny model's 2048 tokens take seconds).
 fn endless(id: u64, facts: &ModelFacts) -> GenerateRequest {
@@ -340,7 +326,7 @@ fn greedy_chat_streams_chunks_and_answers_paris() {
     let mut w = Worker::start(&smollm());
     w.handshake();
     let question = "What is the capital of France?";
-    let a = w.complete(request(1, user(question), Some(32)));
+    let a = w.complete(request(1, Prompt::user(question), Some(32)));
     let (finish, usage, timings) = a.done();
     assert!(a.text.contains("Paris"), "{}", a.text);
     assert_eq!(finish, FinishReason::Stop, "ends with EOS: {}", a.text);
@@ -369,7 +355,7 @@ fn greedy_chat_streams_chunks_and_answers_paris() {
 fn requests_in_flight_together_share_the_batch_each_with_its_own_limits() {
     let mut w = Worker::start(&tiny());
     w.handshake();
-    let mut second = request(2, user("And you?"), Some(6));
+    let mut second = request(2, Prompt::user("And you?"), Some(6));
     second.logprobs = true;
     second.top_logprobs = 3;
     w.send(ToWorker::Generate(request(
@@ -432,7 +418,11 @@ fn cancel_ends_running_and_queued_requests_and_the_next_one_still_runs() {
     let facts = w.handshake();
     w.send(ToWorker::Generate(endless(1, &facts)));
     first_chunk(&mut w, 1);
-    w.send(ToWorker::Generate(request(2, user("queued"), Some(4))));
+    w.send(ToWorker::Generate(request(
+        2,
+        Prompt::user("queued"),
+        Some(4),
+    )));
     w.send(ToWorker::GetStats);
     let stats = loop {
         match w.recv() {
@@ -465,7 +455,7 @@ fn cancel_ends_running_and_queued_requests_and_the_next_one_still_runs() {
 
     // A Cancel for a finished request is ignored; the worker serves the next one.
     w.send(ToWorker::Cancel { request_id: 1 });
-    let a = w.complete(request(3, user("next"), Some(4)));
+    let a = w.complete(request(3, Prompt::user("next"), Some(4)));
     assert_ne!(a.done().0, FinishReason::Cancelled);
     assert!(a.done().1.completion_tokens <= 4);
 }
@@ -482,7 +472,7 @@ fn request_errors_are_reported_and_the_worker_keeps_serving() {
     let a = w.complete(request(2, Prompt::Tokens(vec![1, 49152]), Some(4)));
     assert_eq!(a.error().0, ErrorKind::InvalidRequest, "{a:?}");
 
-    let mut bad_tools = request(3, user("hi"), Some(4));
+    let mut bad_tools = request(3, Prompt::user("hi"), Some(4));
     if let Prompt::Chat { tools_json, .. } = &mut bad_tools.prompt {
         *tools_json = Some("[{".into());
     }
@@ -535,7 +525,11 @@ fn shutdown_cancels_the_running_request_and_exits_zero() {
     let facts = w.handshake();
     w.send(ToWorker::Generate(endless(1, &facts)));
     first_chunk(&mut w, 1);
-    w.send(ToWorker::Generate(request(2, user("queued"), Some(4))));
+    w.send(ToWorker::Generate(request(
+        2,
+        Prompt::user("queued"),
+        Some(4),
+    )));
     w.send(ToWorker::Shutdown);
     let frames = w.until_end_of(1);
     assert_eq!(Answer::of(1, &frames).done().0, FinishReason::Cancelled);
