@@ -5,13 +5,12 @@
 //! timing is the test's, not the engine's.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opta_lmx_tests::{binary, model, stream_events, Daemon};
+use opta_lmx_tests::{fake_worker_script, model, split_response, stream_events, Daemon};
 use serde_json::{json, Value};
 
 /// Model folders served by the fake worker started with `flags`. A model's id is its
@@ -24,13 +23,7 @@ struct Fake {
 impl Fake {
     fn new(flags: &str) -> Fake {
         let dir = tempfile::tempdir().expect("temp dir");
-        let worker = dir.path().join("worker.sh");
-        let script = format!(
-            "#!/bin/sh\nexec '{}' {flags} \"$@\"\n",
-            binary("opta-lmx-fake-worker").display()
-        );
-        std::fs::write(&worker, script).expect("write script");
-        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let worker = fake_worker_script(dir.path(), flags);
         Fake { dir, worker }
     }
 
@@ -84,23 +77,9 @@ fn send(port: u16, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, 
     .expect("write");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read");
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (code, head, rest) = split_response(&raw);
     let json = serde_json::from_str(rest).unwrap_or(Value::Null);
     (code, head.to_ascii_lowercase(), json)
-}
-
-/// The model's entry in `/admin/status` (`Null` when it is not listed).
-fn worker(d: &Daemon, model: &str) -> Value {
-    let (_, status) = d.get("/admin/status");
-    status["workers"]
-        .as_array()
-        .and_then(|ws| ws.iter().find(|w| w["model_id"] == model).cloned())
-        .unwrap_or(Value::Null)
 }
 
 fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
@@ -142,7 +121,7 @@ fn past_running_plus_queued_a_request_gets_429_at_once_and_the_admitted_ones_fin
         })
         .collect();
     wait_until("two requests in flight", Duration::from_secs(10), || {
-        worker(&d, &m)["requests"]["in_flight"] == 2
+        d.worker_status(&m)["requests"]["in_flight"] == 2
     });
 
     // Every completion route counts, and refuses at once without reaching the worker.
@@ -173,7 +152,7 @@ fn past_running_plus_queued_a_request_gets_429_at_once_and_the_admitted_ones_fin
     assert!(started.elapsed() < Duration::from_millis(1500));
 
     // The controller's counts and the worker's own, side by side.
-    let w = worker(&d, &m);
+    let w = d.worker_status(&m);
     assert_eq!(
         w["requests"],
         json!({"in_flight": 2, "queued": 1, "max_concurrent": 1, "max_queue": 1}),
@@ -206,7 +185,7 @@ fn past_running_plus_queued_a_request_gets_429_at_once_and_the_admitted_ones_fin
         assert!(text.ends_with("t99 "), "all 100 chunks: {text}");
     }
     wait_until("nothing in flight", Duration::from_secs(5), || {
-        worker(&d, &m)["requests"]["in_flight"] == 0
+        d.worker_status(&m)["requests"]["in_flight"] == 0
     });
     let (code, body) = d.post("/v1/chat/completions", &chat(&m, Some(2), false));
     assert_eq!(code, 200, "{body}");
@@ -221,7 +200,7 @@ fn a_waiting_request_whose_client_goes_away_leaves_the_queue() {
     assert_eq!(code, 200);
     let port = d.port;
     let counts = |d: &Daemon| {
-        let w = worker(d, &m);
+        let w = d.worker_status(&m);
         (
             w["requests"]["in_flight"].as_u64(),
             w["worker_stats"]["queued_requests"].as_u64(),
@@ -282,7 +261,7 @@ fn a_waiting_request_whose_client_goes_away_leaves_the_queue() {
     let (code, _) = running.join().expect("A's thread").expect("stream A");
     assert_eq!(code, 200);
     wait_until("nothing in flight", Duration::from_secs(10), || {
-        let w = worker(&d, &m);
+        let w = d.worker_status(&m);
         w["requests"]["in_flight"] == 0 && w["worker_stats"]["active_requests"] == 0
     });
 }
@@ -321,10 +300,10 @@ fn prefer_wait_0_gets_503_while_the_model_loads_in_the_background() {
     // The load goes on without the client (its task may take a moment to reach the
     // supervisor); asking again meanwhile is 503 too.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while worker(&d, &a)["state"].is_null() && Instant::now() < deadline {
+    while d.worker_status(&a)["state"].is_null() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(worker(&d, &a)["state"], "loading");
+    assert_eq!(d.worker_status(&a)["state"], "loading");
     let (code, head, _) = send(
         port,
         "/api/v0/chat/completions",
@@ -334,7 +313,7 @@ fn prefer_wait_0_gets_503_while_the_model_loads_in_the_background() {
     assert_eq!(code, 503);
     assert!(retry_after(&head).is_some());
     wait_until("a loaded", Duration::from_secs(20), || {
-        worker(&d, &a)["state"] == "loaded"
+        d.worker_status(&a)["state"] == "loaded"
     });
     let (code, _, ok) = send(
         port,
@@ -387,7 +366,7 @@ fn without_batching_workers_decode_one_request_at_a_time() {
         "{}",
         fake.args(&m)
     );
-    let w = worker(&d, &m);
+    let w = d.worker_status(&m);
     assert_eq!(
         w["requests"],
         json!({"in_flight": 0, "queued": 0, "max_concurrent": 1, "max_queue": 2}),
@@ -402,7 +381,7 @@ fn status_reports_a_real_workers_stats() {
     let d = Daemon::start("");
     let (code, body) = d.post("/v1/chat/completions", &chat(TINY, Some(2), false));
     assert_eq!(code, 200, "{body}");
-    let w = worker(&d, TINY);
+    let w = d.worker_status(TINY);
     assert_eq!(w["requests"]["in_flight"], 0, "{w}");
     let stats = &w["worker_stats"];
     assert_eq!(stats["active_requests"], 0, "{w}");
@@ -427,7 +406,7 @@ fn prefer_wait_and_the_queue_limit_with_the_real_worker() {
     assert_eq!(err["error"]["code"], "model_loading", "{err}");
     assert!(retry_after(&head).is_some(), "{head}");
     wait_until("the background load", Duration::from_secs(120), || {
-        worker(&d, REAL)["state"] == "loaded"
+        d.worker_status(REAL)["state"] == "loaded"
     });
 
     // A long streamed answer holds the only place; the client hangs up after 5 text chunks.
@@ -468,7 +447,7 @@ fn prefer_wait_and_the_queue_limit_with_the_real_worker() {
 
     // Its client gone, the place is freed and the next request is answered.
     wait_until("the place to free up", Duration::from_secs(30), || {
-        worker(&d, REAL)["requests"]["in_flight"] == 0
+        d.worker_status(REAL)["requests"]["in_flight"] == 0
     });
     let (code, body) = d.post("/v1/chat/completions", &chat(REAL, Some(2), false));
     assert_eq!(code, 200, "{body}");

@@ -2,7 +2,7 @@
 //! shapes, errors, and one worker process per model. Real `opta-lmx`, real
 //! `opta-lmx-worker`, real test models.
 
-use opta_lmx_tests::Daemon;
+use opta_lmx_tests::{entry_where, Daemon};
 use serde_json::{json, Value};
 
 const F32: &str = "opta/SmolLM2-135M-Instruct-f32";
@@ -266,13 +266,7 @@ fn jit_loading_completions_and_sampling_controls() {
     // LM Studio's REST API: model states and the extra response fields.
     let (code, v0) = d.get("/api/v0/models");
     assert_eq!(code, 200);
-    let f32 = v0["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == F32)
-        .unwrap()
-        .clone();
+    let f32 = entry_where(&v0["data"], "id", F32);
     assert_eq!(f32["state"], "loaded");
     assert_eq!(f32["compatibility_type"], "mlx");
     assert_eq!(f32["arch"], "llama");

@@ -2,22 +2,15 @@
 
 use std::process::Command;
 
-use opta_lmx_tests::{binary, Daemon};
+use opta_lmx_tests::{binary, run, Daemon};
 use serde_json::Value;
 
 const TINY: &str = "opta/tiny-random-llama";
 
 fn cli(d: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary("opta-lmx"))
+    run(Command::new(binary("opta-lmx"))
         .args(args)
-        .args(["--port", &d.port.to_string()])
-        .output()
-        .expect("run opta-lmx");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .args(["--port", &d.port.to_string()]))
 }
 
 fn json(text: &str) -> Value {

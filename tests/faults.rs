@@ -30,14 +30,6 @@ fn worker_pid(d: &Daemon, model: &str) -> Option<u32> {
         .map(|p| p as u32)
 }
 
-fn worker_state(d: &Daemon, model: &str) -> Value {
-    let (_, status) = d.get("/admin/status");
-    status["workers"]
-        .as_array()
-        .and_then(|ws| ws.iter().find(|w| w["model_id"] == model).cloned())
-        .unwrap_or(Value::Null)
-}
-
 fn chat_ok(d: &Daemon, model: &str) {
     let (code, body) = d.post(
         "/v1/chat/completions",
@@ -73,7 +65,7 @@ fn a_worker_killed_mid_stream_ends_only_its_own_stream_and_comes_back() {
     );
     assert!(!events.iter().any(|e| e == "[DONE]"), "[DONE] is not faked");
 
-    let state = worker_state(&d, TINY);
+    let state = d.worker_status(TINY);
     assert_eq!(state["state"], "crashed", "{state}");
     assert!(
         state["crash"]["status"]
@@ -188,10 +180,10 @@ fn with_jit_off_a_crashed_model_still_restarts_on_its_next_request() {
     let pid = worker_pid(&d, TINY).unwrap();
     signal(pid, "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while worker_state(&d, TINY)["state"] != "crashed" && Instant::now() < deadline {
+    while d.worker_status(TINY)["state"] != "crashed" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(worker_state(&d, TINY)["state"], "crashed");
+    assert_eq!(d.worker_status(TINY)["state"], "crashed");
     chat_ok(&d, TINY);
     assert_ne!(worker_pid(&d, TINY), Some(pid));
     // A model never loaded is still refused with JIT loading off.

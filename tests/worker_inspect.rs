@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use opta_lmx_tests::{binary, model};
+use opta_lmx_tests::{binary, model, run};
 use serde_json::Value;
 
 /// SmolLM2-135M: 30 layers of 3,540,096 parameters, a 49152x576 tied embedding and the final
@@ -11,16 +11,9 @@ use serde_json::Value;
 const SMOLLM2_135M_PARAMS: u64 = 30 * 3_540_096 + 49_152 * 576 + 576;
 
 fn inspect(dir: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(binary("opta-lmx-worker"))
+    run(Command::new(binary("opta-lmx-worker"))
         .args(["inspect", "--json"])
-        .arg(dir)
-        .output()
-        .expect("run opta-lmx-worker");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .arg(dir))
 }
 
 fn summary(variant: &str) -> Value {

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::api::ApiError;
 use crate::config::ModelsConfig;
+use crate::manager::ManagerError;
 
 /// What a 429 asks the client to wait before retrying: requests finish at unknown times, so
 /// this is only "soon".
-const RETRY_AFTER_FULL_SECS: u64 = 1;
+pub const RETRY_AFTER_FULL_SECS: u64 = 1;
 /// A first load's estimate: a worker's start-up plus reading the weights at this rate.
 const LOAD_BASE_SECS: f64 = 2.0;
 const LOAD_BYTES_PER_SEC: f64 = 500e6;
@@ -42,7 +42,21 @@ struct LoadHistory {
     /// When the background load now running began.
     started: Option<Instant>,
     /// Why the last background load failed, for the next request that asked not to wait.
-    failed: Option<ApiError>,
+    failed: Option<ManagerError>,
+}
+
+/// A model's running and waiting requests are at the limit (HTTP 429).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "Too many requests for model `{model}`: {} are already running or waiting \
+     (models.max_concurrent_per_model {max_concurrent} + models.max_queue {max_queue}). \
+     Retry after the Retry-After seconds.",
+    .max_concurrent + .max_queue
+)]
+pub struct Busy {
+    pub model: String,
+    pub max_concurrent: usize,
+    pub max_queue: usize,
 }
 
 /// One admitted request; dropping it frees its place.
@@ -93,23 +107,17 @@ impl Admission {
 
     /// Admits one request for `model`, or refuses it with 429 when running plus waiting
     /// requests are at the limit.
-    pub fn admit(&self, model: &str) -> Result<Permit, ApiError> {
+    pub fn admit(&self, model: &str) -> Result<Permit, Busy> {
         let count = Arc::clone(lock(&self.in_flight).entry(model.to_string()).or_default());
         let limit = self.max_concurrent + self.max_queue;
         count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .map_err(|_| {
-                ApiError::overloaded(
-                    format!(
-                        "Too many requests for model `{model}`: {limit} are already running or \
-                         waiting (models.max_concurrent_per_model {} + models.max_queue {}). \
-                         Retry after the Retry-After seconds.",
-                        self.max_concurrent, self.max_queue
-                    ),
-                    Some(RETRY_AFTER_FULL_SECS),
-                )
+            .map_err(|_| Busy {
+                model: model.to_string(),
+                max_concurrent: self.max_concurrent,
+                max_queue: self.max_queue,
             })?;
         Ok(Permit { count })
     }
@@ -170,7 +178,7 @@ impl Admission {
 
     /// A load no client waited for failed: the next request that asks not to wait gets
     /// `err` (see `take_failure`) rather than another 503.
-    pub fn background_load_failed(&self, model: &str, err: ApiError) {
+    pub fn background_load_failed(&self, model: &str, err: ManagerError) {
         let mut loads = lock(&self.loads);
         let h = loads.entry(model.to_string()).or_default();
         h.started = None;
@@ -178,7 +186,7 @@ impl Admission {
     }
 
     /// The failure of the last background load of `model`, once.
-    pub fn take_failure(&self, model: &str) -> Option<ApiError> {
+    pub fn take_failure(&self, model: &str) -> Option<ManagerError> {
         lock(&self.loads).get_mut(model)?.failed.take()
     }
 }
@@ -227,7 +235,10 @@ mod tests {
             }
         );
         let err = a.admit("m").unwrap_err();
-        assert_eq!(err.status().as_u16(), 429);
+        assert_eq!(
+            crate::api::ApiError::from(err.clone()).status().as_u16(),
+            429
+        );
         assert!(err.to_string().contains("`m`") && err.to_string().contains('2'));
         // Other models have their own limit.
         let _other = a.admit("n").unwrap();
@@ -260,10 +271,10 @@ mod tests {
         assert_eq!(a.retry_after_secs("m", 0), 30);
         a.load_started("m");
         assert!(a.load_estimate("m", 0) <= Duration::from_secs(30));
-        a.background_load_failed("m", ApiError::internal("broken"));
+        a.background_load_failed("m", ManagerError::NotLoaded("m".into()));
         assert!(a.take_failure("m").is_some());
         assert!(a.take_failure("m").is_none());
-        a.background_load_failed("m", ApiError::internal("broken"));
+        a.background_load_failed("m", ManagerError::NotLoaded("m".into()));
         a.load_finished("m", Some(1.0));
         assert!(a.take_failure("m").is_none(), "a later success clears it");
     }

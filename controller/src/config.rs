@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use opta_lmx_shared::model_dir::GenerationConfig;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +42,86 @@ pub struct ModelsConfig {
     pub max_queue: u32,
     /// The worker's prompt (prefix) cache, in MiB; 0 turns it off.
     pub prompt_cache_mb: u64,
+    /// Sampling for fields a request leaves out, where the model's `generation_config.json`
+    /// gives no value.
+    pub defaults: SamplingDefaults,
+}
+
+/// The sampling settings a request gets for the fields it leaves out. Precedence, per field:
+/// the request, then the model's `generation_config.json`, then `models.defaults` in the
+/// config, whose own defaults are LM Studio's.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingDefaults {
+    #[serde(serialize_with = "decimal_f32")]
+    pub temperature: f32,
+    /// 0 or -1 disables it.
+    pub top_k: i32,
+    #[serde(serialize_with = "decimal_f32")]
+    pub top_p: f32,
+    #[serde(serialize_with = "decimal_f32")]
+    pub min_p: f32,
+    /// Applies to sampled requests only: a request that asks for `temperature: 0` gets plain
+    /// greedy decoding (as OpenAI and mlx-lm do) unless it sends a penalty itself.
+    #[serde(serialize_with = "decimal_f32")]
+    pub repeat_penalty: f32,
+}
+
+/// An f32 as the decimal it was written as (0.05, not 0.05000000074505806): through
+/// `serde_json::Value` an f32 is widened to f64 digit for digit.
+fn decimal_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(f64::from(*v)))
+}
+
+impl Default for SamplingDefaults {
+    /// LM Studio's defaults.
+    fn default() -> Self {
+        SamplingDefaults {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.1,
+        }
+    }
+}
+
+impl SamplingDefaults {
+    /// These defaults with the model's own recommendations (`generation_config.json`) on top.
+    pub fn for_model(&self, generation: &GenerationConfig) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: generation.temperature.unwrap_or(self.temperature),
+            top_k: generation.top_k.unwrap_or(self.top_k),
+            top_p: generation.top_p.unwrap_or(self.top_p),
+            min_p: generation.min_p.unwrap_or(self.min_p),
+            repeat_penalty: generation.repetition_penalty.unwrap_or(self.repeat_penalty),
+        }
+    }
+
+    /// Checks the ranges a request's own values must respect.
+    fn validate(&self) -> Result<(), String> {
+        let d = self;
+        let checks = [
+            ("temperature", d.temperature, 0.0, 2.0),
+            ("top_p", d.top_p, 0.0, 1.0),
+            ("min_p", d.min_p, 0.0, 1.0),
+            (
+                "repeat_penalty",
+                d.repeat_penalty,
+                f32::MIN_POSITIVE,
+                f32::MAX,
+            ),
+            ("top_k", d.top_k as f32, -1.0, f32::MAX),
+        ];
+        for (key, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "models.defaults.{key} is out of range (got {value})"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +169,7 @@ impl Default for ModelsConfig {
             max_concurrent_per_model: 8,
             max_queue: 32,
             prompt_cache_mb: 512,
+            defaults: SamplingDefaults::default(),
         }
     }
 }
@@ -147,6 +229,7 @@ impl Config {
                 "models.max_concurrent_per_model must be at least 1 (got 0)".to_string(),
             ));
         }
+        config.models.defaults.validate().map_err(invalid)?;
         if !["trace", "debug", "info", "warn", "error"]
             .contains(&config.logging.level.to_ascii_lowercase().as_str())
         {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use opta_lmx_shared::model_dir::{self, ModelConfig};
+use opta_lmx_shared::model_dir::{self, GenerationConfig, ModelConfig};
 
 /// A model that could be loaded.
 #[derive(Debug, Clone)]
@@ -13,6 +13,8 @@ pub struct ModelEntry {
     pub id: String,
     pub dir: PathBuf,
     pub config: ModelConfig,
+    /// The model's own sampling recommendations (`generation_config.json`).
+    pub generation: GenerationConfig,
     /// Bytes of the weight files, the basis of the memory estimate.
     pub weights_bytes: u64,
 }
@@ -28,6 +30,7 @@ impl ModelEntry {
             .sum();
         Some(ModelEntry {
             id,
+            generation: GenerationConfig::read(&dir),
             dir,
             config,
             weights_bytes,

@@ -19,10 +19,6 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use hf_hub::api::tokio::{ApiBuilder, ApiError as HubError, Progress};
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::api::ApiError;
-use crate::discovery::ModelEntry;
-use crate::server::AppState;
-
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// A download that receives nothing for this long is abandoned: hf-hub sets no timeouts, and a
 /// dead connection would otherwise hold every request waiting for the model.
@@ -431,50 +427,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// The model `id`: found on this machine, else, when `may_download` and `models.allow_download`
-/// allow it, downloaded from the Hub into the Hugging Face cache and found there.
-pub async fn find(state: &AppState, id: &str, may_download: bool) -> Result<ModelEntry, ApiError> {
-    if let Some(entry) = state.discovery.resolve(id) {
-        return Ok(entry);
-    }
-    if !may_download || !is_repo_id(id) {
-        return Err(ApiError::model_not_found(id));
-    }
-    if !state.config.models.allow_download {
-        return Err(ApiError::model_unavailable(
-            id,
-            format!(
-                "The model `{id}` is not in {} or in the Hugging Face cache, and downloading is \
-                 off: set `models.allow_download: true` in the configuration to download it from \
-                 Hugging Face.",
-                state.discovery.models_dir.display()
-            ),
-        ));
-    }
-    let present = || state.discovery.resolve(id).is_some();
-    match state.downloader.fetch(id, present).await {
-        Ok(()) => {}
-        Err(DownloadError::NotFound(why)) => {
-            return Err(ApiError::model_unavailable(
-                id,
-                format!("The model `{id}` is not on this machine and cannot be downloaded: {why}."),
-            ))
-        }
-        Err(DownloadError::Failed(why)) => {
-            tracing::warn!(model = %id, error = %why, "download failed");
-            return Err(ApiError::download_failed(format!(
-                "Downloading the model `{id}` failed: {why}."
-            )));
-        }
-    }
-    state.discovery.resolve(id).ok_or_else(|| {
-        ApiError::download_failed(format!(
-            "The model `{id}` was downloaded, but its files do not form a model that can be \
-             loaded."
-        ))
-    })
 }
 
 #[cfg(test)]

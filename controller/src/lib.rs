@@ -6,10 +6,14 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod discovery;
+pub mod dispatch;
 pub mod download;
-pub mod inference;
 pub mod manager;
 pub mod openapi;
+pub mod render;
+pub mod resolve;
+pub mod routes;
 pub mod server;
+pub mod state;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,9 +12,11 @@ use opta_lmx::admission::Admission;
 use opta_lmx::client;
 use opta_lmx::config::{Config, LogFormat};
 use opta_lmx::discovery::Discovery;
-use opta_lmx::download::{self, Downloader};
+use opta_lmx::download::Downloader;
 use opta_lmx::manager::{ManagerConfig, ModelManager};
-use opta_lmx::server::{app, AppState};
+use opta_lmx::resolve;
+use opta_lmx::server::app;
+use opta_lmx::state::AppState;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -215,7 +217,7 @@ async fn serve(
         let id = id.clone();
         // In the background: a model may first have to be downloaded (models.allow_download).
         tokio::spawn(async move {
-            match download::find(&state, &id, true).await {
+            match resolve::find(&state, &id, true).await {
                 Ok(entry) => {
                     if let Err(e) = state.manager.load(&entry.id, &entry.dir, None).await {
                         tracing::error!(model = %id, error = %e, "auto_load failed");

@@ -362,9 +362,9 @@ fn lmstudio_paths() -> Vec<(&'static str, Value)> {
             "/api/v0/completions",
             generation_op(
                 ("LM Studio", "lmsCompletion"),
-                "As /v1/completions, plus LM Studio's stats, model_info and runtime when \
-                 not streamed.",
-                ("LmsCompletion", "CompletionChunk"),
+                "As /v1/completions, plus LM Studio's stats, model_info and runtime \
+                 (on the finish chunk when streamed).",
+                ("LmsCompletion", "LmsCompletionChunk"),
                 ("CompletionRequest", completion_example()),
             ),
         ),
@@ -817,6 +817,7 @@ fn completion_schemas() -> Value {
     let completion = extended(&chunk, &["usage"], json!({}));
     json!({
         "LmsCompletion": extended(&completion, &["stats", "model_info", "runtime"], lms_extras()),
+        "LmsCompletionChunk": extended(&chunk, &[], lms_extras()),
         "Completion": completion,
         "CompletionChunk": chunk,
         "CompletionLogprobs": closed(
@@ -867,12 +868,27 @@ fn model_schemas() -> Value {
                 "quantization": {"type": "string"},
                 "state": model_state(),
                 "max_context_length": nullable(json!({"type": "integer"})),
+                "loaded_context_length": {"type": "integer", "description":
+                    "The context the running worker loaded; only for loaded models."},
+                "sampling_defaults": schema_ref("SamplingDefaults"),
+            }),
+        ),
+        "SamplingDefaults": closed(
+            &["temperature", "top_k", "top_p", "min_p", "repeat_penalty"],
+            json!({
+                "temperature": {"type": "number"},
+                "top_k": {"type": "integer", "description": "0 or -1: off."},
+                "top_p": {"type": "number"},
+                "min_p": {"type": "number"},
+                "repeat_penalty": {"type": "number", "description":
+                    "Applies to sampled requests only: temperature 0 is plain greedy."},
             }),
         ),
         "LmsV1ModelList": closed(&["models"], json!({
             "models": {"type": "array", "items": closed(
                 &["type", "key", "publisher", "architecture", "quantization", "format",
-                  "max_context_length", "size_bytes", "loaded_instances"],
+                  "max_context_length", "size_bytes", "loaded_context_length",
+                  "loaded_instances"],
                 json!({
                     "type": {"type": "string", "enum": ["llm"]},
                     "key": {"type": "string"},
@@ -882,8 +898,13 @@ fn model_schemas() -> Value {
                     "format": {"type": "string", "enum": ["mlx"]},
                     "max_context_length": nullable(json!({"type": "integer"})),
                     "size_bytes": {"type": "integer"},
-                    "loaded_instances": {"type": "array", "items": closed(&["id"],
-                        json!({"id": {"type": "string"}}))},
+                    "loaded_context_length": nullable(json!({"type": "integer"})),
+                    "loaded_instances": {"type": "array", "items": closed(&["id", "config"],
+                        json!({
+                            "id": {"type": "string"},
+                            "config": closed(&["context_length"],
+                                json!({"context_length": {"type": "integer"}})),
+                        }))},
                 }),
             )},
         })),

@@ -232,6 +232,35 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelDirError> {
     Ok(files)
 }
 
+/// The sampling recommendations of a model folder's `generation_config.json`, in Hugging
+/// Face's names. Each is `None` where the file gives no number for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationConfig {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationConfig {
+    /// Reads `<dir>/generation_config.json`. The file is advice: a missing or broken one, or a
+    /// value that is not a number, counts as absent rather than making the model unusable.
+    pub fn read(dir: &Path) -> GenerationConfig {
+        let Ok(v) = read_json(&dir.join("generation_config.json")) else {
+            return GenerationConfig::default();
+        };
+        let num = |key: &str| v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite());
+        GenerationConfig {
+            temperature: num("temperature").map(|x| x as f32),
+            top_p: num("top_p").map(|x| x as f32),
+            top_k: num("top_k").map(|x| x as i32),
+            min_p: num("min_p").map(|x| x as f32),
+            repetition_penalty: num("repetition_penalty").map(|x| x as f32),
+        }
+    }
+}
+
 /// Reads a JSON file, distinguishing a missing file from a broken one.
 pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
     let text = fs::read_to_string(path).map_err(|source| {

@@ -4,8 +4,10 @@
 //! (`bincode::config::standard()`). The worker connects and speaks first with
 //! [`FromWorker::Hello`], then [`FromWorker::Ready`] (or [`FromWorker::LoadFailed`]) once the
 //! weights are loaded and one warm-up forward pass ran. After that the controller sends
-//! [`ToWorker`] requests and the worker answers each `Generate` with zero or more
-//! [`FromWorker::Chunk`] frames and exactly one `Done` or `Error` carrying its `request_id`.
+//! [`ToWorker`] requests and the worker answers each `Generate` with [`FromWorker::Accepted`]
+//! (the prompt was templated, tokenized and fits the context), zero or more
+//! [`FromWorker::Chunk`] frames, and exactly one `Done` or `Error` carrying its `request_id`;
+//! a request refused before generation gets only the `Error`.
 //! The worker exits when the socket reaches EOF: that is how it notices the controller died.
 //!
 //! The types here are plain Rust types on purpose: bincode 2 cannot encode serde's
@@ -27,7 +29,7 @@ use bincode::{Decode, Encode};
 /// Sent in [`FromWorker::Hello`]; the controller refuses a worker whose version differs.
 /// bincode is positional (variant indexes, field order), so bump this on ANY change to the
 /// message types below, even adding a variant or a field at the end.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Controller -> worker
@@ -36,7 +38,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Everything the controller sends to a worker.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ToWorker {
-    /// Start a generation; answered by `Chunk`s then one `Done` or `Error` with its id.
+    /// Start a generation; answered by `Accepted`, `Chunk`s, then one `Done` or `Error` with
+    /// its id.
     Generate(GenerateRequest),
     /// Stop a generation early (client went away); the worker answers `Done` with
     /// [`FinishReason::Cancelled`], or nothing if the id already finished.
@@ -58,12 +61,9 @@ pub struct GenerateRequest {
     pub max_tokens: Option<u32>,
     /// Stop strings; the matched stop string is not sent back.
     pub stop: Vec<String>,
-    /// Return a [`TokenLogprob`] per generated token.
-    pub logprobs: bool,
-    /// Alternatives per token in [`TokenLogprob::top`] (0 = none); only with `logprobs`.
-    pub top_logprobs: u32,
-    /// `false`: the worker may batch text into fewer, larger chunks.
-    pub stream: bool,
+    /// `Some(n)`: a [`TokenLogprob`] per generated token with `n` alternatives (0 = none);
+    /// `None`: no logprobs.
+    pub logprobs: Option<u32>,
 }
 
 /// What to generate from. Chat prompts are templated in the worker, which holds the tokenizer
@@ -71,8 +71,10 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum Prompt {
     Chat {
-        messages: Vec<ChatMessage>,
-        /// The OpenAI `tools` array as JSON text, handed to the chat template as is.
+        /// The `messages` array exactly as the chat template takes it (JSON text: bincode
+        /// cannot carry `serde_json::Value`). The controller builds it.
+        messages_json: String,
+        /// The `tools` array as the template takes it, JSON text.
         tools_json: Option<String>,
         /// Append the template's assistant-turn opener (the usual case).
         add_generation_prompt: bool,
@@ -85,38 +87,11 @@ pub enum Prompt {
 
 impl Prompt {
     /// A chat of one user message, ready for the assistant's answer.
-    pub fn user(content: impl Into<String>) -> Self {
+    pub fn user(content: &str) -> Self {
         Prompt::Chat {
-            messages: vec![ChatMessage::new("user", content)],
+            messages_json: serde_json::json!([{"role": "user", "content": content}]).to_string(),
             tools_json: None,
             add_generation_prompt: true,
-        }
-    }
-}
-
-/// One chat turn. Structured content (tool calls) travels as JSON text because bincode cannot
-/// carry `serde_json::Value`.
-#[derive(Debug, Clone, PartialEq, Encode, Decode)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, `tool`, ...
-    pub role: String,
-    pub content: String,
-    pub name: Option<String>,
-    /// For `role == "tool"`: the call this message answers.
-    pub tool_call_id: Option<String>,
-    /// For assistant turns that called tools: the OpenAI `tool_calls` array as JSON text.
-    pub tool_calls_json: Option<String>,
-}
-
-impl ChatMessage {
-    /// A plain turn: a role and its text, no name or tool fields.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-            name: None,
-            tool_call_id: None,
-            tool_calls_json: None,
         }
     }
 }
@@ -195,13 +170,17 @@ pub enum FromWorker {
     Ready(ModelFacts),
     /// Loading failed; the worker exits after sending this.
     LoadFailed { message: String },
-    /// Newly generated text for one request. `text` holds whole UTF-8 characters only (the
-    /// worker holds back partial ones), so chunks can be forwarded as they come.
+    /// The request's prompt was templated and tokenized and fits the model's context: it
+    /// will run. Sent before any prompt processing (also while the request waits for room in
+    /// the batch), so the controller can answer a refused request with a plain HTTP error
+    /// before it commits to a response.
+    Accepted { request_id: u64, prompt_tokens: u32 },
+    /// Newly generated output for one request, in order. Text holds whole UTF-8 characters
+    /// only (the worker holds back partial ones), so deltas can be forwarded as they come.
     Chunk {
         request_id: u64,
-        text: String,
-        token_ids: Vec<u32>,
-        /// One per entry of `token_ids` when the request asked for logprobs, else empty.
+        deltas: Vec<Delta>,
+        /// One per generated token when the request asked for logprobs, else empty.
         logprobs: Vec<TokenLogprob>,
     },
     /// The request finished; nothing more will come for its id.
@@ -238,6 +217,48 @@ pub struct ModelFacts {
     /// Wall time from the start of loading to Ready, warm-up included.
     pub load_seconds: f64,
     pub eos_token_ids: Vec<u32>,
+}
+
+/// One piece of a [`FromWorker::Chunk`]: what the model's output means, already parsed, with
+/// the number of generated tokens that produced it (a delta held back for a stop string or a
+/// partial character is counted when it is sent).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Delta {
+    /// Answer text.
+    Text { text: String, tokens: u32 },
+    /// Reasoning ("thinking") text, kept apart from the answer.
+    Reasoning { text: String, tokens: u32 },
+    /// Part of a tool call. The first delta of call `index` carries its `id` and `name`;
+    /// later ones only more `arguments` text (a JSON object, streamed).
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+        tokens: u32,
+    },
+}
+
+/// The answer text of `deltas`, joined; reasoning and tool calls left out.
+pub fn answer_text(deltas: &[Delta]) -> String {
+    deltas
+        .iter()
+        .filter_map(|d| match d {
+            Delta::Text { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Delta {
+    /// Generated tokens behind this delta.
+    pub fn tokens(&self) -> u32 {
+        match self {
+            Delta::Text { tokens, .. }
+            | Delta::Reasoning { tokens, .. }
+            | Delta::ToolCall { tokens, .. } => *tokens,
+        }
+    }
 }
 
 /// Log-probability of one generated token, plus its top alternatives if asked for.
@@ -279,6 +300,8 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Prompt tokens served from the prompt cache (a subset of `prompt_tokens`).
     pub cached_prompt_tokens: u32,
+    /// Completion tokens spent on reasoning (a subset of `completion_tokens`).
+    pub reasoning_tokens: u32,
 }
 
 /// Where one request's time went, in milliseconds, measured in the worker.

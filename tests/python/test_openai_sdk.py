@@ -167,3 +167,22 @@ def test_invalid_bodies_are_4xx(client, server):
         code, body = raw(json.dumps({"model": F32, "messages": QUESTION, field: bad}).encode())
         assert code == 400, (field, body)
         assert body["error"]["param"].startswith(field), (field, body)
+
+
+def test_a_request_with_no_sampling_fields_answers_and_ends(client):
+    """The README's first request: no temperature, no max_tokens. The sampling defaults
+    (LM Studio's) make a short, sensible answer that ends by itself; seeded so that the test
+    is repeatable."""
+    r = client.chat.completions.create(model=F32, messages=QUESTION, seed=7)
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens < 200, r.choices[0].message.content
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_context_length_exceeded_is_a_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=TINY, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=2
+        )
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.body["param"] == "messages"

@@ -25,7 +25,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::Duration;
 
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, FinishReason, FromWorker, GenerateRequest,
+    read_frame_blocking, write_frame_blocking, Delta, FinishReason, FromWorker, GenerateRequest,
     ModelFacts, Timings, ToWorker, Usage, WorkerStats, PROTOCOL_VERSION,
 };
 
@@ -228,7 +228,17 @@ impl Server {
 
     fn handle(&mut self, msg: ToWorker, running: Option<u64>) -> Stop {
         match msg {
-            ToWorker::Generate(req) => self.queue.push(req),
+            ToWorker::Generate(req) => {
+                // The real worker accepts a prompt as soon as it is tokenized, queued or not.
+                send(
+                    &self.stream,
+                    &FromWorker::Accepted {
+                        request_id: req.request_id,
+                        prompt_tokens: 1,
+                    },
+                );
+                self.queue.push(req);
+            }
             ToWorker::Cancel { request_id } if running == Some(request_id) => return Stop::Cancel,
             ToWorker::Cancel { request_id } => {
                 if let Some(pos) = self.queue.iter().position(|q| q.request_id == request_id) {
@@ -277,8 +287,10 @@ impl Server {
                 &self.stream,
                 &FromWorker::Chunk {
                     request_id: id,
-                    text: format!("t{n} "),
-                    token_ids: vec![n],
+                    deltas: vec![Delta::Text {
+                        text: format!("t{n} "),
+                        tokens: 1,
+                    }],
                     logprobs: Vec::new(),
                 },
             );
@@ -305,6 +317,7 @@ impl Server {
                     prompt_tokens: 1,
                     completion_tokens,
                     cached_prompt_tokens: 0,
+                    reasoning_tokens: 0,
                 },
                 timings: Timings::default(),
             },

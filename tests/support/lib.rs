@@ -45,6 +45,50 @@ pub fn model(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `dir/worker.sh`, a script that execs `opta-lmx-fake-worker` with `flags` before the
+/// arguments it is given (so its pid is the fake's own), and returns its path: a worker
+/// binary to hand the manager or the daemon (`OPTA_LMX_WORKER`).
+pub fn fake_worker_script(dir: &Path, flags: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("worker.sh");
+    let script = format!(
+        "#!/bin/sh\nexec '{}' {flags} \"$@\"\n",
+        binary("opta-lmx-fake-worker").display()
+    );
+    std::fs::write(&path, script).expect("write the fake worker's script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Runs `cmd` to its end: whether it succeeded, its stdout and its stderr.
+pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A raw HTTP/1.1 response as its status code (0 if there is none), its head and its body.
+pub fn split_response(raw: &str) -> (u16, &str, &str) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head, body)
+}
+
+/// The element of the JSON array `list` whose `key` is `value` (a model in a listing).
+pub fn entry_where(list: &serde_json::Value, key: &str, value: &str) -> serde_json::Value {
+    list.as_array()
+        .and_then(|items| items.iter().find(|m| m[key] == value))
+        .unwrap_or_else(|| panic!("no element with {key} = {value} in {list}"))
+        .clone()
+}
+
 /// A running `opta-lmx serve` on a free loopback port, stopped (SIGTERM, then SIGKILL) and
 /// reaped when dropped.
 pub struct Daemon {
@@ -63,22 +107,31 @@ impl Daemon {
     /// As [`Daemon::start`], with extra environment variables for the daemon (they override
     /// the defaults, such as `HF_HUB_CACHE`).
     pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cfg = dir.path().join("config.yaml");
-        std::fs::write(&cfg, config).expect("write config");
-        let port = free_port();
         let models = model("tiny-random-llama")
             .parent()
             .and_then(Path::parent)
             .expect("models root")
             .to_path_buf();
+        Daemon::spawn(config, env, &models)
+    }
+
+    /// As [`Daemon::start`], serving the models folder `models` instead of the test models.
+    pub fn start_with_models(config: &str, models: &Path) -> Daemon {
+        Daemon::spawn(config, &[], models)
+    }
+
+    fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)], models: &Path) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, config).expect("write config");
+        let port = free_port();
         let child = std::process::Command::new(binary("opta-lmx"))
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
             .args(["--port", &port.to_string()])
             .arg("--models-dir")
-            .arg(&models)
+            .arg(models)
             .env("OPTA_LMX_WORKER", binary("opta-lmx-worker"))
             .env("HF_HUB_CACHE", dir.path().join("no-hf-cache"))
             .envs(env.iter().copied())
@@ -130,6 +183,15 @@ impl Daemon {
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.json("GET", path, None)
+    }
+
+    /// The model's entry in `/admin/status` (`Null` when it is not listed).
+    pub fn worker_status(&self, model: &str) -> serde_json::Value {
+        let (_, status) = self.get("/admin/status");
+        status["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["model_id"] == model).cloned())
+            .unwrap_or(serde_json::Value::Null)
     }
 
     pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
@@ -203,12 +265,7 @@ pub fn http_with_head(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (code, head, rest) = split_response(&text);
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");

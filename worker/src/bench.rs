@@ -9,8 +9,10 @@ use std::time::Instant;
 use opta_lmx_shared::protocol::SamplingParams;
 use serde::Serialize;
 
-use crate::generate::{Engine, GenerateParams};
+use crate::engine::Engine;
 use crate::model::LoadOptions;
+use crate::request::GenerateParams;
+use crate::scheduler::generate;
 
 /// A fixed English passage, repeated to build prompts of any length.
 const FILLER: &str = "The history of astronomy spans thousands of years, from the first \
@@ -54,10 +56,10 @@ pub fn run(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> anyhow::Result
     let start = Instant::now();
     let mut first = None;
     let mut n = 0usize;
-    engine.generate(prompt, &params, |chunk| {
-        if !chunk.token_ids.is_empty() {
+    generate(engine, prompt, &params, |chunk| {
+        if chunk.tokens() > 0 {
             first.get_or_insert_with(Instant::now);
-            n += chunk.token_ids.len();
+            n += chunk.tokens();
         }
         ControlFlow::Continue(())
     })?;

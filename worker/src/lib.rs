@@ -1,15 +1,16 @@
 //! The Opta-LMX worker: one process per loaded model, running MLX through mlx-rs.
 
-pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod detok;
-pub mod generate;
+pub mod engine;
 pub mod inspect;
 pub mod model;
 pub mod prefix_cache;
 pub mod process;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
 pub mod serve;
 pub mod tokenizer;
 pub mod weights;

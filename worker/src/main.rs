@@ -114,7 +114,9 @@ fn generate(
     seed: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
-    use opta_lmx_worker::generate::{Engine, GenerateParams};
+    use opta_lmx_worker::engine::Engine;
+    use opta_lmx_worker::request::GenerateParams;
+    use opta_lmx_worker::scheduler;
     use std::io::Write;
 
     let engine = Engine::load(dir)?;
@@ -131,7 +133,7 @@ fn generate(
     };
     let mut out_ids: Vec<u32> = Vec::new();
     let mut text = String::new();
-    let outcome = engine.generate(&ids, &params, |chunk| {
+    let outcome = scheduler::generate(&engine, &ids, &params, |chunk| {
         out_ids.extend(&chunk.token_ids);
         text.push_str(&chunk.text);
         if !json {

@@ -11,12 +11,14 @@
 //!   read error it ends the process at once, whatever the engine thread is doing, so a dead
 //!   controller never leaves an orphaned worker holding a model's memory.
 //!
-//! Up to `Limits::max_batch` requests run together through the continuous-batching scheduler
-//! (`batch.rs`); the rest wait in arrival order. Between steps the engine thread drains the
-//! channel without blocking, which is where new requests join and cancellation, stats and
-//! shutdown take effect.
+//! A `Generate` is prepared the moment the engine thread sees it: its prompt is templated,
+//! tokenized and checked against the model (`Engine::check_prompt`), and the worker answers at
+//! once with `Accepted` or, if it cannot run, its only frame, `Error`. Up to
+//! `Limits::max_batch` accepted requests run together through the continuous-batching
+//! scheduler (`scheduler.rs`); the rest wait, already tokenized, in arrival order. Between
+//! steps the engine thread drains the channel without blocking, which is where new requests
+//! arrive and join, and cancellation, stats and shutdown take effect.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -29,14 +31,15 @@ use std::time::{Duration, Instant};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use opta_lmx_shared::model_dir::QuantizationConfig;
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, ChatMessage, ErrorKind, FinishReason, FromWorker,
+    read_frame_blocking, write_frame_blocking, Delta, ErrorKind, FinishReason, FromWorker,
     GenerateRequest, ModelFacts, Prompt, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
     PROTOCOL_VERSION,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::batch::{Admitted, Event, Scheduler, SchedulerConfig};
-use crate::generate::{Engine, GenerateError, GenerateParams};
+use crate::engine::Engine;
+use crate::request::{GenerateError, GenerateParams};
+use crate::scheduler::{Admitted, Event, Scheduler, SchedulerConfig};
 
 /// After `Shutdown`, how long the engine thread gets to stop and report before the process
 /// ends anyway (it cannot notice `Shutdown` during a load or a long prefill).
@@ -287,9 +290,11 @@ fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// A request waiting for the engine.
+/// An accepted request waiting for room in the batch, its prompt already tokenized.
 struct Queued {
-    req: GenerateRequest,
+    request_id: u64,
+    prompt: Vec<u32>,
+    params: GenerateParams,
     arrived: Instant,
 }
 
@@ -332,16 +337,9 @@ impl Server<'_> {
 
     fn handle(&mut self, inbound: Inbound) {
         match inbound.msg {
-            ToWorker::Generate(req) => self.queue.push_back(Queued {
-                req,
-                arrived: inbound.arrived,
-            }),
+            ToWorker::Generate(req) => self.accept(req, inbound.arrived),
             ToWorker::Cancel { request_id } => {
-                if let Some(pos) = self
-                    .queue
-                    .iter()
-                    .position(|q| q.req.request_id == request_id)
-                {
+                if let Some(pos) = self.queue.iter().position(|q| q.request_id == request_id) {
                     if let Some(job) = self.queue.remove(pos) {
                         self.send_cancelled(&job);
                     }
@@ -355,24 +353,40 @@ impl Server<'_> {
         }
     }
 
+    /// Prepares a newly arrived request: `Accepted` and into the queue if its prompt can run,
+    /// else its `Error`, before any prompt processing either way.
+    fn accept(&mut self, req: GenerateRequest, arrived: Instant) {
+        let request_id = req.request_id;
+        let params = generate_params(&req);
+        let engine = self.engine;
+        // A panic while templating fails this request, not the model.
+        let prepared = catch_unwind(AssertUnwindSafe(|| prepare_prompt(engine, req.prompt)))
+            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        match prepared {
+            Ok(prompt) => {
+                self.link.send(&FromWorker::Accepted {
+                    request_id,
+                    prompt_tokens: saturating_u32(prompt.len()),
+                });
+                self.queue.push_back(Queued {
+                    request_id,
+                    prompt,
+                    params,
+                    arrived,
+                });
+            }
+            Err(e) => send_event(self.link, Event::Error(request_id, e)),
+        }
+    }
+
     /// Moves waiting requests into the batch while it has room.
     fn admit(&mut self) {
         while self.sched.has_room() {
             let Some(job) = self.queue.pop_front() else {
                 return;
             };
-            let id = job.req.request_id;
-            let engine = self.engine;
-            // A panic while templating fails this request, not the model.
-            let prepared = catch_unwind(AssertUnwindSafe(|| {
-                prompt_ids(engine, &job.req.prompt).map(Cow::into_owned)
-            }))
-            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
-            let admitted = prepared.and_then(|prompt| {
-                self.sched
-                    .add(id, prompt, generate_params(&job.req), job.arrived)
-            });
-            match admitted {
+            let id = job.request_id;
+            match self.sched.add(id, job.prompt, job.params, job.arrived) {
                 Ok(Admitted::Running) => {}
                 Ok(Admitted::Finished(outcome)) => {
                     send_event(self.link, Event::Done(id, outcome));
@@ -411,7 +425,7 @@ impl Server<'_> {
     /// `Done{Cancelled}` for a request that never started.
     fn send_cancelled(&self, job: &Queued) {
         self.link.send(&FromWorker::Done {
-            request_id: job.req.request_id,
+            request_id: job.request_id,
             finish_reason: FinishReason::Cancelled,
             usage: Usage::default(),
             timings: Timings {
@@ -438,11 +452,13 @@ impl Server<'_> {
 /// Sends what the scheduler produced for one request.
 fn send_event(link: &Link, event: Event) {
     let msg = match event {
-        // Always stream: `stream: false` only changes what the controller does.
+        // Always stream: whether the client streams only changes what the controller does.
         Event::Chunk(request_id, chunk) => FromWorker::Chunk {
             request_id,
-            text: chunk.text,
-            token_ids: chunk.token_ids,
+            deltas: vec![Delta::Text {
+                tokens: saturating_u32(chunk.tokens()),
+                text: chunk.text,
+            }],
             logprobs: chunk.logprobs,
         },
         Event::Done(request_id, outcome) => FromWorker::Done {
@@ -473,58 +489,32 @@ pub fn generate_params(req: &GenerateRequest) -> GenerateParams {
         sampling: req.sampling.clone(),
         max_tokens: req.max_tokens.map(|n| n as usize),
         stop: req.stop.clone(),
-        logprobs: if req.logprobs {
-            Some(req.top_logprobs as usize)
-        } else {
-            None
-        },
+        logprobs: req.logprobs.map(|n| n as usize),
         ..GenerateParams::default()
     }
 }
 
-/// The prompt's token ids: chat prompts through the model's chat template, text through the
-/// tokenizer, token ids as they are.
-fn prompt_ids<'p>(engine: &Engine, prompt: &'p Prompt) -> Result<Cow<'p, [u32]>, GenerateError> {
-    match prompt {
+/// The prompt's token ids, checked to fit the model: chat prompts through the model's chat
+/// template, text through the tokenizer, token ids as they are.
+pub fn prepare_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, GenerateError> {
+    let ids = match prompt {
         Prompt::Chat {
-            messages,
+            messages_json,
             tools_json,
             add_generation_prompt,
         } => {
-            let messages = chat_messages_json(messages)?;
+            let messages = parse_json("messages_json", &messages_json)?;
             let tools = match tools_json {
-                Some(text) => Some(parse_json("tools_json", text)?),
+                Some(text) => Some(parse_json("tools_json", &text)?),
                 None => None,
             };
-            let ids = engine.chat_prompt(&messages, tools.as_ref(), *add_generation_prompt)?;
-            Ok(Cow::Owned(ids))
+            engine.chat_prompt(&messages, tools.as_ref(), add_generation_prompt)?
         }
-        Prompt::Text(text) => Ok(Cow::Owned(engine.tokenizer.encode(text)?)),
-        Prompt::Tokens(ids) => Ok(Cow::Borrowed(ids)),
-    }
-}
-
-/// The OpenAI-style `messages` array that chat templates expect. `name`, `tool_call_id` and
-/// `tool_calls` appear only when set, as templates test for their presence.
-pub fn chat_messages_json(messages: &[ChatMessage]) -> Result<Value, GenerateError> {
-    let mut out = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let mut obj = serde_json::Map::new();
-        obj.insert("role".into(), json!(m.role));
-        obj.insert("content".into(), json!(m.content));
-        if let Some(name) = &m.name {
-            obj.insert("name".into(), json!(name));
-        }
-        if let Some(call_id) = &m.tool_call_id {
-            obj.insert("tool_call_id".into(), json!(call_id));
-        }
-        if let Some(calls) = &m.tool_calls_json {
-            let what = format!("messages[{i}].tool_calls_json");
-            obj.insert("tool_calls".into(), parse_json(&what, calls)?);
-        }
-        out.push(Value::Object(obj));
-    }
-    Ok(Value::Array(out))
+        Prompt::Text(text) => engine.tokenizer.encode(&text)?,
+        Prompt::Tokens(ids) => ids,
+    };
+    engine.check_prompt(&ids)?;
+    Ok(ids)
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Value, GenerateError> {
@@ -560,43 +550,13 @@ mod tests {
     use super::*;
     use opta_lmx_shared::model_dir::Quantization;
 
-    fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage::new(role, content)
-    }
-
     #[test]
-    fn chat_messages_carry_only_the_fields_that_are_set() {
-        let calls = r#"[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]"#;
-        let messages = [
-            msg("user", "hi"),
-            ChatMessage {
-                tool_calls_json: Some(calls.into()),
-                ..msg("assistant", "")
-            },
-            ChatMessage {
-                name: Some("f".into()),
-                tool_call_id: Some("c1".into()),
-                ..msg("tool", "42")
-            },
-        ];
-        let v = chat_messages_json(&messages).unwrap();
-        assert_eq!(v[0], json!({"role": "user", "content": "hi"}));
-        assert_eq!(v[1]["tool_calls"][0]["function"]["name"], "f");
-        assert_eq!(
-            v[2],
-            json!({"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"})
-        );
-    }
-
-    #[test]
-    fn bad_tool_calls_json_is_an_invalid_request() {
-        let messages = [ChatMessage {
-            tool_calls_json: Some("[{".into()),
-            ..msg("assistant", "")
-        }];
-        let e = chat_messages_json(&messages).unwrap_err();
+    fn bad_json_is_an_invalid_request_naming_the_field() {
+        let e = parse_json("messages_json", "[{").unwrap_err();
         assert_eq!(error_kind(&e), ErrorKind::InvalidRequest);
-        assert!(e.to_string().contains("messages[0].tool_calls_json"), "{e}");
+        assert!(e.to_string().contains("messages_json"), "{e}");
+        let v = parse_json("messages_json", r#"[{"role":"user","content":"hi"}]"#).unwrap();
+        assert_eq!(v[0]["content"], "hi");
     }
 
     #[test]
@@ -623,12 +583,12 @@ mod tests {
             sampling: Default::default(),
             max_tokens: Some(3),
             stop: vec!["x".into()],
-            logprobs: false,
-            top_logprobs: 5,
-            stream: true,
+            logprobs: None,
         };
         assert_eq!(generate_params(&req).logprobs, None);
-        req.logprobs = true;
+        req.logprobs = Some(0);
+        assert_eq!(generate_params(&req).logprobs, Some(0));
+        req.logprobs = Some(5);
         let p = generate_params(&req);
         assert_eq!(p.logprobs, Some(5));
         assert_eq!(p.max_tokens, Some(3));

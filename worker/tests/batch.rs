@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
-use opta_lmx_worker::batch::{run_alone, Admitted, Event, Scheduler, SchedulerConfig};
-use opta_lmx_worker::generate::{Engine, GenerateParams};
+use opta_lmx_worker::engine::Engine;
+use opta_lmx_worker::request::{GenerateParams, Outcome};
+use opta_lmx_worker::scheduler::{generate, Admitted, Event, Scheduler, SchedulerConfig};
 use serde_json::{json, Value};
 
 fn engine() -> Engine {
@@ -36,7 +37,7 @@ fn user(text: &str) -> Value {
 
 fn alone(engine: &Engine, prompt: &[u32], params: &GenerateParams) -> Vec<u32> {
     let mut ids = Vec::new();
-    run_alone(engine, prompt, params, |c| {
+    generate(engine, prompt, params, |c| {
         ids.extend(c.token_ids);
         std::ops::ControlFlow::Continue(())
     })
@@ -48,7 +49,7 @@ fn alone(engine: &Engine, prompt: &[u32], params: &GenerateParams) -> Vec<u32> {
 #[derive(Default)]
 struct Log {
     ids: HashMap<u64, Vec<u32>>,
-    done: HashMap<u64, opta_lmx_worker::generate::Outcome>,
+    done: HashMap<u64, Outcome>,
     /// (request, step number) for every chunk.
     chunks: Vec<(u64, usize)>,
 }

@@ -6,8 +6,10 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
-use opta_lmx_worker::generate::{Engine, GenerateParams};
+use opta_lmx_worker::engine::Engine;
 use opta_lmx_worker::model::LoadOptions;
+use opta_lmx_worker::request::GenerateParams;
+use opta_lmx_worker::scheduler::generate;
 use serde_json::{json, Value};
 
 fn models_dir() -> PathBuf {
@@ -51,14 +53,13 @@ fn run(engine: &Engine, messages: &Value, params: &GenerateParams) -> Run {
         finish: FinishReason::Cancelled,
         completion_tokens: 0,
     };
-    let out = engine
-        .generate(&prompt, params, |c| {
-            r.ids.extend(&c.token_ids);
-            r.text.push_str(&c.text);
-            r.chunks += 1;
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let out = generate(engine, &prompt, params, |c| {
+        r.ids.extend(&c.token_ids);
+        r.text.push_str(&c.text);
+        r.chunks += 1;
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     r.finish = out.finish_reason;
     r.completion_tokens = out.usage.completion_tokens;
     r
@@ -226,12 +227,11 @@ fn logprobs_come_with_alternatives_and_match_the_choice() {
             ..greedy(4)
         };
         let mut seen = Vec::new();
-        engine
-            .generate(&prompt, &params, |c| {
-                seen.extend(c.logprobs);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        generate(engine, &prompt, &params, |c| {
+            seen.extend(c.logprobs);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert!(!seen.is_empty());
         for lp in &seen {
             assert_eq!(lp.top.len(), 3);
@@ -255,16 +255,15 @@ fn cancelling_stops_after_the_current_token() {
             )
             .unwrap();
         let mut n = 0;
-        let out = engine
-            .generate(&prompt, &greedy(64), |_| {
-                n += 1;
-                if n == 2 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .unwrap();
+        let out = generate(engine, &prompt, &greedy(64), |_| {
+            n += 1;
+            if n == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
         assert_eq!(out.finish_reason, FinishReason::Cancelled);
         assert_eq!(n, 2);
     })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use opta_lmx_shared::model_dir::read_config;
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, ErrorKind, FinishReason, FromWorker,
+    read_frame_blocking, write_frame_blocking, Delta, ErrorKind, FinishReason, FromWorker,
     GenerateRequest, ModelFacts, Prompt, SamplingParams, Timings, ToWorker, Usage, WorkerStats,
     PROTOCOL_VERSION,
 };
@@ -191,8 +191,12 @@ impl Worker {
 /// One request's frames, summed up.
 #[derive(Debug)]
 struct Answer {
+    /// `Accepted`'s prompt tokens, if it came, and how many of the request's frames came
+    /// before it (it must be the first).
+    accepted: Option<(u32, usize)>,
     text: String,
-    ids: Vec<u32>,
+    /// Generated tokens behind the deltas.
+    tokens: usize,
     chunks: usize,
     logprobs: Vec<opta_lmx_shared::protocol::TokenLogprob>,
     end: End,
@@ -208,22 +212,38 @@ impl Answer {
     /// Sums the frames of request `id`, ignoring other requests' frames.
     fn of(id: u64, frames: &[FromWorker]) -> Answer {
         let mut a = Answer {
+            accepted: None,
             text: String::new(),
-            ids: Vec::new(),
+            tokens: 0,
             chunks: 0,
             logprobs: Vec::new(),
             end: End::Error(ErrorKind::Internal, "no end frame".into()),
         };
+        let mut seen = 0;
         for frame in frames {
             match frame {
+                FromWorker::Accepted {
+                    request_id,
+                    prompt_tokens,
+                } if *request_id == id => {
+                    assert!(a.accepted.is_none(), "{id} accepted twice");
+                    a.accepted = Some((*prompt_tokens, seen));
+                }
                 FromWorker::Chunk {
                     request_id,
-                    text,
-                    token_ids,
+                    deltas,
                     logprobs,
                 } if *request_id == id => {
-                    a.text.push_str(text);
-                    a.ids.extend(token_ids);
+                    assert_eq!(deltas.len(), 1, "one delta per chunk: {deltas:?}");
+                    for delta in deltas {
+                        match delta {
+                            Delta::Text { text, tokens } => {
+                                a.text.push_str(text);
+                                a.tokens += *tokens as usize;
+                            }
+                            other => panic!("only text deltas so far, got {other:?}"),
+                        }
+                    }
                     a.logprobs.extend(logprobs.iter().cloned());
                     a.chunks += 1;
                 }
@@ -238,10 +258,26 @@ impl Answer {
                     kind,
                     message,
                 } if *r == id => a.end = End::Error(*kind, message.clone()),
-                _ => {}
+                _ => continue,
             }
+            seen += 1;
         }
         a
+    }
+
+    /// The prompt tokens `Accepted` reported; it must be the request's first frame.
+    fn accepted(&self) -> u32 {
+        match self.accepted {
+            Some((prompt_tokens, 0)) => prompt_tokens,
+            Some((_, before)) => panic!("{before} frames came before Accepted: {self:?}"),
+            None => panic!("never accepted: {self:?}"),
+        }
+    }
+
+    /// The generated token ids, from the logprobs (the request must ask for them).
+    fn ids(&self) -> Vec<u32> {
+        assert_eq!(self.logprobs.len(), self.tokens, "a logprob per token");
+        self.logprobs.iter().map(|l| l.token_id).collect()
     }
 
     fn done(&self) -> (FinishReason, Usage, Timings) {
@@ -266,9 +302,7 @@ fn request(id: u64, prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest 
         sampling: SamplingParams::greedy(),
         max_tokens,
         stop: Vec::new(),
-        logprobs: false,
-        top_logprobs: 0,
-        stream: true,
+        logprobs: None,
     }
 }
 
@@ -285,7 +319,7 @@ fn first_chunk(w: &mut Worker, id: u64) {
     loop {
         match w.recv() {
             FromWorker::Chunk { request_id, .. } if request_id == id => return,
-            FromWorker::Chunk { .. } => {}
+            FromWorker::Chunk { .. } | FromWorker::Accepted { .. } => {}
             other => panic!("expected a chunk of {id}, got {other:?}"),
         }
     }
@@ -326,7 +360,10 @@ fn greedy_chat_streams_chunks_and_answers_paris() {
     let mut w = Worker::start(&smollm());
     w.handshake();
     let question = "What is the capital of France?";
-    let a = w.complete(request(1, Prompt::user(question), Some(32)));
+    // Token ids travel only in the logprobs.
+    let mut req = request(1, Prompt::user(question), Some(32));
+    req.logprobs = Some(0);
+    let a = w.complete(req);
     let (finish, usage, timings) = a.done();
     assert!(a.text.contains("Paris"), "{}", a.text);
     assert_eq!(finish, FinishReason::Stop, "ends with EOS: {}", a.text);
@@ -340,13 +377,15 @@ fn greedy_chat_streams_chunks_and_answers_paris() {
         .unwrap();
     let prompt_tokens = tokenizer.encode(&rendered).unwrap().len() as u32;
     assert_eq!(usage.prompt_tokens, prompt_tokens);
+    assert_eq!(a.accepted(), prompt_tokens);
     assert_eq!(
         usage.completion_tokens as usize,
-        a.ids.len() + 1,
+        a.tokens + 1,
         "EOS counted, not sent"
     );
     assert_eq!(usage.cached_prompt_tokens, 0);
-    assert_eq!(tokenizer.decode(&a.ids).unwrap(), a.text);
+    assert_eq!(usage.reasoning_tokens, 0);
+    assert_eq!(tokenizer.decode(&a.ids()).unwrap(), a.text);
     assert!(timings.time_to_first_token_ms > 0.0 && timings.queue_ms >= 0.0);
     assert!(timings.time_to_first_token_ms >= timings.prompt_ms);
 }
@@ -356,8 +395,7 @@ fn requests_in_flight_together_share_the_batch_each_with_its_own_limits() {
     let mut w = Worker::start(&tiny());
     w.handshake();
     let mut second = request(2, Prompt::user("And you?"), Some(6));
-    second.logprobs = true;
-    second.top_logprobs = 3;
+    second.logprobs = Some(3);
     w.send(ToWorker::Generate(request(
         1,
         Prompt::Tokens(vec![1, 2, 3, 4]),
@@ -375,14 +413,17 @@ fn requests_in_flight_together_share_the_batch_each_with_its_own_limits() {
     let ids: Vec<u64> = frames
         .iter()
         .map(|f| match f {
-            FromWorker::Chunk { request_id, .. } | FromWorker::Done { request_id, .. } => {
-                *request_id
-            }
+            FromWorker::Accepted { request_id, .. }
+            | FromWorker::Chunk { request_id, .. }
+            | FromWorker::Done { request_id, .. } => *request_id,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
     // Request 2 started before request 1 finished: they ran together, not one after another.
-    let first_of_2 = ids.iter().position(|&id| id == 2).unwrap();
+    let first_of_2 = frames
+        .iter()
+        .position(|f| matches!(f, FromWorker::Chunk { request_id: 2, .. }))
+        .unwrap();
     let done_of_1 = frames
         .iter()
         .position(|f| matches!(f, FromWorker::Done { request_id: 1, .. }))
@@ -400,11 +441,13 @@ fn requests_in_flight_together_share_the_batch_each_with_its_own_limits() {
         }
     }
     assert_eq!(Answer::of(1, &frames).done().1.prompt_tokens, 4);
-    // Request 2 asked for logprobs; request 1 did not.
+    assert_eq!(Answer::of(1, &frames).accepted(), 4);
     let a2 = Answer::of(2, &frames);
+    assert_eq!(a2.accepted(), a2.done().1.prompt_tokens);
+    // Request 2 asked for logprobs; request 1 did not.
     assert!(a2.done().2.queue_ms >= 0.0);
     assert!(Answer::of(1, &frames).logprobs.is_empty());
-    assert_eq!(a2.logprobs.len(), a2.ids.len());
+    assert_eq!(a2.logprobs.len(), a2.tokens);
     assert!(a2.logprobs.iter().all(|l| l.top.len() == 3));
 
     let stats = w.stats();
@@ -424,13 +467,17 @@ fn cancel_ends_running_and_queued_requests_and_the_next_one_still_runs() {
         Some(4),
     )));
     w.send(ToWorker::GetStats);
+    let mut accepted = false;
     let stats = loop {
         match w.recv() {
             FromWorker::Stats(s) => break s,
             FromWorker::Chunk { request_id: 1, .. } => {}
+            // The queued request is accepted on arrival, before the stats asked after it.
+            FromWorker::Accepted { request_id: 2, .. } => accepted = true,
             other => panic!("unexpected {other:?}"),
         }
     };
+    assert!(accepted, "request 2 accepted while it waits");
     assert_eq!((stats.active_requests, stats.queued_requests), (1, 1));
 
     // Cancelling the queued one answers at once, while 1 keeps running.
@@ -468,9 +515,25 @@ fn request_errors_are_reported_and_the_worker_keeps_serving() {
     let a = w.complete(request(1, Prompt::Tokens(Vec::new()), Some(4)));
     assert_eq!(a.error().0, ErrorKind::InvalidRequest, "{a:?}");
     assert_eq!(a.chunks, 0);
+    assert!(a.accepted.is_none(), "{a:?}");
 
     let a = w.complete(request(2, Prompt::Tokens(vec![1, 49152]), Some(4)));
     assert_eq!(a.error().0, ErrorKind::InvalidRequest, "{a:?}");
+    assert!(a.accepted.is_none(), "{a:?}");
+
+    let a = w.complete(request(
+        6,
+        Prompt::Chat {
+            messages_json: r#"[{"role":"user","content":"hi"}"#.into(),
+            tools_json: None,
+            add_generation_prompt: true,
+        },
+        Some(4),
+    ));
+    let (kind, message) = a.error();
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    assert!(message.contains("messages_json"), "{message}");
+    assert!(a.accepted.is_none(), "{a:?}");
 
     let mut bad_tools = request(3, Prompt::user("hi"), Some(4));
     if let Prompt::Chat { tools_json, .. } = &mut bad_tools.prompt {
@@ -483,10 +546,97 @@ fn request_errors_are_reported_and_the_worker_keeps_serving() {
 
     let a = w.complete(request(4, Prompt::Tokens(vec![1; 2048]), Some(4)));
     assert_eq!(a.error().0, ErrorKind::ContextLengthExceeded, "{a:?}");
+    assert!(a.accepted.is_none(), "{a:?}");
 
     let a = w.complete(request(5, Prompt::Text("hello".into()), Some(3)));
     let (_, usage, _) = a.done();
     assert!(usage.prompt_tokens > 0 && usage.completion_tokens <= 3);
+    assert_eq!(a.accepted(), usage.prompt_tokens);
+}
+
+#[test]
+fn prompts_are_accepted_or_refused_on_arrival_even_while_the_batch_is_full() {
+    // One request at a time: request 1 keeps the batch full for the whole test.
+    let mut w = Worker::start_with(&tiny(), &["--max-batch", "1"]);
+    let facts = w.handshake();
+    assert_eq!(facts.context_length, 2048);
+    w.send(ToWorker::Generate(endless(1, &facts)));
+    first_chunk(&mut w, 1);
+
+    // A chat prompt far longer than the context: refused by its only frame, while request 1
+    // is still running (no waiting for room first).
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(400);
+    w.send(ToWorker::Generate(request(2, Prompt::user(&long), Some(4))));
+    // A prompt that fits: accepted at once with its templated length, then it waits.
+    let question = "What is the capital of France?";
+    w.send(ToWorker::Generate(request(
+        3,
+        Prompt::user(question),
+        Some(4),
+    )));
+    let mut frames = Vec::new();
+    while !frames
+        .iter()
+        .any(|f| matches!(f, FromWorker::Accepted { request_id: 3, .. }))
+    {
+        match w.recv() {
+            FromWorker::Chunk { request_id: 1, .. } => {}
+            frame => frames.push(frame),
+        }
+    }
+    assert!(
+        matches!(
+            frames[..],
+            [
+                FromWorker::Error {
+                    request_id: Some(2),
+                    kind: ErrorKind::ContextLengthExceeded,
+                    ..
+                },
+                FromWorker::Accepted { request_id: 3, .. }
+            ]
+        ),
+        "{frames:?}"
+    );
+    let FromWorker::Error { message, .. } = &frames[0] else {
+        unreachable!()
+    };
+    assert!(message.contains("2048"), "{message}");
+
+    let dir = tiny();
+    let tokenizer = Tokenizer::load(&dir, &read_config(&dir).unwrap()).unwrap();
+    let rendered = tokenizer
+        .render_chat(&json!([{"role": "user", "content": question}]), None, true)
+        .unwrap();
+    let prompt_tokens = tokenizer.encode(&rendered).unwrap().len() as u32;
+    let FromWorker::Accepted {
+        prompt_tokens: accepted,
+        ..
+    } = frames[1]
+    else {
+        unreachable!()
+    };
+    assert_eq!(accepted, prompt_tokens);
+
+    // Request 3 runs once request 1 is gone, and reports the length it was accepted with.
+    w.send(ToWorker::Cancel { request_id: 1 });
+    let frames = w.until_end_of(3);
+    assert_eq!(Answer::of(1, &frames).done().0, FinishReason::Cancelled);
+    let a = Answer::of(3, &frames);
+    assert_eq!(a.done().1.prompt_tokens, prompt_tokens);
+    assert!(a.done().1.completion_tokens <= 4);
+    assert!(a.accepted.is_none(), "no second Accepted");
+
+    // A token prompt filling the whole context is refused too; one token less fits.
+    let a = w.complete(request(4, Prompt::Tokens(vec![1; 2048]), Some(4)));
+    assert_eq!(a.error().0, ErrorKind::ContextLengthExceeded, "{a:?}");
+    assert!(a.accepted.is_none(), "{a:?}");
+    let mut fits = request(5, Prompt::Tokens(vec![1; 2047]), Some(4));
+    fits.sampling.logit_bias = facts.eos_token_ids.iter().map(|&t| (t, -1e4)).collect();
+    let a = w.complete(fits);
+    assert_eq!(a.accepted(), 2047);
+    let (finish, usage, _) = a.done();
+    assert_eq!((finish, usage.completion_tokens), (FinishReason::Length, 1));
 }
 
 #[test]

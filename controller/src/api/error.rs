@@ -29,6 +29,10 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    /// 400 with OpenAI's code `context_length_exceeded`: the prompt does not fit the loaded
+    /// context. Answered before any generation.
+    #[error("{message}")]
+    ContextLengthExceeded { message: String, param: String },
     /// 401: missing or wrong bearer token (only when API tokens are configured).
     #[error("{message}")]
     Unauthorized { message: String },
@@ -217,7 +221,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::ContextLengthExceeded { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
@@ -239,6 +245,7 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. }
+            | ApiError::ContextLengthExceeded { .. }
             | ApiError::Unauthorized { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
@@ -259,6 +266,7 @@ impl ApiError {
     pub fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidRequest { .. } | ApiError::NotFound { .. } => None,
+            ApiError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => {
@@ -279,6 +287,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::ContextLengthExceeded { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => Some("model"),
             _ => None,
         }
@@ -307,6 +316,18 @@ impl ApiError {
         }
     }
 
+    /// A context-length error naming `field` (the prompt's field in the API at hand) instead
+    /// of chat's `messages`; other errors unchanged.
+    pub fn for_prompt_field(self, field: &str) -> Self {
+        match self {
+            ApiError::ContextLengthExceeded { message, .. } => ApiError::ContextLengthExceeded {
+                message,
+                param: field.to_string(),
+            },
+            other => other,
+        }
+    }
+
     /// The error as one SSE event, for failures after the stream's 200 has been sent:
     /// clients parse every `data:` line as JSON, so it must not be a bare string.
     pub fn to_sse_event(&self) -> String {
@@ -329,6 +350,74 @@ impl IntoResponse for ApiError {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The controller's own errors, each mapped to its HTTP answer here and nowhere else
+// ---------------------------------------------------------------------------------------------
+
+impl From<crate::resolve::ResolveError> for ApiError {
+    fn from(e: crate::resolve::ResolveError) -> Self {
+        use crate::resolve::ResolveError as R;
+        let message = e.to_string();
+        match e {
+            R::NotFound(model) => ApiError::model_not_found(model),
+            R::NoModel => ApiError::missing_param("model"),
+            R::DownloadOff { model, .. } | R::NotOnHub { model, .. } => {
+                ApiError::model_unavailable(model, message)
+            }
+            R::DownloadFailed { .. } | R::NotAModel(_) => ApiError::download_failed(message),
+        }
+    }
+}
+
+impl From<crate::admission::Busy> for ApiError {
+    fn from(e: crate::admission::Busy) -> Self {
+        ApiError::overloaded(e.to_string(), Some(crate::admission::RETRY_AFTER_FULL_SECS))
+    }
+}
+
+impl From<crate::manager::ManagerError> for ApiError {
+    fn from(e: crate::manager::ManagerError) -> Self {
+        use crate::manager::ManagerError as M;
+        use opta_lmx_shared::protocol::ErrorKind;
+        let msg = e.to_string();
+        match e {
+            M::NotLoaded(model) => ApiError::model_not_found(model),
+            M::LoadFailed { .. } | M::Spawn(_) => ApiError::internal(msg),
+            M::ExitedBeforeReady { .. } | M::Crashed { .. } => ApiError::worker_crashed(msg),
+            M::Timeout { .. } => ApiError::timeout(msg),
+            M::InsufficientMemory { .. } => ApiError::insufficient_memory(msg),
+            M::Unloading(model) => ApiError::model_loading(model, Some(1)),
+            M::Request { kind, message } => match kind {
+                ErrorKind::InvalidRequest => ApiError::invalid_request(message),
+                ErrorKind::ContextLengthExceeded => ApiError::ContextLengthExceeded {
+                    message: format!("{message}. Shorten the prompt or load a longer context."),
+                    param: "messages".to_string(),
+                },
+                ErrorKind::Overloaded => ApiError::overloaded(message, Some(1)),
+                ErrorKind::Engine | ErrorKind::Internal => ApiError::internal(message),
+            },
+        }
+    }
+}
+
+impl From<crate::dispatch::DispatchError> for ApiError {
+    fn from(e: crate::dispatch::DispatchError) -> Self {
+        use crate::dispatch::DispatchError as D;
+        match e {
+            D::Resolve(e) => e.into(),
+            D::Busy(e) => e.into(),
+            D::Manager(e) => e.into(),
+            D::NotLoaded(model) => ApiError::model_not_found(model),
+            D::WouldWait {
+                model,
+                wait_secs,
+                retry_after_secs,
+            } => ApiError::model_loading_no_wait(&model, wait_secs, retry_after_secs),
+            D::LoadTask(why) => ApiError::internal(format!("the load task failed: {why}")),
+        }
+    }
+}
+
 /// A JSON body extractor whose every rejection is an [`ApiError`] in OpenAI's shape, where
 /// axum's `Json` answers plain text. It also ignores the `Content-Type` header: many scripts
 /// post JSON without it, and LM Studio accepts them.
@@ -343,22 +432,27 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            // `DefaultBodyLimit` is the only source of 413 here.
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(format!(
-                    "Request body is too large: {}",
-                    rejection.body_text()
-                ))
-            } else {
-                ApiError::invalid_request(format!(
-                    "Could not read the request body: {}",
-                    rejection.body_text()
-                ))
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// A request's body, up to the router's `DefaultBodyLimit` (413 beyond).
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        // `DefaultBodyLimit` is the only source of 413 here.
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(format!(
+                "Request body is too large: {}",
+                rejection.body_text()
+            ))
+        } else {
+            ApiError::invalid_request(format!(
+                "Could not read the request body: {}",
+                rejection.body_text()
+            ))
+        }
+    })
 }
 
 /// Parses a request body, naming the field at fault (`messages[0].content`) in the 400.
@@ -429,7 +523,7 @@ fn missing_field_name(detail: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::ChatCompletionRequest;
+    use crate::api::chat::ChatCompletionRequest;
     use axum::body::Body;
     use axum::extract::DefaultBodyLimit;
     use axum::routing::post;
@@ -597,8 +691,9 @@ mod tests {
     }
 
     fn router() -> Router {
-        async fn handler(ApiJson(req): ApiJson<ChatCompletionRequest>) -> String {
-            req.model.unwrap_or_default()
+        // The extractor generation routes use; it reads the body as `ApiJson` does.
+        async fn handler(req: crate::api::Generation<ChatCompletionRequest>) -> String {
+            req.shared.model.unwrap_or_default()
         }
         Router::new()
             .route("/t", post(handler))

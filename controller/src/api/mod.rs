@@ -1,9 +1,94 @@
-//! The OpenAI-compatible HTTP surface: request/response bodies, the one error type every
-//! handler returns, and SSE formatting. Handlers live with the router; this module has no
-//! state so it can be tested without a server.
+//! The HTTP surface's types: each API's request and response bodies (one module per API),
+//! the sampling fields they share, the one error type every handler returns, and SSE
+//! formatting. Nothing here holds state, so it is all testable without a server.
 
+pub mod chat;
+pub mod common;
+pub mod completion;
 pub mod error;
+pub mod models;
+pub mod sampling;
 pub mod sse;
-pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
 
 pub use error::{parse_json, ApiError, ApiJson, ErrorBody, ErrorDetail};
+pub use sampling::{SamplingFields, SharedFields};
+
+/// A generation request's body: the API's own fields (`T`), and the sampling and other
+/// fields every API shares, all read from the same JSON object and checked, naming the
+/// field at fault.
+#[derive(Debug, Clone)]
+pub struct Generation<T> {
+    pub body: T,
+    pub sampling: SamplingFields,
+    pub shared: SharedFields,
+}
+
+/// An API's own request body, with the checks serde cannot make.
+pub trait Validate {
+    /// Checks every range and rule serde cannot, naming the field at fault.
+    fn validate(&self) -> Result<(), ApiError>;
+}
+
+impl<T: DeserializeOwned + Validate> Generation<T> {
+    /// Parses a body without checking ranges.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        let body = parse_json::<T>(bytes)?;
+        let sampling = parse_json::<SamplingFields>(bytes)?;
+        let shared = parse_json::<SharedFields>(bytes)?;
+        Ok(Generation {
+            body,
+            sampling,
+            shared,
+        })
+    }
+
+    /// Checks the shared and sampling fields, then the API's own.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        self.shared.validate()?;
+        self.sampling.validate()?;
+        self.body.validate()
+    }
+}
+
+impl<T> Generation<T> {
+    pub fn is_stream(&self) -> bool {
+        self.shared.is_stream()
+    }
+
+    /// Whether a streamed response ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.shared.include_usage()
+    }
+
+    pub fn stop_sequences(&self) -> &[String] {
+        self.shared.stop_sequences()
+    }
+}
+
+impl<T> std::ops::Deref for Generation<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+impl<T, S> FromRequest<S> for Generation<T>
+where
+    T: DeserializeOwned + Validate,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = error::body_bytes(req, state).await?;
+        let generation = Generation::<T>::parse(&bytes)?;
+        generation.validate()?;
+        Ok(generation)
+    }
+}

@@ -29,20 +29,10 @@ pub fn event<T: Serialize + ?Sized>(value: &T) -> String {
     }
 }
 
-/// The same event for handlers that use `axum::response::sse::Sse`, which writes `data: `
-/// and the blank line itself.
-pub fn axum_event<T: Serialize + ?Sized>(value: &T) -> axum::response::sse::Event {
-    let line = event(value);
-    let json = line
-        .strip_prefix("data: ")
-        .and_then(|s| s.strip_suffix("\n\n"))
-        .unwrap_or(&line);
-    axum::response::sse::Event::default().data(json)
-}
-
-/// `[DONE]` for `axum::response::sse::Sse`.
-pub fn axum_done() -> axum::response::sse::Event {
-    axum::response::sse::Event::default().data("[DONE]")
+/// One SSE event with an event name (`event: <name>`), as the Anthropic and Responses
+/// streams send them.
+pub fn named_event<T: Serialize + ?Sized>(name: &str, value: &T) -> String {
+    format!("event: {name}\n{}", event(value))
 }
 
 /// Seconds since the Unix epoch, for `created`.
@@ -113,6 +103,10 @@ mod tests {
     fn event_formats_data_line() {
         assert_eq!(event(&serde_json::json!({"a": 1})), "data: {\"a\":1}\n\n");
         assert_eq!(DONE, "data: [DONE]\n\n");
+        assert_eq!(
+            named_event("ping", &serde_json::json!({})),
+            "event: ping\ndata: {}\n\n"
+        );
     }
 
     #[test]

@@ -167,7 +167,15 @@ impl ConnShared {
             conn: Arc::clone(self),
             id,
             finished: false,
+            pending: None,
         })
+    }
+
+    /// The channel of a running request, noting that the worker spoke.
+    fn route_of(&self, id: u64) -> Option<mpsc::Sender<StreamEvent>> {
+        let mut st = self.state();
+        st.last_frame = Instant::now();
+        st.routes.get(&id).map(|r| r.tx.clone())
     }
 
     fn remove(&self, id: u64) -> Option<Route> {
@@ -279,24 +287,21 @@ async fn read_loop(stream: Arc<Stream>, conn: Arc<ConnShared>, closed: watch::Se
 /// socket fills and it waits, rather than the controller buffering without bound.
 async fn route(conn: &ConnShared, msg: FromWorker) {
     let (tx, event) = match msg {
+        FromWorker::Accepted {
+            request_id,
+            prompt_tokens,
+        } => (
+            conn.route_of(request_id),
+            StreamEvent::Accepted { prompt_tokens },
+        ),
         FromWorker::Chunk {
             request_id,
-            text,
-            token_ids,
+            deltas,
             logprobs,
-        } => {
-            let tx = {
-                let mut st = conn.state();
-                st.last_frame = Instant::now();
-                st.routes.get(&request_id).map(|r| r.tx.clone())
-            };
-            let event = StreamEvent::Chunk {
-                text,
-                token_ids,
-                logprobs,
-            };
-            (tx, event)
-        }
+        } => (
+            conn.route_of(request_id),
+            StreamEvent::Chunk { deltas, logprobs },
+        ),
         FromWorker::Done {
             request_id,
             finish_reason,
@@ -383,11 +388,17 @@ pub struct GenerationStream {
     conn: Arc<ConnShared>,
     id: u64,
     finished: bool,
+    /// An event read and handed back (`push_front`), served before the channel.
+    pending: Option<StreamEvent>,
 }
 
 impl GenerationStream {
     /// The next event; `None` after the terminal `Done` or `Error`.
     pub async fn next(&mut self) -> Option<StreamEvent> {
+        if let Some(event) = self.pending.take() {
+            self.finished = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error(_));
+            return Some(event);
+        }
         if self.finished {
             return None;
         }
@@ -408,6 +419,11 @@ impl GenerationStream {
             self.finished = true;
         }
         Some(event)
+    }
+
+    /// Hands `event` back, to be the next one `next` returns.
+    pub fn push_front(&mut self, event: StreamEvent) {
+        self.pending = Some(event);
     }
 
     /// The id the manager gave this request on its worker's connection.

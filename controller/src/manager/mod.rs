@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opta_lmx_shared::protocol::{
-    ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings, TokenLogprob, Usage, WorkerStats,
+    Delta, ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings, TokenLogprob, Usage,
+    WorkerStats,
 };
 use tokio::sync::oneshot;
 
@@ -177,9 +178,11 @@ pub struct ModelStatus {
 /// One event of a generation.
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
+    /// The worker templated and tokenized the prompt, and it fits the context.
+    Accepted { prompt_tokens: u32 },
+    /// Output, in order (text, reasoning, tool-call deltas).
     Chunk {
-        text: String,
-        token_ids: Vec<u32>,
+        deltas: Vec<Delta>,
         logprobs: Vec<TokenLogprob>,
     },
     Done {
@@ -541,6 +544,13 @@ impl ModelManager {
     pub fn is_ready(&self, model_id: &str) -> bool {
         self.handle(model_id)
             .is_some_and(|h| supervisor::lock(&h.published).state == Some(ModelState::Ready))
+    }
+
+    /// The context length the model's worker loaded, while it runs.
+    pub fn context_length(&self, model_id: &str) -> Option<u32> {
+        let handle = self.handle(model_id)?;
+        let published = supervisor::lock(&handle.published);
+        published.facts.as_ref().map(|f| f.context_length)
     }
 
     /// Stops every worker (for SIGTERM/Ctrl-C) and removes the private socket directory.

@@ -127,25 +127,20 @@ where
     T: Decode<()>,
     R: AsyncRead + Unpin + ?Sized,
 {
+    // The first byte tells a clean close (EOF between frames) from a truncated frame.
     let mut prefix = [0u8; PREFIX_BYTES];
-    let mut filled = 0;
-    while filled < PREFIX_BYTES {
-        let n = match r.read(&mut prefix[filled..]).await {
-            Ok(n) => n,
+    loop {
+        match r.read(&mut prefix[..1]).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ProtocolError::Io(e)),
-        };
-        if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(ProtocolError::TruncatedFrame)
-            };
         }
-        filled += n;
     }
-    let len = payload_len(prefix)?;
-    let mut payload = vec![0u8; len];
+    r.read_exact(&mut prefix[1..])
+        .await
+        .map_err(eof_is_truncation)?;
+    let mut payload = vec![0u8; payload_len(prefix)?];
     r.read_exact(&mut payload)
         .await
         .map_err(eof_is_truncation)?;
@@ -174,24 +169,18 @@ where
     R: io::Read + ?Sized,
 {
     let mut prefix = [0u8; PREFIX_BYTES];
-    let mut filled = 0;
-    while filled < PREFIX_BYTES {
-        let n = match r.read(&mut prefix[filled..]) {
-            Ok(n) => n,
+    // As in `read_frame`: EOF before the first byte is a clean close.
+    let first = loop {
+        match r.read(&mut prefix[..1]) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ProtocolError::Io(e)),
-        };
-        if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(ProtocolError::TruncatedFrame)
-            };
+            other => break other?,
         }
-        filled += n;
+    };
+    if first == 0 {
+        return Ok(None);
     }
-    let len = payload_len(prefix)?;
-    let mut payload = vec![0u8; len];
+    r.read_exact(&mut prefix[1..]).map_err(eof_is_truncation)?;
+    let mut payload = vec![0u8; payload_len(prefix)?];
     r.read_exact(&mut payload).map_err(eof_is_truncation)?;
     decode_payload(&payload).map(Some)
 }

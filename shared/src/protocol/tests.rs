@@ -6,29 +6,16 @@ fn chat_request(request_id: u64) -> GenerateRequest {
     GenerateRequest {
         request_id,
         prompt: Prompt::Chat {
-            messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "Be brief.".into(),
-                    name: None,
-                    tool_call_id: None,
-                    tool_calls_json: None,
-                },
-                ChatMessage {
-                    role: "assistant".into(),
-                    content: String::new(),
-                    name: Some("bot".into()),
-                    tool_call_id: None,
-                    tool_calls_json: Some(r#"[{"id":"c1","type":"function"}]"#.into()),
-                },
-                ChatMessage {
-                    role: "tool".into(),
-                    content: "22°C, ☀".into(),
-                    name: None,
-                    tool_call_id: Some("c1".into()),
-                    tool_calls_json: None,
-                },
-            ],
+            // Structured turns (tool calls, names) travel inside the JSON text as the
+            // controller built it. A literal, so the fingerprint below never depends on
+            // serde_json's key order.
+            messages_json: concat!(
+                r#"[{"role":"system","content":"Be brief."},"#,
+                r#"{"role":"assistant","content":"","name":"bot","#,
+                r#""tool_calls":[{"id":"c1","type":"function"}]},"#,
+                r#"{"role":"tool","content":"22°C, ☀","tool_call_id":"c1"}]"#
+            )
+            .into(),
             tools_json: Some(r#"[{"type":"function","function":{"name":"w"}}]"#.into()),
             add_generation_prompt: true,
         },
@@ -46,9 +33,7 @@ fn chat_request(request_id: u64) -> GenerateRequest {
         },
         max_tokens: Some(256),
         stop: vec!["\n\n".into(), "</s>".into()],
-        logprobs: true,
-        top_logprobs: 5,
-        stream: true,
+        logprobs: Some(5),
     }
 }
 
@@ -61,9 +46,7 @@ fn to_worker_samples() -> Vec<ToWorker> {
             sampling: SamplingParams::default(),
             max_tokens: None,
             stop: vec![],
-            logprobs: false,
-            top_logprobs: 0,
-            stream: false,
+            logprobs: None,
         }),
         ToWorker::Generate(GenerateRequest {
             request_id: u64::MAX,
@@ -71,9 +54,19 @@ fn to_worker_samples() -> Vec<ToWorker> {
             sampling: SamplingParams::greedy(),
             max_tokens: Some(0),
             stop: vec![String::new()],
-            logprobs: false,
-            top_logprobs: 0,
-            stream: true,
+            logprobs: Some(0),
+        }),
+        ToWorker::Generate(GenerateRequest {
+            request_id: 3,
+            prompt: Prompt::Chat {
+                messages_json: r#"[{"role":"user","content":"¿Qué tal?"}]"#.into(),
+                tools_json: None,
+                add_generation_prompt: false,
+            },
+            sampling: SamplingParams::default(),
+            max_tokens: Some(u32::MAX),
+            stop: vec![],
+            logprobs: Some(u32::MAX),
         }),
         ToWorker::Cancel { request_id: 7 },
         ToWorker::GetStats,
@@ -107,10 +100,20 @@ fn from_worker_samples() -> Vec<FromWorker> {
         FromWorker::LoadFailed {
             message: "missing model.safetensors".into(),
         },
+        FromWorker::Accepted {
+            request_id: 1,
+            prompt_tokens: 12,
+        },
+        FromWorker::Accepted {
+            request_id: u64::MAX,
+            prompt_tokens: u32::MAX,
+        },
         FromWorker::Chunk {
             request_id: 1,
-            text: "Hello, wörld".into(),
-            token_ids: vec![9906, 11],
+            deltas: vec![Delta::Text {
+                text: "Hello, wörld".into(),
+                tokens: 2,
+            }],
             logprobs: vec![
                 TokenLogprob {
                     token_id: 9906,
@@ -131,8 +134,36 @@ fn from_worker_samples() -> Vec<FromWorker> {
         },
         FromWorker::Chunk {
             request_id: 2,
-            text: String::new(),
-            token_ids: vec![],
+            deltas: vec![],
+            logprobs: vec![],
+        },
+        // Every delta kind, several in one chunk, in order.
+        FromWorker::Chunk {
+            request_id: 3,
+            deltas: vec![
+                Delta::Reasoning {
+                    text: "The user wants the weather.".into(),
+                    tokens: 6,
+                },
+                Delta::Text {
+                    text: String::new(),
+                    tokens: 1,
+                },
+                Delta::ToolCall {
+                    index: 0,
+                    id: Some("call_1".into()),
+                    name: Some("weather".into()),
+                    arguments: r#"{"city":"#.into(),
+                    tokens: 5,
+                },
+                Delta::ToolCall {
+                    index: 0,
+                    id: None,
+                    name: None,
+                    arguments: r#""Zürich"}"#.into(),
+                    tokens: u32::MAX,
+                },
+            ],
             logprobs: vec![],
         },
         FromWorker::Done {
@@ -142,6 +173,7 @@ fn from_worker_samples() -> Vec<FromWorker> {
                 prompt_tokens: 12,
                 completion_tokens: 2,
                 cached_prompt_tokens: 8,
+                reasoning_tokens: 1,
             },
             timings: Timings {
                 queue_ms: 0.5,
@@ -224,23 +256,69 @@ fn samples_cover_every_variant() {
             FromWorker::Hello { .. } => 0,
             FromWorker::Ready(_) => 1,
             FromWorker::LoadFailed { .. } => 2,
-            FromWorker::Chunk { .. } => 3,
+            FromWorker::Accepted { .. } => 3,
+            FromWorker::Chunk { .. } => 4,
             FromWorker::Done { finish_reason, .. } => match finish_reason {
-                FinishReason::Stop => 4,
-                FinishReason::Length => 5,
-                FinishReason::Cancelled => 6,
+                FinishReason::Stop => 5,
+                FinishReason::Length => 6,
+                FinishReason::Cancelled => 7,
             },
             FromWorker::Error { kind, .. } => match kind {
-                ErrorKind::InvalidRequest => 7,
-                ErrorKind::ContextLengthExceeded => 8,
-                ErrorKind::Engine => 9,
-                ErrorKind::Internal => 10,
-                ErrorKind::Overloaded => 11,
+                ErrorKind::InvalidRequest => 8,
+                ErrorKind::ContextLengthExceeded => 9,
+                ErrorKind::Engine => 10,
+                ErrorKind::Internal => 11,
+                ErrorKind::Overloaded => 12,
             },
-            FromWorker::Stats(_) => 12,
+            FromWorker::Stats(_) => 13,
         })
         .collect();
-    assert_eq!(from, (0..=12).collect());
+    assert_eq!(from, (0..=13).collect());
+
+    let deltas: BTreeSet<u8> = from_worker_samples()
+        .iter()
+        .flat_map(|m| match m {
+            FromWorker::Chunk { deltas, .. } => deltas.clone(),
+            _ => Vec::new(),
+        })
+        .map(|d| match d {
+            Delta::Text { .. } => 0,
+            Delta::Reasoning { .. } => 1,
+            Delta::ToolCall { .. } => 2,
+        })
+        .collect();
+    assert_eq!(deltas, (0..=2).collect());
+}
+
+#[test]
+fn a_delta_reports_its_tokens_whatever_its_kind() {
+    let tokens: Vec<u32> = from_worker_samples()
+        .iter()
+        .flat_map(|m| match m {
+            FromWorker::Chunk { deltas, .. } => deltas.iter().map(Delta::tokens).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(tokens, [2, 6, 1, 5, u32::MAX]);
+}
+
+#[test]
+fn a_user_prompt_is_one_user_message_in_json() {
+    let Prompt::Chat {
+        messages_json,
+        tools_json,
+        add_generation_prompt,
+    } = Prompt::user("say \"hi\" ☀")
+    else {
+        panic!("a chat prompt");
+    };
+    let messages: serde_json::Value = serde_json::from_str(&messages_json).expect("JSON");
+    assert_eq!(
+        messages,
+        serde_json::json!([{"role": "user", "content": "say \"hi\" ☀"}])
+    );
+    assert_eq!(tools_json, None);
+    assert!(add_generation_prompt);
 }
 
 fn round_trip_blocking<T>(samples: &[T])
@@ -346,7 +424,7 @@ fn wire_format_fingerprint() {
     });
     assert_eq!(
         (PROTOCOL_VERSION, wire.len(), format!("{hash:016x}")),
-        (1, 763, "e7adb93ee15a3343".to_string()),
+        (2, 1067, "bf418a3ab8f9b91c".to_string()),
         "wire format changed: bump PROTOCOL_VERSION, then update this fingerprint"
     );
 }

@@ -1,4 +1,5 @@
-//! Continuous batching: many sequences share each decode step.
+//! The scheduler: continuous batching, where many sequences share each decode step, and
+//! [`generate`], one request run alone through the same machinery.
 //!
 //! Every call to [`Scheduler::step`] does at most one prefill chunk (of the oldest sequence
 //! still reading its prompt) and then one decode step for every sequence that is generating,
@@ -12,6 +13,7 @@
 //! one's tokens are read back, so the host never waits for the device between tokens.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use mlx_rs::transforms::{async_eval, eval};
@@ -20,8 +22,9 @@ use opta_lmx_shared::protocol::{FinishReason, Timings, TokenLogprob, TopLogprob,
 
 use crate::cache::KvCache;
 use crate::detok::Detokenizer;
-use crate::generate::{Chunk, Engine, GenerateError, GenerateParams, Outcome};
+use crate::engine::Engine;
 use crate::prefix_cache::PrefixCache;
+use crate::request::{Chunk, GenerateError, GenerateParams, Outcome};
 use crate::sampling::{self, Sampler};
 
 /// Prompt tokens per forward pass when nothing else is running (mlx-lm's default step).
@@ -157,7 +160,8 @@ impl<'e> Scheduler<'e> {
         self.seqs.len() < self.config.max_batch.max(1)
     }
 
-    /// Adds a request. Invalid requests fail here, before any work is done.
+    /// Adds a request. Invalid requests fail here, before any work is done (the server checks
+    /// prompts on arrival already; this is the safety net for every other caller).
     pub fn add(
         &mut self,
         id: u64,
@@ -166,22 +170,8 @@ impl<'e> Scheduler<'e> {
         arrived: Instant,
     ) -> Result<Admitted, GenerateError> {
         let started = Instant::now();
-        if prompt.is_empty() {
-            return Err(GenerateError::InvalidRequest("the prompt is empty".into()));
-        }
+        self.engine.check_prompt(&prompt)?;
         let context = self.engine.context_length().unwrap_or(usize::MAX);
-        if prompt.len() >= context {
-            return Err(GenerateError::ContextLength {
-                prompt: prompt.len(),
-                context,
-            });
-        }
-        let vocab = self.engine.model.config.vocab_size as u32;
-        if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
-            return Err(GenerateError::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
         let room = context - prompt.len();
         let max_tokens = params.max_tokens.unwrap_or(room).min(room);
         let (cache, reused) = match self.prefix_cache.lookup(&prompt) {
@@ -205,6 +195,7 @@ impl<'e> Scheduler<'e> {
                 prompt_tokens: prompt_len as u32,
                 completion_tokens: 0,
                 cached_prompt_tokens: reused as u32,
+                reasoning_tokens: 0,
             },
             arrived,
             started,
@@ -561,13 +552,14 @@ fn host_u32(a: &Array) -> Result<Vec<u32>, GenerateError> {
     Ok(a.as_slice::<u32>().to_vec())
 }
 
-/// Runs requests to completion one after another through a scheduler: the single-request
-/// path (`Engine::generate`) and tests use it.
-pub fn run_alone(
+/// Runs one generation alone, through a scheduler of one: the command line, the benchmark
+/// and the tests use it. `on_chunk` receives text as it becomes final; returning
+/// `ControlFlow::Break` cancels (finish reason `Cancelled`).
+pub fn generate(
     engine: &Engine,
     prompt: &[u32],
     params: &GenerateParams,
-    mut on_chunk: impl FnMut(Chunk) -> std::ops::ControlFlow<()>,
+    mut on_chunk: impl FnMut(Chunk) -> ControlFlow<()>,
 ) -> Result<Outcome, GenerateError> {
     let mut sched = Scheduler::new(
         engine,

@@ -1,10 +1,8 @@
 //! The worker supervisor driven directly: real workers on the tiny test models, and
 //! `opta-lmx-fake-worker` (tests/support/fake_worker.rs) for faults a real worker will not
-//! produce on demand. Build the binaries first: `cargo build -p opta-lmx-worker -p
-//! opta-lmx-tests` (scripts/test.sh builds the whole workspace).
+//! produce on demand. Build the binaries first (scripts/test.sh builds the whole workspace).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,35 +12,10 @@ use nix::unistd::Pid;
 use opta_lmx::manager::{
     GenerationStream, ManagerConfig, ManagerError, ModelManager, ModelState, StreamEvent,
 };
-use opta_lmx_shared::protocol::{FinishReason, GenerateRequest, Prompt, SamplingParams};
-
-const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/models/opta");
-
-fn model(name: &str) -> PathBuf {
-    let path = Path::new(MODELS).join(name);
-    assert!(
-        path.join("config.json").exists(),
-        "test model {} is missing: run scripts/setup.sh",
-        path.display()
-    );
-    path
-}
-
-/// A binary next to this test's target/<profile>/deps folder.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build -p opta-lmx-worker -p opta-lmx-tests",
-        path.display()
-    );
-    path
-}
+use opta_lmx_shared::protocol::{
+    answer_text, FinishReason, GenerateRequest, Prompt, SamplingParams,
+};
+use opta_lmx_tests::{binary, fake_worker_script, model};
 
 fn config(worker_bin: PathBuf) -> ManagerConfig {
     ManagerConfig {
@@ -73,13 +46,7 @@ struct Fake {
 impl Fake {
     fn new(flags: &str) -> Fake {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bin = dir.path().join("worker.sh");
-        let script = format!(
-            "#!/bin/sh\nexec '{}' {flags} \"$@\"\n",
-            binary("opta-lmx-fake-worker").display()
-        );
-        std::fs::write(&bin, script).expect("write script");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = fake_worker_script(dir.path(), flags);
         std::fs::create_dir(dir.path().join("model")).expect("model dir");
         Fake { dir, bin }
     }
@@ -112,9 +79,7 @@ fn request(prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest {
         sampling: SamplingParams::greedy(),
         max_tokens,
         stop: Vec::new(),
-        logprobs: false,
-        top_logprobs: 0,
-        stream: true,
+        logprobs: None,
     }
 }
 
@@ -136,7 +101,8 @@ async fn collect(mut stream: GenerationStream) -> (String, StreamEvent) {
             .expect("the stream stalled")
             .expect("the stream ended without a terminal event");
         match event {
-            StreamEvent::Chunk { text, .. } => out.push_str(&text),
+            StreamEvent::Accepted { .. } => {}
+            StreamEvent::Chunk { deltas, .. } => out.push_str(&answer_text(&deltas)),
             terminal => {
                 assert!(
                     stream.next().await.is_none(),
@@ -148,10 +114,14 @@ async fn collect(mut stream: GenerationStream) -> (String, StreamEvent) {
     }
 }
 
+/// The next chunk's text, past the worker's acceptance of the prompt.
 async fn next_chunk(stream: &mut GenerationStream) -> String {
-    match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
-        Ok(Some(StreamEvent::Chunk { text, .. })) => text,
-        other => panic!("expected a chunk, got {other:?}"),
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+            Ok(Some(StreamEvent::Accepted { .. })) => continue,
+            Ok(Some(StreamEvent::Chunk { deltas, .. })) => return answer_text(&deltas),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
     }
 }
 

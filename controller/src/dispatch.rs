@@ -1,0 +1,205 @@
+//! One path for every generation request, whatever its API: resolve the model, admit the
+//! request (429 past the model's limit), load the model when it is not loaded (JIT, or a
+//! crashed one again), start the generation, and wait until the worker has accepted the
+//! prompt, so that a refused prompt (too long for the context) is a plain HTTP error before
+//! any response has begun. Each API's request adapter builds a [`Job`]; its renderer turns
+//! the [`Started`] generation into a response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opta_lmx_shared::protocol::{GenerateRequest, Prompt};
+
+use crate::admission::{Busy, Permit};
+use crate::api::SamplingFields;
+use crate::discovery::ModelEntry;
+use crate::manager::{GenerationStream, ManagerError, ModelState, StreamEvent};
+use crate::resolve::{self, ResolveError};
+use crate::state::AppState;
+
+/// What an API asks to generate, before the model is known.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The model the client named (`None`: the default, or the one loaded model).
+    pub model: Option<String>,
+    /// LM Studio's per-request idle TTL for a model this request loads.
+    pub ttl: Option<u64>,
+    pub prompt: Prompt,
+    /// Defaulted per model once it is known.
+    pub sampling: SamplingFields,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub logprobs: Option<u32>,
+    /// The client's `Prefer: wait=N`: answer 503 rather than wait longer for a load.
+    pub wait: Option<Duration>,
+}
+
+/// A generation the worker accepted.
+pub struct Started {
+    pub entry: ModelEntry,
+    /// The request's place in the model's admission count; dropped with the response.
+    pub permit: Permit,
+    pub stream: GenerationStream,
+    pub prompt_tokens: u32,
+}
+
+/// Why a request did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// JIT loading is off and the model is not loaded.
+    #[error("model {0} is not loaded")]
+    NotLoaded(String),
+    /// The load would take longer than the client's `Prefer: wait`; it goes on meanwhile.
+    #[error("model {model} is still loading")]
+    WouldWait {
+        model: String,
+        wait_secs: u64,
+        retry_after_secs: u64,
+    },
+    #[error("the load task failed: {0}")]
+    LoadTask(String),
+}
+
+/// Runs `job` up to the worker's acceptance of its prompt.
+pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchError> {
+    let entry = resolve::model_for_request(state, job.model.as_deref()).await?;
+    let permit = admit_and_load(state, &entry, job.ttl, job.wait).await?;
+    let defaults = state.sampling_defaults(&entry);
+    let req = GenerateRequest {
+        request_id: 0,
+        prompt: job.prompt,
+        sampling: job.sampling.to_params(&defaults),
+        max_tokens: job.max_tokens,
+        stop: job.stop,
+        logprobs: job.logprobs,
+    };
+    let mut stream = state.manager.generate(&entry.id, req).await?;
+    let prompt_tokens = match stream.next().await {
+        Some(StreamEvent::Accepted { prompt_tokens }) => prompt_tokens,
+        Some(StreamEvent::Error(e)) => return Err(e.into()),
+        Some(other) => {
+            // Output before acceptance breaks the protocol; serve it rather than lose it.
+            stream.push_front(other);
+            0
+        }
+        None => {
+            return Err(ManagerError::Crashed {
+                model: entry.id.clone(),
+                status: "the worker's stream ended before the prompt was accepted".into(),
+                stderr_tail: String::new(),
+            }
+            .into())
+        }
+    };
+    Ok(Started {
+        entry,
+        permit,
+        stream,
+        prompt_tokens,
+    })
+}
+
+/// Admits the request and, when its model is not ready, loads it (JIT, or a crashed model
+/// again) within the client's `Prefer: wait`.
+async fn admit_and_load(
+    state: &Arc<AppState>,
+    entry: &ModelEntry,
+    ttl: Option<u64>,
+    wait: Option<Duration>,
+) -> Result<Permit, DispatchError> {
+    let ready = state.manager.is_ready(&entry.id);
+    if !ready {
+        // A model that crashed is started again on its next request, JIT loading or not.
+        let crashed = state
+            .manager
+            .models()
+            .iter()
+            .any(|m| m.model_id == entry.id && m.state == ModelState::Crashed);
+        if !state.config.models.jit_loading && !crashed {
+            return Err(DispatchError::NotLoaded(entry.id.clone()));
+        }
+    }
+    // Requests waiting for the load count too: they will all reach the worker at once.
+    let permit = state.admission.admit(&entry.id)?;
+    if !ready {
+        let ttl = ttl
+            .or(state.config.models.idle_ttl_sec)
+            .map(Duration::from_secs);
+        match wait {
+            None => {
+                // No load_started here: this future is dropped if its client goes away, and
+                // a start never finished would skew later estimates.
+                let result = state.manager.load(&entry.id, &entry.dir, ttl).await;
+                let secs = result.as_ref().ok().map(|info| info.load_seconds);
+                state.admission.load_finished(&entry.id, secs);
+                result?;
+            }
+            Some(wait) => load_within(state, entry, ttl, wait).await?,
+        }
+    }
+    Ok(permit)
+}
+
+/// Loads `entry` for a client that waits at most `wait` (`Prefer: wait=N`): the load runs in
+/// its own task, so it goes on when the client is answered 503 (at once when the load is
+/// expected to take longer than `wait`, else when `wait` runs out) and a retry finds the
+/// model loaded.
+async fn load_within(
+    state: &Arc<AppState>,
+    entry: &ModelEntry,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<(), DispatchError> {
+    // A background load failed since the last such request: say why, once, rather than
+    // sending the client around again.
+    if let Some(err) = state.admission.take_failure(&entry.id) {
+        return Err(err.into());
+    }
+    let expected = state
+        .admission
+        .load_estimate(&entry.id, entry.weights_bytes);
+    state.admission.load_started(&entry.id);
+    let task = {
+        let state = Arc::clone(state);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            let result = state.manager.load(&entry.id, &entry.dir, ttl).await;
+            match &result {
+                Ok(info) => state
+                    .admission
+                    .load_finished(&entry.id, Some(info.load_seconds)),
+                Err(e) => {
+                    tracing::warn!(model = %entry.id, error = %e, "background load failed");
+                    state.admission.background_load_failed(&entry.id, e.clone());
+                }
+            }
+            result
+        })
+    };
+    let not_yet = || DispatchError::WouldWait {
+        model: entry.id.clone(),
+        wait_secs: wait.as_secs(),
+        retry_after_secs: state
+            .admission
+            .retry_after_secs(&entry.id, entry.weights_bytes),
+    };
+    if wait < expected {
+        return Err(not_yet());
+    }
+    match tokio::time::timeout(wait, task).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => {
+            // This client hears the failure itself; the next one starts afresh.
+            state.admission.take_failure(&entry.id);
+            Err(e.into())
+        }
+        Ok(Err(e)) => Err(DispatchError::LoadTask(e.to_string())),
+        Err(_) => Err(not_yet()),
+    }
+}

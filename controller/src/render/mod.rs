@@ -1,0 +1,299 @@
+//! From a started generation to a response: one loop serves every API, streamed (SSE) or
+//! whole, and each API dialect supplies a [`Renderer`] that says what its events and its body
+//! look like. Adding an API means one renderer here and one request adapter in `routes`.
+
+mod lmstudio;
+mod openai;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use opta_lmx_shared::protocol::{Delta, FinishReason, Timings, TokenLogprob, Usage};
+use serde_json::Value;
+
+pub use lmstudio::LmStudio;
+pub use openai::{ChatRenderer, CompletionRenderer};
+
+use crate::admission::Permit;
+use crate::api::{sse, ApiError};
+use crate::dispatch::Started;
+use crate::manager::{GenerationStream, StreamEvent};
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sse {
+    /// `data: <json>`.
+    Data(Value),
+    /// `event: <name>` then `data: <json>`.
+    Named(&'static str, Value),
+    /// OpenAI's terminator, `data: [DONE]`.
+    Done,
+}
+
+impl Sse {
+    /// `value` as a `data:` event.
+    pub fn data<T: serde::Serialize>(value: &T) -> Sse {
+        Sse::Data(serde_json::to_value(value).unwrap_or(Value::Null))
+    }
+
+    fn frame(&self) -> String {
+        match self {
+            Sse::Data(v) => sse::event(v),
+            Sse::Named(name, v) => sse::named_event(name, v),
+            Sse::Done => sse::DONE.to_string(),
+        }
+    }
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone, Copy)]
+pub struct End {
+    pub finish: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+    /// Whether the model called a tool (OpenAI's `finish_reason: "tool_calls"`).
+    pub called_tools: bool,
+}
+
+/// One tool call of a whole response, assembled from its deltas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectedCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Everything a whole response says, gathered from the worker's deltas.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    pub text: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<CollectedCall>,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Collected {
+    fn add(&mut self, deltas: Vec<Delta>, logprobs: Vec<TokenLogprob>) {
+        for d in deltas {
+            match d {
+                Delta::Text { text, .. } => self.text.push_str(&text),
+                Delta::Reasoning { text, .. } => self.reasoning.push_str(&text),
+                Delta::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                    ..
+                } => {
+                    let i = index as usize;
+                    if self.tool_calls.len() <= i {
+                        self.tool_calls.resize_with(i + 1, CollectedCall::default);
+                    }
+                    let call = &mut self.tool_calls[i];
+                    if let Some(id) = id {
+                        call.id = id;
+                    }
+                    if let Some(name) = name {
+                        call.name = name;
+                    }
+                    call.arguments.push_str(&arguments);
+                }
+            }
+        }
+        self.logprobs.extend(logprobs);
+    }
+}
+
+/// What an API dialect's responses look like. The loop calls `start`, then `chunk` for each
+/// piece of output, then `done` (or `error` when the generation fails after the stream began)
+/// when streaming; `body` once when not.
+pub trait Renderer: Send + 'static {
+    /// Events that open a stream.
+    fn start(&mut self) -> Vec<Sse>;
+    /// Events for one chunk of output (`logprobs`: one per token, when asked for).
+    fn chunk(&mut self, deltas: &[Delta], logprobs: &[TokenLogprob]) -> Vec<Sse>;
+    /// Events that close a stream that finished.
+    fn done(&mut self, end: &End) -> Vec<Sse>;
+    /// Events for a failure after the stream began; nothing follows them.
+    fn error(&mut self, err: &ApiError) -> Vec<Sse> {
+        vec![Sse::data(&err.body())]
+    }
+    /// The whole (non-streamed) response.
+    fn body(&mut self, out: Collected, end: &End) -> Value;
+}
+
+/// Answers `started` with `renderer`'s shapes: an SSE stream, or one JSON body.
+pub async fn respond<R: Renderer>(
+    started: Started,
+    mut renderer: R,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let Started {
+        entry,
+        permit,
+        stream: events,
+        ..
+    } = started;
+    if stream {
+        return Ok(sse_response(events, renderer, permit, entry.id));
+    }
+    let (out, end) = collect(events).await?;
+    drop(permit);
+    log_request(&entry.id, &end);
+    Ok(axum::Json(renderer.body(out, &end)).into_response())
+}
+
+async fn collect(mut events: GenerationStream) -> Result<(Collected, End), ApiError> {
+    let mut out = Collected::default();
+    while let Some(event) = events.next().await {
+        match event {
+            StreamEvent::Accepted { .. } => {}
+            StreamEvent::Chunk { deltas, logprobs } => out.add(deltas, logprobs),
+            StreamEvent::Done {
+                finish_reason,
+                usage,
+                timings,
+            } => {
+                let end = End {
+                    finish: finish_reason,
+                    usage,
+                    timings,
+                    called_tools: !out.tool_calls.is_empty(),
+                };
+                return Ok((out, end));
+            }
+            StreamEvent::Error(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::worker_crashed(
+        "the worker's stream ended without a result",
+    ))
+}
+
+fn log_request(model: &str, end: &End) {
+    tracing::info!(
+        model,
+        prompt_tokens = end.usage.prompt_tokens,
+        completion_tokens = end.usage.completion_tokens,
+        ttft_ms = format!("{:.0}", end.timings.time_to_first_token_ms),
+        tokens_per_s = format!("{:.1}", tokens_per_second(&end.usage, &end.timings)),
+        "completion"
+    );
+}
+
+/// Decode speed: tokens after the first over the time spent generating them.
+pub fn tokens_per_second(usage: &Usage, timings: &Timings) -> f64 {
+    let secs = timings.generation_ms / 1e3;
+    if secs > 0.0 {
+        f64::from(usage.completion_tokens.saturating_sub(1)) / secs
+    } else {
+        0.0
+    }
+}
+
+/// One SSE response while it streams.
+struct Streaming<R> {
+    events: GenerationStream,
+    renderer: R,
+    /// Frames to send before reading more from the worker.
+    queue: VecDeque<String>,
+    started: bool,
+    done: bool,
+    called_tools: bool,
+    model: String,
+    began: Instant,
+    /// Dropped with the body: when the stream ends or its client goes away.
+    _permit: Permit,
+}
+
+fn sse_response<R: Renderer>(
+    events: GenerationStream,
+    renderer: R,
+    permit: Permit,
+    model: String,
+) -> Response {
+    let state = Streaming {
+        events,
+        renderer,
+        queue: VecDeque::new(),
+        started: false,
+        done: false,
+        called_tools: false,
+        model,
+        began: Instant::now(),
+        _permit: permit,
+    };
+    // Dropping this stream (the client went away) drops the GenerationStream, which
+    // cancels the request in the worker.
+    let body = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(frame) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(frame), st));
+            }
+            if st.done {
+                return None;
+            }
+            st.fill().await;
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, sse::CONTENT_TYPE)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
+}
+
+impl<R: Renderer> Streaming<R> {
+    fn push(&mut self, events: Vec<Sse>) {
+        self.queue.extend(events.iter().map(Sse::frame));
+    }
+
+    /// Reads one worker event and queues the frames it becomes.
+    async fn fill(&mut self) {
+        if !self.started {
+            self.started = true;
+            let events = self.renderer.start();
+            self.push(events);
+            return;
+        }
+        let events = match self.events.next().await {
+            Some(StreamEvent::Accepted { .. }) => Vec::new(),
+            Some(StreamEvent::Chunk { deltas, logprobs }) => {
+                self.called_tools |= deltas.iter().any(|d| matches!(d, Delta::ToolCall { .. }));
+                self.renderer.chunk(&deltas, &logprobs)
+            }
+            Some(StreamEvent::Done {
+                finish_reason,
+                usage,
+                timings,
+            }) => {
+                let end = End {
+                    finish: finish_reason,
+                    usage,
+                    timings,
+                    called_tools: self.called_tools,
+                };
+                log_request(&self.model, &end);
+                self.done = true;
+                self.renderer.done(&end)
+            }
+            Some(StreamEvent::Error(e)) => {
+                // An error mid-stream: the dialect's error event, and no normal end.
+                tracing::warn!(model = %self.model, error = %e, elapsed_ms = self.began.elapsed().as_millis() as u64, "stream failed");
+                self.done = true;
+                self.renderer.error(&ApiError::from(e))
+            }
+            None => {
+                self.done = true;
+                self.renderer.error(&ApiError::worker_crashed(
+                    "the worker's stream ended without a result",
+                ))
+            }
+        };
+        self.push(events);
+    }
+}

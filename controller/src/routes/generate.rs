@@ -1,0 +1,237 @@
+//! The generation routes: each API's request adapter turns its body into a dispatch
+//! [`Job`], and its renderer answers. OpenAI's chat and text completions, and LM Studio's
+//! `/api/v0` twins (the same with `stats`, `model_info` and `runtime`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use opta_lmx_shared::protocol::Prompt;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::admission;
+use crate::api::chat::ChatCompletionRequest;
+use crate::api::completion::{CompletionRequest, PromptInput};
+use crate::api::{ApiError, Generation, Validate};
+use crate::dispatch::{self, Job};
+use crate::render::{self, ChatRenderer, CompletionRenderer, Renderer};
+use crate::state::AppState;
+
+/// One generation API: its body, its request adapter and its renderer. A route is
+/// [`handle`] with an API and a [`Flavour`].
+pub trait GenerationApi: Send + 'static {
+    type Body: DeserializeOwned + Validate + Send + Sync + 'static;
+    type Renderer: Renderer;
+    /// The request field a prompt too long for the context is reported against.
+    const PROMPT_FIELD: &'static str;
+    /// The request adapter.
+    fn job(req: &Generation<Self::Body>, headers: &HeaderMap) -> Job;
+    /// The renderer for a generation of `model`.
+    fn renderer(req: &Generation<Self::Body>, model: &str) -> Self::Renderer;
+}
+
+/// Which response dialect to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    /// LM Studio's `/api/v0`: OpenAI's plus `stats`, `model_info` and `runtime`.
+    LmStudio,
+}
+
+/// A route's dialect, as a type so that [`handle`] can be named per route.
+pub trait Flavour: Send + 'static {
+    const DIALECT: Dialect;
+}
+
+/// OpenAI's `/v1` shapes.
+pub struct OpenAi;
+/// LM Studio's `/api/v0` shapes.
+pub struct LmStudio;
+
+impl Flavour for OpenAi {
+    const DIALECT: Dialect = Dialect::OpenAi;
+}
+impl Flavour for LmStudio {
+    const DIALECT: Dialect = Dialect::LmStudio;
+}
+
+/// Every generation route: adapt the body, dispatch, render in the route's dialect.
+pub async fn handle<A: GenerationApi, F: Flavour>(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Generation<A::Body>,
+) -> Result<Response, ApiError> {
+    let started = dispatch::start(&state, A::job(&req, &headers))
+        .await
+        .map_err(|e| ApiError::from(e).for_prompt_field(A::PROMPT_FIELD))?;
+    let renderer = A::renderer(&req, &started.entry.id);
+    let stream = req.is_stream();
+    match F::DIALECT {
+        Dialect::OpenAi => render::respond(started, renderer, stream).await,
+        Dialect::LmStudio => {
+            let context = state.manager.context_length(&started.entry.id);
+            let renderer = render::LmStudio::new(renderer, started.entry.clone(), context);
+            render::respond(started, renderer, stream).await
+        }
+    }
+}
+
+/// The `messages` array as chat templates take it: `name`, `tool_call_id` and `tool_calls`
+/// only when set, since templates test for their presence; content parts joined to text.
+fn template_messages(req: &ChatCompletionRequest) -> Value {
+    Value::Array(
+        req.messages
+            .iter()
+            .map(|m| {
+                let mut obj = serde_json::Map::new();
+                obj.insert("role".into(), json!(m.role));
+                obj.insert("content".into(), json!(m.text()));
+                if let Some(name) = &m.name {
+                    obj.insert("name".into(), json!(name));
+                }
+                if let Some(id) = &m.tool_call_id {
+                    obj.insert("tool_call_id".into(), json!(id));
+                }
+                if let Some(calls) = &m.tool_calls {
+                    obj.insert("tool_calls".into(), json!(calls));
+                }
+                Value::Object(obj)
+            })
+            .collect(),
+    )
+}
+
+/// A job from what every API shares; the adapter gives the prompt, the cap and logprobs.
+fn job<T>(
+    req: &Generation<T>,
+    headers: &HeaderMap,
+    prompt: Prompt,
+    max_tokens: Option<u32>,
+    logprobs: Option<u32>,
+) -> Job {
+    Job {
+        model: req.shared.model.clone(),
+        ttl: req.shared.ttl,
+        prompt,
+        sampling: req.sampling.clone(),
+        max_tokens,
+        stop: req.stop_sequences().to_vec(),
+        logprobs,
+        wait: admission::prefer_wait(headers),
+    }
+}
+
+/// OpenAI's chat completions.
+pub struct Chat;
+
+impl GenerationApi for Chat {
+    type Body = ChatCompletionRequest;
+    type Renderer = ChatRenderer;
+    const PROMPT_FIELD: &'static str = "messages";
+
+    fn job(req: &Generation<ChatCompletionRequest>, headers: &HeaderMap) -> Job {
+        let tools = req.tools.as_ref().filter(|t| !t.is_empty());
+        let prompt = Prompt::Chat {
+            messages_json: template_messages(req).to_string(),
+            tools_json: tools.map(|t| json!(t).to_string()),
+            add_generation_prompt: true,
+        };
+        job(
+            req,
+            headers,
+            prompt,
+            req.max_new_tokens(),
+            req.logprobs_top_n(),
+        )
+    }
+
+    fn renderer(req: &Generation<ChatCompletionRequest>, model: &str) -> ChatRenderer {
+        ChatRenderer::new(model, req.include_usage(), req.logprobs_top_n().is_some())
+    }
+}
+
+/// OpenAI's (legacy) text completions.
+pub struct Completions;
+
+impl GenerationApi for Completions {
+    type Body = CompletionRequest;
+    type Renderer = CompletionRenderer;
+    const PROMPT_FIELD: &'static str = "prompt";
+
+    fn job(req: &Generation<CompletionRequest>, headers: &HeaderMap) -> Job {
+        let prompt = match req.prompt.single() {
+            Some(PromptInput::Tokens(t)) => Prompt::Tokens(t.to_vec()),
+            Some(PromptInput::Text(t)) => Prompt::Text(t.to_string()),
+            // `validate` refused batches before this.
+            None => Prompt::Text(String::new()),
+        };
+        job(req, headers, prompt, req.max_new_tokens(), req.logprobs)
+    }
+
+    fn renderer(req: &Generation<CompletionRequest>, model: &str) -> CompletionRenderer {
+        let echo = match (req.echo, req.prompt.single()) {
+            (Some(true), Some(PromptInput::Text(t))) => Some(t.to_string()),
+            _ => None,
+        };
+        CompletionRenderer::new(model, req.include_usage(), req.logprobs.is_some(), echo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::completion::COMPLETIONS_DEFAULT_MAX_TOKENS;
+
+    fn chat(body: Value) -> Generation<ChatCompletionRequest> {
+        Generation::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn template_messages_carry_only_the_fields_that_are_set() {
+        let req = chat(json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"},
+        ]}));
+        let v = template_messages(&req);
+        assert_eq!(v[0], json!({"role": "user", "content": "hi"}));
+        assert_eq!(v[1]["content"], "");
+        assert_eq!(v[1]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            v[2],
+            json!({"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"})
+        );
+    }
+
+    #[test]
+    fn adapters_carry_limits_stops_logprobs_and_the_default_completion_length() {
+        let headers = HeaderMap::new();
+        let req = chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 9, "stop": "END", "logprobs": true, "top_logprobs": 2,
+            "tools": [], "temperature": 0.5, "ttl": 60}),
+        );
+        let job = Chat::job(&req, &headers);
+        assert_eq!(job.model.as_deref(), Some("m"));
+        assert_eq!(
+            (job.max_tokens, job.logprobs, job.ttl),
+            (Some(9), Some(2), Some(60))
+        );
+        assert_eq!(job.stop, ["END"]);
+        assert_eq!(job.sampling.temperature, Some(0.5));
+        match job.prompt {
+            Prompt::Chat { tools_json, .. } => assert_eq!(tools_json, None, "empty tools"),
+            other => panic!("{other:?}"),
+        }
+
+        let req: Generation<CompletionRequest> =
+            Generation::parse(br#"{"prompt": [1, 2, 3]}"#).unwrap();
+        let job = Completions::job(&req, &headers);
+        assert_eq!(job.max_tokens, Some(COMPLETIONS_DEFAULT_MAX_TOKENS));
+        assert_eq!(job.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert_eq!(job.logprobs, None);
+    }
+}

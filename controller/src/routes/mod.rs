@@ -1,0 +1,5 @@
+//! The handlers behind `server::app`'s routes, by what they serve.
+
+pub mod admin;
+pub mod generate;
+pub mod models;
