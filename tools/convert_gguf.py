@@ -288,6 +288,12 @@ def main() -> None:
     ap.add_argument("gguf", type=Path, help="the GGUF file")
     ap.add_argument("out_dir", type=Path, help="folder to write <name>-<variant> folders into")
     ap.add_argument("--name", required=True, help="model name, e.g. SmolLM2-135M-Instruct")
+    ap.add_argument(
+        "--sampling",
+        default="",
+        help="the publisher's recommended sampling for generation_config.json, e.g. "
+        "temperature=0.2,top_p=0.9 (GGUF files do not carry it)",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of f32,bf16,4bit")
     args = ap.parse_args()
 
@@ -302,6 +308,11 @@ def main() -> None:
     weights = m.weights()
     tied = "lm_head.weight" not in weights
     generation = {"bos_token_id": special["bos"], "eos_token_id": special["eos"], "do_sample": False}
+    for item in filter(None, args.sampling.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+            ap.error(f"--sampling: unknown key {key!r}")
+        generation[key] = int(value) if key == "top_k" else float(value)
 
     for variant in variants:
         config = model_config(hp, special, tied)

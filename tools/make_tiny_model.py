@@ -114,6 +114,11 @@ def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, out / name)
+    # Random weights have no recommended sampling: keep only the token ids.
+    gen_path = out / "generation_config.json"
+    gen = json.loads(gen_path.read_text())
+    gen = {k: v for k, v in gen.items() if k.endswith("token_id") or k == "do_sample"}
+    gen_path.write_text(json.dumps(gen, indent=2) + "\n")
     print(f"wrote {out}")
 
 
