@@ -23,59 +23,50 @@ struct Route {
     handler: MethodRouter<Arc<AppState>>,
 }
 
-fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
-where
-    H: Handler<T, Arc<AppState>>,
-    T: 'static,
-{
-    // Only the standard methods below are used, and each has a filter.
-    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+fn get<H: Handler<T, Arc<AppState>>, T: 'static>(path: &'static str, handler: H) -> Route {
     Route {
-        method,
+        method: Method::GET,
         path,
-        handler: on(filter, handler),
+        handler: on(MethodFilter::GET, handler),
+    }
+}
+
+fn post<H: Handler<T, Arc<AppState>>, T: 'static>(path: &'static str, handler: H) -> Route {
+    Route {
+        method: Method::POST,
+        path,
+        handler: on(MethodFilter::POST, handler),
     }
 }
 
 /// Every route the daemon serves.
 fn table() -> Vec<Route> {
     use generate::{Chat, Completions, LmStudio, OpenAi};
-    let (get, post) = (Method::GET, Method::POST);
     vec![
-        route(get.clone(), "/admin/health", admin::health),
-        route(get.clone(), "/admin/status", admin::status),
-        route(get.clone(), "/admin/memory", admin::memory),
-        route(get.clone(), "/admin/models", admin::admin_models),
-        route(post.clone(), "/admin/models/load", admin::admin_load),
-        route(post.clone(), "/admin/models/unload", admin::admin_unload),
-        route(get.clone(), "/v1/models", models::v1_models),
-        route(get.clone(), "/v1/models/{*id}", models::v1_model),
-        route(
-            post.clone(),
-            "/v1/chat/completions",
-            generate::handle::<Chat, OpenAi>,
-        ),
-        route(
-            post.clone(),
-            "/v1/completions",
-            generate::handle::<Completions, OpenAi>,
-        ),
-        route(get.clone(), "/api/v0/models", models::v0_models),
-        route(get.clone(), "/api/v0/models/{*id}", models::v0_model),
-        route(
-            post.clone(),
+        get("/admin/health", admin::health),
+        get("/admin/status", admin::status),
+        get("/admin/memory", admin::memory),
+        get("/admin/models", admin::admin_models),
+        post("/admin/models/load", admin::admin_load),
+        post("/admin/models/unload", admin::admin_unload),
+        get("/v1/models", models::v1_models),
+        get("/v1/models/{*id}", models::v1_model),
+        post("/v1/chat/completions", generate::handle::<Chat, OpenAi>),
+        post("/v1/completions", generate::handle::<Completions, OpenAi>),
+        get("/api/v0/models", models::v0_models),
+        get("/api/v0/models/{*id}", models::v0_model),
+        post(
             "/api/v0/chat/completions",
             generate::handle::<Chat, LmStudio>,
         ),
-        route(
-            post.clone(),
+        post(
             "/api/v0/completions",
             generate::handle::<Completions, LmStudio>,
         ),
-        route(get.clone(), "/api/v1/models", models::v1_lms_models),
-        route(post.clone(), "/api/v1/models/load", admin::lms_load),
-        route(post, "/api/v1/models/unload", admin::lms_unload),
-        route(get, "/openapi.json", crate::openapi::serve),
+        get("/api/v1/models", models::v1_lms_models),
+        post("/api/v1/models/load", admin::lms_load),
+        post("/api/v1/models/unload", admin::lms_unload),
+        get("/openapi.json", crate::openapi::serve),
     ]
 }
 
