@@ -80,6 +80,7 @@ fn request(prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest {
         max_tokens,
         stop: Vec::new(),
         logprobs: None,
+        output: OutputSpec::default(),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opta_lmx_shared::protocol::{GenerateRequest, Prompt};
+use opta_lmx_shared::protocol::{GenerateRequest, OutputSpec, Prompt};
 
 use crate::admission::{Busy, Permit};
 use crate::api::SamplingFields;
@@ -30,6 +30,8 @@ pub struct Job {
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub logprobs: Option<u32>,
+    /// The answer's shape: JSON, tool calls.
+    pub output: OutputSpec,
     /// The client's `Prefer: wait=N`: answer 503 rather than wait longer for a load.
     pub wait: Option<Duration>,
 }
@@ -78,6 +80,7 @@ pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchE
         max_tokens: job.max_tokens,
         stop: job.stop,
         logprobs: job.logprobs,
+        output: job.output,
     };
     let mut stream = state.manager.generate(&entry.id, req).await?;
     let prompt_tokens = match stream.next().await {

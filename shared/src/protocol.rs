@@ -29,7 +29,7 @@ use bincode::{Decode, Encode};
 /// Sent in [`FromWorker::Hello`]; the controller refuses a worker whose version differs.
 /// bincode is positional (variant indexes, field order), so bump this on ANY change to the
 /// message types below, even adding a variant or a field at the end.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Controller -> worker
@@ -64,6 +64,46 @@ pub struct GenerateRequest {
     /// `Some(n)`: a [`TokenLogprob`] per generated token with `n` alternatives (0 = none);
     /// `None`: no logprobs.
     pub logprobs: Option<u32>,
+    /// What shape the answer takes: free text, JSON, tool calls.
+    pub output: OutputSpec,
+}
+
+/// The shape of an answer, beyond plain text: the worker turns it into a grammar for
+/// constrained decoding and into the parser that reads tool calls out of the output.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
+pub struct OutputSpec {
+    /// OpenAI's `response_format`.
+    pub format: AnswerFormat,
+    /// OpenAI's `tool_choice`, with the tools themselves in [`Prompt::Chat`].
+    pub tool_choice: ToolChoice,
+    /// `false`: at most one tool call.
+    pub parallel_tool_calls: bool,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
+pub enum AnswerFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema (JSON text). `strict`: a schema keyword the grammar
+    /// engine cannot enforce is an error rather than ignored.
+    JsonSchema { schema_json: String, strict: bool },
+}
+
+/// OpenAI's `tool_choice`. `Auto` without tools means plain text.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
+pub enum ToolChoice {
+    /// The model may answer or call tools; calls are parsed out of its output.
+    #[default]
+    Auto,
+    /// No tool calls: the tools are not shown to the model.
+    None,
+    /// At least one call, forced by a grammar in the model's own call format.
+    Required,
+    /// A call of this function, forced the same way.
+    Function(String),
 }
 
 /// What to generate from. Chat prompts are templated in the worker, which holds the tokenizer
@@ -78,6 +118,9 @@ pub enum Prompt {
         tools_json: Option<String>,
         /// Append the template's assistant-turn opener (the usual case).
         add_generation_prompt: bool,
+        /// Extra template variables (`chat_template_kwargs`, `reasoning_effort`), a JSON
+        /// object as text.
+        template_kwargs_json: Option<String>,
     },
     /// A raw completion prompt (`/v1/completions`), tokenized as is.
     Text(String),
@@ -92,6 +135,7 @@ impl Prompt {
             messages_json: serde_json::json!([{"role": "user", "content": content}]).to_string(),
             tools_json: None,
             add_generation_prompt: true,
+            template_kwargs_json: None,
         }
     }
 }

@@ -3,21 +3,28 @@
 //! it serves many; this module knows nothing of it.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Context;
 use mlx_rs::transforms::eval;
 use mlx_rs::Array;
 
+use crate::grammar::TokenSpace;
 use crate::model::{self, LoadOptions, Model};
 use crate::request::GenerateError;
 use crate::tokenizer::Tokenizer;
+use crate::tool_syntax::ToolSyntax;
 
 /// A model and its tokenizer, loaded and warmed up.
 pub struct Engine {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub load_seconds: f64,
+    /// The tool-call syntax, when set by configuration; `None`: inferred from the template.
+    pub tool_syntax: Option<ToolSyntax>,
+    /// The grammar engine's view of the vocabulary, built by the first constrained request.
+    token_space: OnceLock<Result<TokenSpace, String>>,
 }
 
 impl Engine {
@@ -41,7 +48,17 @@ impl Engine {
             model,
             tokenizer,
             load_seconds: start.elapsed().as_secs_f64(),
+            tool_syntax: None,
+            token_space: OnceLock::new(),
         })
+    }
+
+    /// The token space for constrained decoding, built on first use.
+    pub fn token_space(&self) -> Result<&TokenSpace, GenerateError> {
+        self.token_space
+            .get_or_init(|| self.tokenizer.token_space())
+            .as_ref()
+            .map_err(|e| GenerateError::Engine(e.clone()))
     }
 
     /// The model's context length (`max_position_embeddings`), if the config gives one.

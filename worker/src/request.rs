@@ -2,7 +2,9 @@
 //! streams, how it ends, and why it can fail. The engine (`engine.rs`) and the scheduler
 //! (`scheduler.rs`) both speak these types; this module depends on neither.
 
-use opta_lmx_shared::protocol::{FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
+use opta_lmx_shared::protocol::{
+    Delta, FinishReason, SamplingParams, Timings, TokenLogprob, Usage,
+};
 
 use crate::model;
 use crate::tokenizer::TokenizerError;
@@ -54,7 +56,10 @@ pub struct GenerateParams {
 /// token produces no text and is not listed (it still counts in the usage).
 #[derive(Debug, Default)]
 pub struct Chunk {
+    /// The text as generated.
     pub text: String,
+    /// What it means: answer text, reasoning, tool calls (the output parser's reading).
+    pub deltas: Vec<Delta>,
     pub token_ids: Vec<u32>,
     /// One per entry of `token_ids` when the request asked for logprobs, else empty.
     pub logprobs: Vec<TokenLogprob>,

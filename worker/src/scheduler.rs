@@ -23,7 +23,10 @@ use opta_lmx_shared::protocol::{FinishReason, Timings, TokenLogprob, TopLogprob,
 use crate::cache::KvCache;
 use crate::detok::Detokenizer;
 use crate::engine::Engine;
+use crate::grammar::Constraint;
+use crate::output::OutputParser;
 use crate::prefix_cache::PrefixCache;
+use crate::prepare::Output;
 use crate::request::{Chunk, GenerateError, GenerateParams, Outcome};
 use crate::sampling::{self, Sampler};
 
@@ -74,6 +77,10 @@ struct Sequence {
     cache: Vec<KvCache>,
     sampler: Sampler,
     detok: Detokenizer,
+    /// The grammar the output must follow, if any.
+    constraint: Option<Constraint>,
+    /// Reads reasoning and tool calls out of the text.
+    output: OutputParser,
     /// Device-side argmax, with no host-side sampling to do.
     device_greedy: bool,
     max_tokens: usize,
@@ -160,13 +167,26 @@ impl<'e> Scheduler<'e> {
         self.seqs.len() < self.config.max_batch.max(1)
     }
 
-    /// Adds a request. Invalid requests fail here, before any work is done (the server checks
-    /// prompts on arrival already; this is the safety net for every other caller).
+    /// Adds a plain-text request. Invalid requests fail here, before any work is done (the
+    /// server checks prompts on arrival already; this is the safety net for every other
+    /// caller).
     pub fn add(
         &mut self,
         id: u64,
         prompt: Vec<u32>,
         params: GenerateParams,
+        arrived: Instant,
+    ) -> Result<Admitted, GenerateError> {
+        self.add_with(id, prompt, params, Output::plain(), arrived)
+    }
+
+    /// Adds a request whose output is constrained or parsed as `output` says.
+    pub fn add_with(
+        &mut self,
+        id: u64,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        output: Output,
         arrived: Instant,
     ) -> Result<Admitted, GenerateError> {
         let started = Instant::now();
@@ -182,9 +202,11 @@ impl<'e> Scheduler<'e> {
         let prompt_len = prompt.len();
         let seq = Sequence {
             id,
-            device_greedy: sampler.is_plain_greedy(),
+            device_greedy: sampler.is_plain_greedy() && output.constraint.is_none(),
             sampler,
             detok: Detokenizer::new(params.stop.clone()),
+            constraint: output.constraint,
+            output: output.parser,
             params,
             prompt_len,
             tokens: prompt,
@@ -250,6 +272,7 @@ impl<'e> Scheduler<'e> {
         if let Err(e) = self.queue_ahead(&step) {
             return self.fail_rows(&step.ids, &e, emit);
         }
+        self.prepare_masks(&step.ids, emit);
         if let Err(e) = self.read_step(&step, emit) {
             self.fail_rows(&step.ids, &e, emit);
         }
@@ -375,6 +398,26 @@ impl<'e> Scheduler<'e> {
         Ok(())
     }
 
+    /// Computes the grammar masks of the step's constrained rows, while the device is still
+    /// busy with the forward pass. A grammar that fails ends its own request only.
+    fn prepare_masks(&mut self, rows: &[u64], emit: &mut dyn FnMut(Event)) {
+        let mut failed = Vec::new();
+        for seq in self.seqs.iter_mut().filter(|s| rows.contains(&s.id)) {
+            if let Some(c) = &mut seq.constraint {
+                if let Err(e) = c.prepare() {
+                    failed.push((seq.id, e));
+                }
+            }
+        }
+        for (id, e) in failed {
+            self.seqs.retain(|s| s.id != id);
+            emit(Event::Error(
+                id,
+                GenerateError::Engine(format!("grammar: {e}")),
+            ));
+        }
+    }
+
     /// Reads a step's tokens and moves each of its sequences on.
     fn read_step(&mut self, step: &Step, emit: &mut dyn FnMut(Event)) -> Result<(), GenerateError> {
         let wants_dist = step.ids.iter().any(|id| {
@@ -421,7 +464,18 @@ impl<'e> Scheduler<'e> {
                     };
                     let mut logits = raw.to_vec();
                     seq.sampler.process(&mut logits);
+                    if let Some(c) = &mut seq.constraint {
+                        c.apply(&mut logits).map_err(GenerateError::Engine)?;
+                        if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                            return Err(GenerateError::Engine(
+                                "the grammar allows no token of this model".into(),
+                            ));
+                        }
+                    }
                     let token = seq.sampler.choose(&logits);
+                    if let Some(c) = &mut seq.constraint {
+                        c.commit(token).map_err(GenerateError::Engine)?;
+                    }
                     let lp = match seq.params.logprobs {
                         Some(n) => {
                             let dist = sampling::log_softmax(&logits);
@@ -484,18 +538,27 @@ fn advance(
         seq.detok.push(&engine.tokenizer, token)?
     };
     let out_of_room = seq.usage.completion_tokens as usize >= seq.max_tokens;
+    // The grammar is complete, or the tool-call limit was reached: nothing more can follow.
+    let complete =
+        seq.constraint.as_ref().is_some_and(Constraint::is_finished) || seq.output.is_done();
     let mut chunk = Chunk {
         text,
+        deltas: Vec::new(),
         token_ids: if eos { Vec::new() } else { vec![token] },
         logprobs: if eos { Vec::new() } else { logprobs },
     };
-    if out_of_room && !eos && !stopped {
+    let ending = eos || stopped || out_of_room || complete;
+    if ending && !eos && !stopped {
         chunk.text.push_str(&seq.detok.finish());
     }
-    if !chunk.text.is_empty() || !chunk.token_ids.is_empty() {
+    chunk.deltas = seq
+        .output
+        .push(&chunk.text, chunk.token_ids.len() as u32, ending);
+    seq.usage.reasoning_tokens = seq.output.reasoning_tokens;
+    if !chunk.text.is_empty() || !chunk.token_ids.is_empty() || !chunk.deltas.is_empty() {
         emit(Event::Chunk(seq.id, chunk));
     }
-    Ok(if eos || stopped {
+    Ok(if eos || stopped || complete {
         Some(FinishReason::Stop)
     } else if out_of_room {
         Some(FinishReason::Length)

@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use opta_lmx_shared::model_dir::QuantizationConfig;
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, Delta, ErrorKind, FinishReason, FromWorker,
-    GenerateRequest, ModelFacts, Prompt, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
+    read_frame_blocking, write_frame_blocking, ErrorKind, FinishReason, FromWorker,
+    GenerateRequest, ModelFacts, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
     PROTOCOL_VERSION,
 };
-use serde_json::Value;
 
 use crate::engine::Engine;
+use crate::prepare::{prepare, Output, Prepared};
 use crate::request::{GenerateError, GenerateParams};
 use crate::scheduler::{Admitted, Event, Scheduler, SchedulerConfig};
 
@@ -295,6 +295,7 @@ struct Queued {
     request_id: u64,
     prompt: Vec<u32>,
     params: GenerateParams,
+    output: Output,
     arrived: Instant,
 }
 
@@ -360,18 +361,21 @@ impl Server<'_> {
         let params = generate_params(&req);
         let engine = self.engine;
         // A panic while templating fails this request, not the model.
-        let prepared = catch_unwind(AssertUnwindSafe(|| prepare_prompt(engine, req.prompt)))
-            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        let prepared = catch_unwind(AssertUnwindSafe(|| {
+            prepare(engine, req.prompt, &req.output, request_id)
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
         match prepared {
-            Ok(prompt) => {
+            Ok(Prepared { ids, output }) => {
                 self.link.send(&FromWorker::Accepted {
                     request_id,
-                    prompt_tokens: saturating_u32(prompt.len()),
+                    prompt_tokens: saturating_u32(ids.len()),
                 });
                 self.queue.push_back(Queued {
                     request_id,
-                    prompt,
+                    prompt: ids,
                     params,
+                    output,
                     arrived,
                 });
             }
@@ -386,7 +390,10 @@ impl Server<'_> {
                 return;
             };
             let id = job.request_id;
-            match self.sched.add(id, job.prompt, job.params, job.arrived) {
+            match self
+                .sched
+                .add_with(id, job.prompt, job.params, job.output, job.arrived)
+            {
                 Ok(Admitted::Running) => {}
                 Ok(Admitted::Finished(outcome)) => {
                     send_event(self.link, Event::Done(id, outcome));
@@ -455,10 +462,7 @@ fn send_event(link: &Link, event: Event) {
         // Always stream: whether the client streams only changes what the controller does.
         Event::Chunk(request_id, chunk) => FromWorker::Chunk {
             request_id,
-            deltas: vec![Delta::Text {
-                tokens: saturating_u32(chunk.tokens()),
-                text: chunk.text,
-            }],
+            deltas: chunk.deltas,
             logprobs: chunk.logprobs,
         },
         Event::Done(request_id, outcome) => FromWorker::Done {
@@ -494,34 +498,6 @@ pub fn generate_params(req: &GenerateRequest) -> GenerateParams {
     }
 }
 
-/// The prompt's token ids, checked to fit the model: chat prompts through the model's chat
-/// template, text through the tokenizer, token ids as they are.
-pub fn prepare_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, GenerateError> {
-    let ids = match prompt {
-        Prompt::Chat {
-            messages_json,
-            tools_json,
-            add_generation_prompt,
-        } => {
-            let messages = parse_json("messages_json", &messages_json)?;
-            let tools = match tools_json {
-                Some(text) => Some(parse_json("tools_json", &text)?),
-                None => None,
-            };
-            engine.chat_prompt(&messages, tools.as_ref(), add_generation_prompt)?
-        }
-        Prompt::Text(text) => engine.tokenizer.encode(&text)?,
-        Prompt::Tokens(ids) => ids,
-    };
-    engine.check_prompt(&ids)?;
-    Ok(ids)
-}
-
-fn parse_json(what: &str, text: &str) -> Result<Value, GenerateError> {
-    serde_json::from_str(text)
-        .map_err(|e| GenerateError::InvalidRequest(format!("{what} is not valid JSON: {e}")))
-}
-
 pub fn error_kind(e: &GenerateError) -> ErrorKind {
     match e {
         GenerateError::InvalidRequest(_) => ErrorKind::InvalidRequest,
@@ -549,15 +525,7 @@ fn ms_since(earlier: Instant, later: Instant) -> f64 {
 mod tests {
     use super::*;
     use opta_lmx_shared::model_dir::Quantization;
-
-    #[test]
-    fn bad_json_is_an_invalid_request_naming_the_field() {
-        let e = parse_json("messages_json", "[{").unwrap_err();
-        assert_eq!(error_kind(&e), ErrorKind::InvalidRequest);
-        assert!(e.to_string().contains("messages_json"), "{e}");
-        let v = parse_json("messages_json", r#"[{"role":"user","content":"hi"}]"#).unwrap();
-        assert_eq!(v[0]["content"], "hi");
-    }
+    use opta_lmx_shared::protocol::{OutputSpec, Prompt};
 
     #[test]
     fn quantization_labels() {
@@ -584,6 +552,7 @@ mod tests {
             max_tokens: Some(3),
             stop: vec!["x".into()],
             logprobs: None,
+            output: OutputSpec::default(),
         };
         assert_eq!(generate_params(&req).logprobs, None);
         req.logprobs = Some(0);

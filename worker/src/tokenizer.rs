@@ -24,6 +24,11 @@ pub enum TokenizerError {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Special tokens kept in decoded text: tool-call and reasoning markers, which the
+    /// output parser reads (decoding drops every other special token).
+    kept_specials: BTreeSet<u32>,
+    /// Where `tokenizer.json` is, for building the grammar engine's token space on demand.
+    path: std::path::PathBuf,
     template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
@@ -96,8 +101,15 @@ impl Tokenizer {
         if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
             eos_ids.insert(id);
         }
+        let kept_specials = crate::tool_syntax::MARKERS
+            .iter()
+            .chain([&crate::output::THINK_OPEN, &crate::output::THINK_CLOSE])
+            .filter_map(|m| inner.token_to_id(m))
+            .collect();
         Ok(Tokenizer {
             inner,
+            kept_specials,
+            path,
             template,
             bos_token,
             eos_token,
@@ -123,11 +135,47 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Text of `ids`, leaving special tokens out.
+    /// Text of `ids`, leaving special tokens out but for the markers the output parser
+    /// reads, which stay as their text.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))
+        let plain = |ids: &[u32]| {
+            self.inner
+                .decode(ids, true)
+                .map_err(|e| TokenizerError::Encode(e.to_string()))
+        };
+        if !ids.iter().any(|id| self.kept_specials.contains(id)) {
+            return plain(ids);
+        }
+        let mut out = String::new();
+        for run in ids.split_inclusive(|id| self.kept_specials.contains(id)) {
+            match run.split_last() {
+                Some((last, before)) if self.kept_specials.contains(last) => {
+                    out.push_str(&plain(before)?);
+                    out.push_str(&self.inner.id_to_token(*last).unwrap_or_default());
+                }
+                _ => out.push_str(&plain(run)?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The chat template's source, if the model has one.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_deref()
+    }
+
+    /// The token space constrained decoding works in (slow: reads and indexes the whole
+    /// vocabulary; the engine builds it once, on first use).
+    pub fn token_space(&self) -> Result<crate::grammar::TokenSpace, String> {
+        let bytes =
+            std::fs::read(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let eos: Vec<u32> = self.eos_ids.iter().copied().collect();
+        crate::grammar::TokenSpace::new(&bytes, self.inner.clone(), &eos)
+    }
+
+    /// Whether `text` is one token of the vocabulary.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
     }
 
     /// The text of a single token as the vocabulary spells it, for logprobs.
@@ -145,6 +193,18 @@ impl Tokenizer {
         messages: &Value,
         tools: Option<&Value>,
         add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        self.render_chat_with(messages, tools, add_generation_prompt, None)
+    }
+
+    /// [`Self::render_chat`] with extra template variables (`enable_thinking`,
+    /// `reasoning_effort`, ...), as `apply_chat_template(**kwargs)` takes them.
+    pub fn render_chat_with(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+        kwargs: Option<&Value>,
     ) -> Result<String, TokenizerError> {
         let source = self
             .template
@@ -170,12 +230,17 @@ impl Tokenizer {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        let ctx = minijinja::context! {
+        let base = minijinja::context! {
             messages => JinjaValue::from_serialize(messages),
             tools => tools.map(JinjaValue::from_serialize),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
+        };
+        // The fixed variables win over a kwarg of the same name.
+        let ctx = match kwargs {
+            Some(extra) => minijinja::context! { ..base, ..JinjaValue::from_serialize(extra) },
+            None => base,
         };
         tmpl.render(ctx)
             .map_err(|e| TokenizerError::Template(e.to_string()))

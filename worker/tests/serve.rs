@@ -303,6 +303,7 @@ fn request(id: u64, prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest 
         max_tokens,
         stop: Vec::new(),
         logprobs: None,
+        output: OutputSpec::default(),
     }
 }
 
@@ -527,6 +528,7 @@ fn request_errors_are_reported_and_the_worker_keeps_serving() {
             messages_json: r#"[{"role":"user","content":"hi"}"#.into(),
             tools_json: None,
             add_generation_prompt: true,
+            template_kwargs_json: None,
         },
         Some(4),
     ));

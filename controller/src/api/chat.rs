@@ -13,6 +13,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use opta_lmx_shared::protocol::{AnswerFormat, OutputSpec, ToolChoice as WireToolChoice};
+
 use super::common::{finite_logprob, FinishReason, StreamMeta, Usage};
 use super::error::ApiError;
 use super::sampling::{check_token_limit, token_limit};
@@ -40,6 +42,13 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// Extra chat-template variables (vLLM's and LM Studio's field), e.g.
+    /// `{"enable_thinking": false}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// OpenAI's reasoning effort; templates that know it (gpt-oss) read `reasoning_effort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -363,11 +372,59 @@ impl super::Validate for ChatCompletionRequest {
             }
             _ => {}
         }
+        if let Some(ResponseFormat::JsonSchema { json_schema }) = &self.response_format {
+            match &json_schema.schema {
+                Some(Value::Object(_)) | Some(Value::Bool(true)) => {}
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "response_format.json_schema.schema",
+                        "Invalid value for 'response_format.json_schema.schema': a JSON Schema object is required.",
+                    ))
+                }
+            }
+        }
         Ok(())
     }
 }
 
 impl ChatCompletionRequest {
+    /// The answer's shape for the worker: format, tool choice and call limit.
+    pub fn output_spec(&self) -> OutputSpec {
+        let has_tools = self.tools.as_ref().is_some_and(|t| !t.is_empty());
+        let format = match &self.response_format {
+            None | Some(ResponseFormat::Text) => AnswerFormat::Text,
+            Some(ResponseFormat::JsonObject) => AnswerFormat::JsonObject,
+            Some(ResponseFormat::JsonSchema { json_schema }) => AnswerFormat::JsonSchema {
+                schema_json: json_schema
+                    .schema
+                    .as_ref()
+                    .map_or_else(|| "{}".to_string(), Value::to_string),
+                strict: json_schema.strict.unwrap_or(false),
+            },
+        };
+        let tool_choice = match (&self.tool_choice, has_tools) {
+            (_, false) | (Some(ToolChoice::None), _) => WireToolChoice::None,
+            (None | Some(ToolChoice::Auto), true) => WireToolChoice::Auto,
+            (Some(ToolChoice::Required), true) => WireToolChoice::Required,
+            (Some(ToolChoice::Function { name }), true) => WireToolChoice::Function(name.clone()),
+        };
+        OutputSpec {
+            format,
+            tool_choice,
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
+        }
+    }
+
+    /// Variables for the chat template beyond messages and tools, as JSON text.
+    pub fn template_kwargs(&self) -> Option<String> {
+        let mut kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
+        if let Some(effort) = &self.reasoning_effort {
+            kwargs
+                .entry("reasoning_effort")
+                .or_insert_with(|| Value::String(effort.clone()));
+        }
+        (!kwargs.is_empty()).then(|| Value::Object(kwargs).to_string())
+    }
     /// How many alternatives per token to report, or `None` when logprobs are off.
     pub fn logprobs_top_n(&self) -> Option<u32> {
         self.logprobs
@@ -443,6 +500,9 @@ pub struct AssistantMessage {
     /// The model's reasoning, apart from the answer (DeepSeek's and LM Studio's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The same text under the name OpenRouter, Ollama and Open WebUI read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
 }
@@ -453,6 +513,7 @@ impl AssistantMessage {
             role: Role::Assistant,
             content: Some(content.into()),
             reasoning_content: None,
+            reasoning: None,
             tool_calls: None,
         }
     }
@@ -462,6 +523,7 @@ impl AssistantMessage {
             role: Role::Assistant,
             content,
             reasoning_content: None,
+            reasoning: None,
             tool_calls: Some(calls),
         }
     }
@@ -550,6 +612,9 @@ pub struct Delta {
     /// Reasoning text, streamed apart from the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The same text under its other common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
@@ -662,9 +727,11 @@ impl StreamMeta {
     }
 
     pub fn reasoning_chunk(&self, text: impl Into<String>) -> ChatCompletionChunk {
+        let text = text.into();
         self.chat_delta(
             Delta {
-                reasoning_content: Some(text.into()),
+                reasoning_content: Some(text.clone()),
+                reasoning: Some(text),
                 ..Delta::default()
             },
             None,

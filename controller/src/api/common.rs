@@ -28,6 +28,13 @@ pub struct Usage {
     pub total_tokens: u32,
     /// OpenAI's report of prompt tokens served from the prompt cache.
     pub prompt_tokens_details: PromptTokensDetails,
+    /// OpenAI's report of completion tokens spent reasoning.
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +54,14 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
             prompt_tokens_details: PromptTokensDetails { cached_tokens },
+            completion_tokens_details: CompletionTokensDetails::default(),
         }
+    }
+
+    /// These counts, `reasoning_tokens` of the completion spent reasoning.
+    pub fn with_reasoning(mut self, reasoning_tokens: u32) -> Self {
+        self.completion_tokens_details.reasoning_tokens = reasoning_tokens;
+        self
     }
 }
 

@@ -12,6 +12,9 @@ use serde::Serialize;
 /// The stream's terminator; the OpenAI SDKs stop reading at it.
 pub const DONE: &str = "data: [DONE]\n\n";
 
+/// An SSE comment, which clients ignore; sent while nothing else is ready.
+pub const KEEP_ALIVE: &str = ": keep-alive\n\n";
+
 /// Content type of a streamed response.
 pub const CONTENT_TYPE: &str = "text/event-stream";
 

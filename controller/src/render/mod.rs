@@ -7,7 +7,7 @@ mod openai;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::header;
@@ -195,6 +195,9 @@ pub fn tokens_per_second(usage: &Usage, timings: &Timings) -> f64 {
     }
 }
 
+/// How long a stream may stay silent before it gets a keep-alive comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// One SSE response while it streams.
 struct Streaming<R> {
     events: GenerationStream,
@@ -260,7 +263,16 @@ impl<R: Renderer> Streaming<R> {
             self.push(events);
             return;
         }
-        let events = match self.events.next().await {
+        // A long prefill (or a queue) can keep the worker quiet for a while; an SSE comment
+        // keeps clients with short read timeouts and idle-closing proxies from giving up.
+        let next = match tokio::time::timeout(KEEP_ALIVE, self.events.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                self.queue.push_back(sse::KEEP_ALIVE.to_string());
+                return;
+            }
+        };
+        let events = match next {
             Some(StreamEvent::Accepted { .. }) => Vec::new(),
             Some(StreamEvent::Chunk { deltas, logprobs }) => {
                 self.called_tools |= deltas.iter().any(|d| matches!(d, Delta::ToolCall { .. }));

@@ -26,6 +26,7 @@ fn usage(end: &End) -> Usage {
         end.usage.completion_tokens,
         end.usage.cached_prompt_tokens,
     )
+    .with_reasoning(end.usage.reasoning_tokens)
 }
 
 fn chat_logprobs(lps: &[proto::TokenLogprob]) -> ChatLogprobs {
@@ -128,7 +129,9 @@ impl Renderer for ChatRenderer {
             // OpenAI sends `content: null` when the model only called tools.
             AssistantMessage::tool_calls((!out.text.is_empty()).then_some(out.text), calls)
         };
-        message.reasoning_content = (!out.reasoning.is_empty()).then_some(out.reasoning);
+        let reasoning = (!out.reasoning.is_empty()).then_some(out.reasoning);
+        message.reasoning_content.clone_from(&reasoning);
+        message.reasoning = reasoning;
         let body = ChatCompletion::new(
             self.meta.model.clone(),
             message,

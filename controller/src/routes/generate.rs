@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use opta_lmx_shared::protocol::Prompt;
+use opta_lmx_shared::protocol::{OutputSpec, Prompt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -95,7 +95,19 @@ fn template_messages(req: &ChatCompletionRequest) -> Value {
                     obj.insert("tool_call_id".into(), json!(id));
                 }
                 if let Some(calls) = &m.tool_calls {
-                    obj.insert("tool_calls".into(), json!(calls));
+                    // Templates index the arguments as a mapping (`arguments | tojson`, or
+                    // `arguments.items()`), as transformers passes them.
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .map(|c| {
+                            let mut v = json!(c);
+                            if let Ok(args) = serde_json::from_str::<Value>(&c.function.arguments) {
+                                v["function"]["arguments"] = args;
+                            }
+                            v
+                        })
+                        .collect();
+                    obj.insert("tool_calls".into(), Value::Array(calls));
                 }
                 Value::Object(obj)
             })
@@ -119,6 +131,7 @@ fn job<T>(
         max_tokens,
         stop: req.stop_sequences().to_vec(),
         logprobs,
+        output: OutputSpec::default(),
         wait: admission::prefer_wait(headers),
     }
 }
@@ -137,14 +150,17 @@ impl GenerationApi for Chat {
             messages_json: template_messages(req).to_string(),
             tools_json: tools.map(|t| json!(t).to_string()),
             add_generation_prompt: true,
+            template_kwargs_json: req.template_kwargs(),
         };
-        job(
+        let mut job = job(
             req,
             headers,
             prompt,
             req.max_new_tokens(),
             req.logprobs_top_n(),
-        )
+        );
+        job.output = req.output_spec();
+        job
     }
 
     fn renderer(req: &Generation<ChatCompletionRequest>, model: &str) -> ChatRenderer {

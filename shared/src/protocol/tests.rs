@@ -18,6 +18,7 @@ fn chat_request(request_id: u64) -> GenerateRequest {
             .into(),
             tools_json: Some(r#"[{"type":"function","function":{"name":"w"}}]"#.into()),
             add_generation_prompt: true,
+            template_kwargs_json: Some(r#"{"enable_thinking":false}"#.into()),
         },
         sampling: SamplingParams {
             temperature: 0.7,
@@ -34,6 +35,14 @@ fn chat_request(request_id: u64) -> GenerateRequest {
         max_tokens: Some(256),
         stop: vec!["\n\n".into(), "</s>".into()],
         logprobs: Some(5),
+        output: OutputSpec {
+            format: AnswerFormat::JsonSchema {
+                schema_json: r#"{"type":"object"}"#.into(),
+                strict: true,
+            },
+            tool_choice: ToolChoice::Function("w".into()),
+            parallel_tool_calls: false,
+        },
     }
 }
 
@@ -47,6 +56,7 @@ fn to_worker_samples() -> Vec<ToWorker> {
             max_tokens: None,
             stop: vec![],
             logprobs: None,
+            output: OutputSpec::default(),
         }),
         ToWorker::Generate(GenerateRequest {
             request_id: u64::MAX,
@@ -55,6 +65,7 @@ fn to_worker_samples() -> Vec<ToWorker> {
             max_tokens: Some(0),
             stop: vec![String::new()],
             logprobs: Some(0),
+            output: OutputSpec::default(),
         }),
         ToWorker::Generate(GenerateRequest {
             request_id: 3,
@@ -62,11 +73,17 @@ fn to_worker_samples() -> Vec<ToWorker> {
                 messages_json: r#"[{"role":"user","content":"¿Qué tal?"}]"#.into(),
                 tools_json: None,
                 add_generation_prompt: false,
+                template_kwargs_json: None,
             },
             sampling: SamplingParams::default(),
             max_tokens: Some(u32::MAX),
             stop: vec![],
             logprobs: Some(u32::MAX),
+            output: OutputSpec {
+                format: AnswerFormat::JsonObject,
+                tool_choice: ToolChoice::Required,
+                parallel_tool_calls: true,
+            },
         }),
         ToWorker::Cancel { request_id: 7 },
         ToWorker::GetStats,
@@ -308,6 +325,7 @@ fn a_user_prompt_is_one_user_message_in_json() {
         messages_json,
         tools_json,
         add_generation_prompt,
+        template_kwargs_json,
     } = Prompt::user("say \"hi\" ☀")
     else {
         panic!("a chat prompt");
@@ -318,6 +336,7 @@ fn a_user_prompt_is_one_user_message_in_json() {
         serde_json::json!([{"role": "user", "content": "say \"hi\" ☀"}])
     );
     assert_eq!(tools_json, None);
+    assert_eq!(template_kwargs_json, None);
     assert!(add_generation_prompt);
 }
 
@@ -424,7 +443,7 @@ fn wire_format_fingerprint() {
     });
     assert_eq!(
         (PROTOCOL_VERSION, wire.len(), format!("{hash:016x}")),
-        (2, 1067, "bf418a3ab8f9b91c".to_string()),
+        (3, 1128, "10db2347d9728c59".to_string()),
         "wire format changed: bump PROTOCOL_VERSION, then update this fingerprint"
     );
 }

@@ -1,0 +1,312 @@
+//! Turning one request into what the scheduler runs: the prompt's token ids (chat through
+//! the model's template, with its tools and template variables), the grammar that
+//! constrains the answer, and the parser that reads reasoning and tool calls out of it.
+
+use llguidance::api::TopLevelGrammar;
+use opta_lmx_shared::protocol::{AnswerFormat, OutputSpec, Prompt, ToolChoice};
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::grammar::{self, Constraint};
+use crate::output::{self, OutputParser};
+use crate::request::GenerateError;
+use crate::tool_syntax::{self, CallParser, ParamTypes, ToolSyntax};
+
+/// How one sequence's output is constrained and read.
+pub struct Output {
+    pub constraint: Option<Constraint>,
+    pub parser: OutputParser,
+}
+
+impl Output {
+    /// Unconstrained plain text.
+    pub fn plain() -> Self {
+        Output {
+            constraint: None,
+            parser: OutputParser::plain(),
+        }
+    }
+}
+
+/// A request ready to run.
+pub struct Prepared {
+    pub ids: Vec<u32>,
+    pub output: Output,
+}
+
+/// Prepares a request: prompt ids checked to fit the model, and its output handling. Every
+/// problem the request itself causes is an `InvalidRequest` naming the field.
+pub fn prepare(
+    engine: &Engine,
+    prompt: Prompt,
+    spec: &OutputSpec,
+    request_id: u64,
+) -> Result<Prepared, GenerateError> {
+    let (ids, chat) = match prompt {
+        Prompt::Chat {
+            messages_json,
+            tools_json,
+            add_generation_prompt,
+            template_kwargs_json,
+        } => {
+            let messages = parse_json("messages_json", &messages_json)?;
+            let tools = match tools_json {
+                Some(text) => Some(parse_json("tools_json", &text)?),
+                None => None,
+            };
+            let kwargs = match template_kwargs_json {
+                Some(text) => Some(parse_json("chat_template_kwargs", &text)?),
+                None => None,
+            };
+            // `tool_choice: "none"`: the model is not shown the tools at all.
+            let tools = tools.filter(|_| spec.tool_choice != ToolChoice::None);
+            let syntax = tools.as_ref().map(|_| tool_syntax_for(engine));
+            let text = render(
+                engine,
+                &messages,
+                tools.as_ref(),
+                add_generation_prompt,
+                kwargs.as_ref(),
+            )?;
+            let ids = engine.tokenizer.encode(&text)?;
+            (ids, Some((text, tools, syntax)))
+        }
+        Prompt::Text(text) => (engine.tokenizer.encode(&text)?, None),
+        Prompt::Tokens(ids) => (ids, None),
+    };
+    engine.check_prompt(&ids)?;
+
+    let (thinking, tools, syntax) = match &chat {
+        Some((text, tools, syntax)) => (
+            reasons(engine).then(|| output::prompt_opens_thinking(text)),
+            tools.clone(),
+            *syntax,
+        ),
+        None => (None, None, None),
+    };
+    let max_calls = if spec.parallel_tool_calls {
+        u32::MAX
+    } else {
+        1
+    };
+    let calls = match (&tools, syntax) {
+        (Some(tools), Some(syntax)) => Some(CallParser::new(
+            syntax,
+            ParamTypes::from_tools(Some(tools)),
+            max_calls,
+            &format!("call_{request_id:x}{:x}_", std::process::id()),
+        )),
+        _ => None,
+    };
+    let lark = constraint_lark(engine, spec, tools.as_ref(), syntax)?;
+    let constraint = match lark {
+        Some(lark) => {
+            // A prompt that opened a reasoning block gets it closed first: the constrained
+            // answer follows it.
+            let lark = if thinking == Some(true) {
+                let close =
+                    grammar::lark_literal(engine.token_space()?.trie(), output::THINK_CLOSE);
+                format!(
+                    "start: {close} \"\\n\\n\" answer\n{}",
+                    lark.replacen("start:", "answer:", 1)
+                )
+            } else {
+                lark
+            };
+            let space = engine.token_space()?;
+            Some(
+                space
+                    .constraint(TopLevelGrammar::from_lark(lark))
+                    .map_err(|e| invalid_format(spec, &e))?,
+            )
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        ids,
+        output: Output {
+            constraint,
+            parser: OutputParser::new(thinking, calls),
+        },
+    })
+}
+
+/// The lark grammar the answer must follow, if any: a forced tool call wins over a
+/// response format.
+fn constraint_lark(
+    engine: &Engine,
+    spec: &OutputSpec,
+    tools: Option<&Value>,
+    syntax: Option<ToolSyntax>,
+) -> Result<Option<String>, GenerateError> {
+    let only = match &spec.tool_choice {
+        ToolChoice::Required => Some(None),
+        ToolChoice::Function(name) => Some(Some(name.as_str())),
+        ToolChoice::Auto | ToolChoice::None => None,
+    };
+    if let (Some(only), Some(tools), Some(syntax)) = (only, tools, syntax) {
+        let list = tools.as_array().cloned().unwrap_or_default();
+        let space = engine.token_space()?;
+        let lark = tool_syntax::forced_call_grammar(syntax, &list, only, false, space.trie())
+            .map_err(|e| GenerateError::InvalidRequest(format!("tools: {e}")))?;
+        return Ok(Some(lark));
+    }
+    let schema = match &spec.format {
+        AnswerFormat::Text => return Ok(None),
+        AnswerFormat::JsonObject => (json!({"type": "object"}), false),
+        AnswerFormat::JsonSchema {
+            schema_json,
+            strict,
+        } => {
+            let schema: Value = serde_json::from_str(schema_json).map_err(|e| {
+                GenerateError::InvalidRequest(format!(
+                    "response_format.json_schema.schema is not valid JSON: {e}"
+                ))
+            })?;
+            grammar::check_schema_bounds(&schema).map_err(|e| invalid_format(spec, &e))?;
+            (schema, *strict)
+        }
+    };
+    let text = serde_json::to_string(&grammar::with_options(schema.0, schema.1))
+        .map_err(|e| GenerateError::Engine(e.to_string()))?;
+    Ok(Some(format!("start: json\njson: %json {text}\n")))
+}
+
+fn invalid_format(spec: &OutputSpec, e: &str) -> GenerateError {
+    let field = match (&spec.tool_choice, &spec.format) {
+        (ToolChoice::Required | ToolChoice::Function(_), _) => "tools",
+        _ => "response_format",
+    };
+    GenerateError::InvalidRequest(format!("{field}: unsupported or invalid schema: {e}"))
+}
+
+/// The template, with tools taught through a system message when the template has no
+/// place for them.
+fn render(
+    engine: &Engine,
+    messages: &Value,
+    tools: Option<&Value>,
+    add_generation_prompt: bool,
+    kwargs: Option<&Value>,
+) -> Result<String, GenerateError> {
+    let tok = &engine.tokenizer;
+    let native = tok.template().is_some_and(|t| t.contains("tools"));
+    let text = match tools {
+        Some(tools) if !native => {
+            let messages = with_taught_tools(messages, tools);
+            tok.render_chat_with(&messages, None, add_generation_prompt, kwargs)?
+        }
+        _ => tok.render_chat_with(messages, tools, add_generation_prompt, kwargs)?,
+    };
+    Ok(text)
+}
+
+/// For a template without tools: the tool list goes into the system message, and earlier
+/// tool calls are written back into the assistant turns in the syntax taught.
+fn with_taught_tools(messages: &Value, tools: &Value) -> Value {
+    let teach = tool_syntax::tool_system_prompt(tools);
+    let mut out: Vec<Value> = Vec::new();
+    let list = messages.as_array().cloned().unwrap_or_default();
+    let has_system = list
+        .first()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r == "system" || r == "developer");
+    if !has_system {
+        out.push(json!({"role": "system", "content": teach}));
+    }
+    for (i, mut m) in list.into_iter().enumerate() {
+        if i == 0 && has_system {
+            let content = m.get("content").and_then(Value::as_str).unwrap_or_default();
+            m["content"] = json!(format!("{content}\n\n{teach}"));
+            m["role"] = json!("system");
+        }
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array).cloned() {
+            let mut content = m
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            for call in calls {
+                let f = call.get("function").unwrap_or(&call);
+                let written = json!({"name": f.get("name"), "arguments": f.get("arguments")});
+                content.push_str(&format!("<tool_call>\n{written}\n</tool_call>"));
+            }
+            m["content"] = json!(content);
+            if let Some(obj) = m.as_object_mut() {
+                obj.remove("tool_calls");
+            }
+        }
+        out.push(m);
+    }
+    Value::Array(out)
+}
+
+/// The tool syntax the model's template implies; Hermes when the template has none (the
+/// system prompt then teaches it).
+fn tool_syntax_for(engine: &Engine) -> ToolSyntax {
+    engine
+        .tool_syntax
+        .or_else(|| engine.tokenizer.template().and_then(ToolSyntax::infer))
+        .unwrap_or(ToolSyntax::Hermes)
+}
+
+/// Whether the model writes `<think>` blocks: its template or vocabulary knows the marker.
+fn reasons(engine: &Engine) -> bool {
+    engine
+        .tokenizer
+        .template()
+        .is_some_and(|t| t.contains(output::THINK_CLOSE))
+        || engine.tokenizer.token_id(output::THINK_CLOSE).is_some()
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, GenerateError> {
+    serde_json::from_str(text)
+        .map_err(|e| GenerateError::InvalidRequest(format!("{what} is not valid JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_json_is_an_invalid_request_naming_the_field() {
+        let e = parse_json("messages_json", "[{").unwrap_err();
+        assert!(matches!(e, GenerateError::InvalidRequest(_)));
+        assert!(e.to_string().contains("messages_json"), "{e}");
+        let v = parse_json("messages_json", r#"[{"role":"user","content":"hi"}]"#).unwrap();
+        assert_eq!(v[0]["content"], "hi");
+    }
+
+    #[test]
+    fn taught_tools_join_the_system_message_and_replay_calls_as_text() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let messages = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]},
+            {"role": "tool", "content": "42", "tool_call_id": "c"},
+        ]);
+        let out = with_taught_tools(&messages, &tools);
+        assert_eq!(out[0]["role"], "system");
+        assert!(out[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("\"name\":\"f\""));
+        let replay = out[2]["content"].as_str().unwrap();
+        assert!(
+            replay.starts_with("<tool_call>") && replay.contains("\"a\":1"),
+            "{replay}"
+        );
+        assert!(out[2].get("tool_calls").is_none());
+        let with_system = with_taught_tools(
+            &json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]),
+            &tools,
+        );
+        assert_eq!(with_system.as_array().unwrap().len(), 2);
+        assert!(with_system[0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Be brief."));
+    }
+}
