@@ -374,6 +374,22 @@ fn without_batching_workers_decode_one_request_at_a_time() {
     );
 }
 
+/// A stream its worker keeps silent longer than the keep-alive interval (a long prefill, a
+/// queue) gets SSE comments, which clients skip, and still ends normally.
+#[test]
+fn a_silent_stream_gets_keep_alive_comments() {
+    let fake = Fake::new("--chunk-delay-ms 6000");
+    let m = fake.model("m");
+    let d = fake.daemon("");
+    let body = chat(&m, Some(1), true).to_string();
+    let (code, raw) = d.request("POST", "/v1/chat/completions", Some(&body));
+    assert_eq!(code, 200, "{raw}");
+    let comment = raw.find(": keep-alive\n\n").expect("a keep-alive comment");
+    let first_data = raw.find("data: {").expect("a data event");
+    assert!(comment < raw.rfind("data: [DONE]").unwrap_or(0), "{raw}");
+    assert!(first_data < raw.len(), "{raw}");
+}
+
 /// The real worker answers `GetStats`; its numbers reach `/admin/status`.
 #[test]
 fn status_reports_a_real_workers_stats() {

@@ -13,7 +13,7 @@ use opta_lmx::manager::{
     GenerationStream, ManagerConfig, ManagerError, ModelManager, ModelState, StreamEvent,
 };
 use opta_lmx_shared::protocol::{
-    answer_text, FinishReason, GenerateRequest, Prompt, SamplingParams,
+    answer_text, FinishReason, GenerateRequest, OutputSpec, Prompt, SamplingParams,
 };
 use opta_lmx_tests::{binary, fake_worker_script, model};
 
@@ -29,6 +29,7 @@ fn config(worker_bin: PathBuf) -> ManagerConfig {
         auto_evict_lru: false,
         max_batch: 8,
         prompt_cache_mb: 512,
+        tool_syntax: Default::default(),
     }
 }
 

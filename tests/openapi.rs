@@ -9,6 +9,8 @@ use opta_lmx_tests::{http_with_head, Daemon};
 use serde_json::{json, Value};
 
 const TINY: &str = "opta/tiny-random-llama";
+/// Its template opens a `<think>` block, so its answers carry reasoning.
+const TINY_QWEN3: &str = "opta/tiny-random-qwen3";
 const UNKNOWN: &str = "nobody/no-such-model";
 const HTTP_METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
 
@@ -188,9 +190,28 @@ fn calls_for(method: &str, path: &str) -> Vec<Call> {
                        "temperature": 0, "max_tokens": 4, "logprobs": true, "top_logprobs": 2}),
                 json!({"model": TINY, "messages": [{"role": "user", "content": "Hi"}],
                        "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}}),
+                // A forced tool call, streamed and not; reasoning from an opened think block.
+                json!({"model": TINY, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 40, "temperature": 0, "tool_choice": "required",
+                       "tools": [{"type": "function", "function": {"name": "f", "parameters":
+                           {"type": "object", "properties": {"a": {"type": "boolean"}}}}}]}),
+                json!({"model": TINY, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 40, "temperature": 0, "stream": true,
+                       "tool_choice": {"type": "function", "function": {"name": "f"}},
+                       "tools": [{"type": "function", "function": {"name": "f"}}]}),
+                json!({"model": TINY_QWEN3, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 4, "temperature": 0}),
+                json!({"model": TINY_QWEN3, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 4, "temperature": 0, "stream": true}),
             ],
             vec![
                 (json!({"model": TINY, "messages": []}), 400),
+                (
+                    json!({"model": TINY, "messages": [{"role": "user", "content": "x"}],
+                        "response_format": {"type": "json_schema", "json_schema":
+                            {"schema": {"$ref": "#/nowhere"}}}}),
+                    400,
+                ),
                 (
                     json!({"model": TINY, "messages": [{"role": "user", "content": "x"}],
                         "temperature": 5}),

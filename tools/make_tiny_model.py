@@ -12,6 +12,11 @@ quantization, never for quality.
 writes <out-dir>/tiny-random-{llama,qwen2,qwen3} (float32) and quantized llama variants
 tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mixed} (the last one with per-module
 overrides in config.json, as mlx-lm writes them).
+
+tiny-random-qwen3 gets a chat template in the manner of Qwen3's thinking models (written here,
+not copied): tools in a system block with Hermes `<tool_call>` syntax, tool results as
+`<tool_response>`, and an assistant turn that opens `<think>` unless `enable_thinking` is false.
+It is what the reasoning and native-tool tests run against.
 """
 
 from __future__ import annotations
@@ -108,6 +113,51 @@ def quantize(weights: dict[str, mx.array], default: dict, overrides: dict) -> di
     return out
 
 
+QWEN3_STYLE_TEMPLATE = """\
+{%- if tools or messages[0].role == 'system' %}<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}{% endif %}
+{%- if tools %}
+
+# Tools
+
+You may call functions. Their signatures are inside <tools></tools>:
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+To call one, write a JSON object with its name and arguments inside <tool_call></tool_call>:
+<tool_call>
+{"name": <function name>, "arguments": <arguments object>}
+</tool_call>
+{%- endif %}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'system' %}
+{%- elif message.role == 'assistant' %}<|im_start|>assistant
+{{ message.content or '' }}
+{%- for call in message.tool_calls or [] %}
+<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% if enable_thinking is defined and not enable_thinking %}<think>
+
+</think>
+
+{% else %}<think>
+{% endif %}
+{%- endif %}"""
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -119,6 +169,11 @@ def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -
     gen = json.loads(gen_path.read_text())
     gen = {k: v for k, v in gen.items() if k.endswith("token_id") or k == "do_sample"}
     gen_path.write_text(json.dumps(gen, indent=2) + "\n")
+    if config["model_type"] == "qwen3":
+        tc_path = out / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text())
+        tc["chat_template"] = QWEN3_STYLE_TEMPLATE
+        tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}")
 
 

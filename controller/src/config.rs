@@ -45,6 +45,9 @@ pub struct ModelsConfig {
     /// Sampling for fields a request leaves out, where the model's `generation_config.json`
     /// gives no value.
     pub defaults: SamplingDefaults,
+    /// Per model id, the tool-call syntax to use instead of the one its chat template
+    /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`).
+    pub tool_call_format: std::collections::BTreeMap<String, String>,
 }
 
 /// The sampling settings a request gets for the fields it leaves out. Precedence, per field:
@@ -170,6 +173,7 @@ impl Default for ModelsConfig {
             max_queue: 32,
             prompt_cache_mb: 512,
             defaults: SamplingDefaults::default(),
+            tool_call_format: Default::default(),
         }
     }
 }
@@ -230,6 +234,14 @@ impl Config {
             ));
         }
         config.models.defaults.validate().map_err(invalid)?;
+        for (model, format) in &config.models.tool_call_format {
+            if !opta_lmx_shared::TOOL_SYNTAXES.contains(&format.as_str()) {
+                return Err(invalid(format!(
+                    "models.tool_call_format.{model} must be one of {} (got {format:?})",
+                    opta_lmx_shared::TOOL_SYNTAXES.join(", ")
+                )));
+            }
+        }
         if !["trace", "debug", "info", "warn", "error"]
             .contains(&config.logging.level.to_ascii_lowercase().as_str())
         {

@@ -196,6 +196,7 @@ async fn serve(
             1
         },
         prompt_cache_mb: cfg.models.prompt_cache_mb,
+        tool_syntax: cfg.models.tool_call_format.clone(),
     });
     let discovery = Discovery::new(cfg.models_directory());
     tracing::info!(%addr, version = opta_lmx::VERSION, models = %discovery.models_dir.display(), "opta-lmx listening");

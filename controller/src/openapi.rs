@@ -484,7 +484,13 @@ fn common_schemas() -> Value {
             }),
         )})),
         "Usage": closed(
-            &["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"],
+            &[
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "prompt_tokens_details",
+                "completion_tokens_details",
+            ],
             json!({
                 "prompt_tokens": {"type": "integer", "minimum": 0},
                 "completion_tokens": {"type": "integer", "minimum": 0},
@@ -496,9 +502,16 @@ fn common_schemas() -> Value {
                         "description": "Prompt tokens served from the prompt (prefix) cache.",
                     },
                 })),
+                "completion_tokens_details": closed(&["reasoning_tokens"], json!({
+                    "reasoning_tokens": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Completion tokens spent inside a reasoning block.",
+                    },
+                })),
             }),
         ),
-        "FinishReason": {"type": "string", "enum": ["stop", "length"]},
+        "FinishReason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
         "LmsStats": closed(
             &["tokens_per_second", "time_to_first_token", "generation_time", "stop_reason"],
             json!({
@@ -506,7 +519,7 @@ fn common_schemas() -> Value {
                 "time_to_first_token": {"type": "number", "description": "Seconds."},
                 "generation_time": {"type": "number", "description": "Seconds."},
                 "stop_reason": {"type": "string",
-                                "enum": ["eosFound", "maxPredictedTokensReached"]},
+                                "enum": ["eosFound", "maxPredictedTokensReached", "toolCalls"]},
             }),
         ),
         "LmsModelInfo": closed(&["arch", "quant", "format", "context_length"], json!({
@@ -594,16 +607,29 @@ fn chat_request_schema() -> Value {
         "logprobs": nullable(json!({"type": "boolean"})),
         "top_logprobs": nullable(json!({"type": "integer", "minimum": 0, "maximum": 20})),
         "response_format": nullable(json!({
-            "description": "Accepted and ignored: the output is not constrained.",
+            "description": "Constrains the answer with a grammar: any JSON object, or JSON \
+                valid against `json_schema.schema` (an object that lists `properties` is closed \
+                unless it sets `additionalProperties`; `strict` makes unsupported keywords an \
+                error). An invalid or unsupported schema is a 400 naming response_format.",
             "type": "object",
             "required": ["type"],
-            "properties": {"type": {"type": "string",
-                                    "enum": ["text", "json_object", "json_schema"]}},
+            "properties": {
+                "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                "json_schema": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "schema": {"type": "object"},
+                    "strict": nullable(json!({"type": "boolean"})),
+                }},
+            },
         })),
         "tools": nullable(json!({"type": "array", "items": schema_ref("Tool"),
-            "description": "Passed to the model's chat template."})),
+            "description": "Rendered by the model's chat template (or taught in the system \
+                message when the template has none); calls in the output come back as \
+                `tool_calls`."})),
         "tool_choice": nullable(json!({
-            "description": "Checked against `tools`; generation is not constrained by it.",
+            "description": "`auto` (default with tools): text or calls, parsed from the output. \
+                `none`: the tools are not shown. `required` or a named function: one call, \
+                forced by a grammar in the model's own call syntax.",
             "oneOf": [
                 {"type": "string", "enum": ["none", "auto", "required"]},
                 open(&["function"], json!({
@@ -613,7 +639,11 @@ fn chat_request_schema() -> Value {
             ],
         })),
         "parallel_tool_calls": nullable(json!({"type": "boolean",
-            "description": "Accepted and ignored."})),
+            "description": "false: at most one tool call (the default allows several)."})),
+        "chat_template_kwargs": nullable(json!({"type": "object",
+            "description": "Extra chat-template variables, e.g. {\"enable_thinking\": false}."})),
+        "reasoning_effort": nullable(json!({"type": "string",
+            "description": "Passed to the chat template as `reasoning_effort`."})),
     });
     if let Value::Object(m) = chat {
         props.extend(m);
@@ -728,7 +758,13 @@ fn chat_completion() -> Value {
                     "index": {"type": "integer"},
                     "message": closed(&["role", "content"], json!({
                         "role": {"type": "string", "enum": ["assistant"]},
-                        "content": nullable(json!({"type": "string"})),
+                        "content": nullable(json!({"type": "string",
+                            "description": "null when the model only called tools."})),
+                        "reasoning_content": {"type": "string",
+                            "description": "The model's reasoning block, apart from the answer."},
+                        "reasoning": {"type": "string",
+                            "description": "The same as reasoning_content."},
+                        "tool_calls": {"type": "array", "items": schema_ref("ToolCall")},
                     })),
                     "finish_reason": nullable(schema_ref("FinishReason")),
                     "logprobs": nullable(schema_ref("ChatLogprobs")),
@@ -756,6 +792,20 @@ fn chat_completion_chunk() -> Value {
                     "delta": closed(&[], json!({
                         "role": {"type": "string", "enum": ["assistant"]},
                         "content": {"type": "string"},
+                        "reasoning_content": {"type": "string"},
+                        "reasoning": {"type": "string"},
+                        "tool_calls": {"type": "array", "items": closed(&["index"], json!({
+                            "index": {"type": "integer", "minimum": 0},
+                            "id": {"type": "string",
+                                "description": "In the call's first delta only."},
+                            "type": {"type": "string", "enum": ["function"]},
+                            "function": closed(&[], json!({
+                                "name": {"type": "string",
+                                    "description": "In the call's first delta only."},
+                                "arguments": {"type": "string",
+                                    "description": "The next fragment of the arguments JSON."},
+                            })),
+                        }))},
                     })),
                     "logprobs": nullable(schema_ref("ChatLogprobs")),
                     "finish_reason": nullable(schema_ref("FinishReason")),

@@ -2,4 +2,8 @@
 //! read, and (with the process issue) the wire protocol between them.
 
 pub mod model_dir;
+
+/// Tool-call syntaxes a model can be configured to use (`models.tool_call_format`), as the
+/// worker's `--tool-syntax` takes them.
+pub const TOOL_SYNTAXES: &[&str] = &["hermes", "qwen3_coder", "llama3", "mistral", "deepseek"];
 pub mod protocol;

@@ -36,6 +36,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 // ---------------------------------------------------------------------------------------------
 
 /// Everything the controller sends to a worker.
+// One message per request, encoded at once: its size in memory does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ToWorker {
     /// Start a generation; answered by `Accepted`, `Chunk`s, then one `Done` or `Error` with

@@ -10,7 +10,8 @@
 //! - `--crash-after-chunks <n>`: abort (SIGABRT) right after sending its n-th chunk
 //! - `--chunk-delay-ms <n>`: pause between chunks (default 5)
 //! - `--load-delay-ms <n>`: pause between Hello and Ready, as a real load takes time
-//! - `--max-batch <n>`, `--prompt-cache-mb <n>`: accepted as the real worker's, not used
+//! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--tool-syntax <s>`: accepted as the real
+//!   worker's, not used
 //!
 //! It appends its pid to `<dir>/fake-worker.pids` and its arguments to
 //! `<dir>/fake-worker.args` (one line per start), so tests can find and count processes and
@@ -64,7 +65,7 @@ fn parse() -> Flags {
             "--crash-after-chunks" => {
                 f.crash_after_chunks = Some(value().parse().unwrap_or_else(|_| fail("bad n")))
             }
-            "--max-batch" | "--prompt-cache-mb" => {
+            "--max-batch" | "--prompt-cache-mb" | "--tool-syntax" => {
                 value()
                     .parse::<u64>()
                     .unwrap_or_else(|_| fail(&format!("bad {arg}")));

@@ -99,3 +99,89 @@ pub fn bench_model(
         .map(|_| run(&engine, &prompt, gen_tokens))
         .collect()
 }
+
+/// One batch of concurrent streams: what they generated together and how fast.
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    pub streams: usize,
+    pub constrained: bool,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+    /// All streams' tokens over the wall time of the batch.
+    pub tokens_per_s: f64,
+}
+
+/// The grammar the constrained streams follow: an open-ended JSON array of records, so they
+/// keep generating rather than finish early.
+pub const BATCH_SCHEMA: &str = r#"{"type": "array", "items": {"type": "object",
+    "properties": {"name": {"type": "string"}, "city": {"type": "string"},
+    "age": {"type": "integer"}}, "required": ["name", "city", "age"]}}"#;
+
+/// Runs `streams` sampled generations of `gen_tokens` together in one scheduler, each
+/// constrained to [`BATCH_SCHEMA`] or free. Both kinds sample on the host (temperature 0.8,
+/// seeded), so the difference between them is the grammar's cost alone.
+pub fn run_batch(
+    engine: &Engine,
+    prompt: &[u32],
+    streams: usize,
+    gen_tokens: usize,
+    constrained: bool,
+) -> anyhow::Result<BatchResult> {
+    use crate::output::OutputParser;
+    use crate::prepare::Output;
+    use crate::scheduler::{Event, Scheduler, SchedulerConfig};
+
+    let mut sched = Scheduler::new(
+        engine,
+        SchedulerConfig {
+            max_batch: streams,
+            prompt_cache_bytes: 0,
+        },
+    );
+    let start = Instant::now();
+    for i in 0..streams {
+        let params = GenerateParams {
+            sampling: SamplingParams {
+                temperature: 0.8,
+                seed: Some(i as u64),
+                ..SamplingParams::default()
+            },
+            max_tokens: Some(gen_tokens),
+            ignore_eos: !constrained,
+            ..Default::default()
+        };
+        let constraint = if constrained {
+            let schema: serde_json::Value = serde_json::from_str(BATCH_SCHEMA)?;
+            let grammar = crate::grammar::json_grammar(schema, false);
+            let space = engine.token_space().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(space.constraint(grammar).map_err(|e| anyhow::anyhow!(e))?)
+        } else {
+            None
+        };
+        let output = Output {
+            constraint,
+            parser: OutputParser::plain(),
+        };
+        sched.add_with(i as u64, prompt.to_vec(), params, output, Instant::now())?;
+    }
+    let mut tokens = 0usize;
+    let mut failure = None;
+    while !sched.is_empty() {
+        sched.step(&mut |ev| match ev {
+            Event::Chunk(_, c) => tokens += c.tokens(),
+            Event::Done(_, _) => {}
+            Event::Error(_, e) => failure = Some(e.to_string()),
+        });
+        if let Some(e) = failure.take() {
+            anyhow::bail!("a stream failed: {e}");
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(BatchResult {
+        streams,
+        constrained,
+        generated_tokens: tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds,
+    })
+}

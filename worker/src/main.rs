@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use opta_lmx_worker::tool_syntax::ToolSyntax;
 
 #[derive(Parser)]
 #[command(name = "opta-lmx-worker", version, about)]
@@ -55,7 +56,20 @@ enum Command {
         /// Memory for the prompt (prefix) cache, in MiB; 0 turns it off
         #[arg(long, default_value_t = 512)]
         prompt_cache_mb: u64,
+        /// Read and force tool calls in this syntax instead of the one the chat template
+        /// implies: hermes, qwen3_coder, llama3, mistral or deepseek
+        #[arg(long, value_parser = parse_tool_syntax)]
+        tool_syntax: Option<ToolSyntax>,
     },
+}
+
+fn parse_tool_syntax(name: &str) -> Result<ToolSyntax, String> {
+    ToolSyntax::from_name(name).ok_or_else(|| {
+        format!(
+            "unknown tool syntax {name:?}; known: {}",
+            opta_lmx_shared::TOOL_SYNTAXES.join(", ")
+        )
+    })
 }
 
 fn main() {
@@ -96,10 +110,12 @@ fn run(cli: Cli) -> ExitCode {
             model,
             max_batch,
             prompt_cache_mb,
+            tool_syntax,
         } => {
             let limits = opta_lmx_worker::serve::Limits {
                 max_batch: max_batch as usize,
                 prompt_cache_bytes: prompt_cache_mb.saturating_mul(1024 * 1024),
+                tool_syntax,
             };
             opta_lmx_worker::serve::run(&socket, &model, limits)
         }

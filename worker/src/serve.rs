@@ -62,6 +62,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Bytes of key/value states kept for prompt prefixes; 0 turns the cache off.
     pub prompt_cache_bytes: u64,
+    /// The tool-call syntax configured for this model (`None`: the template's).
+    pub tool_syntax: Option<crate::tool_syntax::ToolSyntax>,
 }
 
 /// Runs the worker: connect to `socket`, load `model_dir`, serve until shutdown. Returns the
@@ -214,7 +216,7 @@ fn arm_shutdown_deadline() {
 fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) -> ExitCode {
     log!("loading {}", dir.display());
     let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(dir)));
-    let engine = match loaded {
+    let mut engine = match loaded {
         Ok(Ok(engine)) => engine,
         Ok(Err(e)) => return load_failed(link, format!("{e:#}")),
         Err(panic) => {
@@ -224,6 +226,7 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
             )
         }
     };
+    engine.tool_syntax = limits.tool_syntax;
     let facts = model_facts(&engine);
     log!(
         "ready: {} ({} layers, {}), loaded in {:.2} s",

@@ -80,11 +80,11 @@ impl ToolSyntax {
     /// The name a config file uses for this syntax.
     pub fn from_name(name: &str) -> Option<ToolSyntax> {
         Some(match name {
-            "hermes" | "qwen" | "json_tools" => ToolSyntax::Hermes,
-            "qwen3_coder" | "qwen_xml" => ToolSyntax::QwenXml,
-            "llama3" | "llama" => ToolSyntax::Llama3,
+            "hermes" => ToolSyntax::Hermes,
+            "qwen3_coder" => ToolSyntax::QwenXml,
+            "llama3" => ToolSyntax::Llama3,
             "mistral" => ToolSyntax::Mistral,
-            "deepseek" | "deepseek_v3" => ToolSyntax::DeepSeek,
+            "deepseek" => ToolSyntax::DeepSeek,
             _ => return None,
         })
     }
@@ -841,8 +841,10 @@ pub fn forced_call_grammar(
                 } else {
                     format!("({})", names.join(" | "))
                 };
+                // The value and its closing tag are one lexeme: the lexer is greedy, and a
+                // value may hold newlines, so only one regex can tell where the value ends.
                 rules.push(format!(
-                    "param{i}: \"<parameter=\" {pname} \">\\n\" /[^<]+/ \"\\n</parameter>\\n\""
+                    "param{i}: \"<parameter=\" {pname} \">\\n\" /[^<]*\\n<\\/parameter>\\n/"
                 ));
                 format!(
                     "call{i}: {} \"\\n<function=\" {quoted_name} \">\\n\" param{i}* \"</function>\\n\" {}",
@@ -905,16 +907,17 @@ mod tests {
     /// Feeds `text` in pieces of `step` characters; returns the joined text and the calls
     /// as (name, arguments), checking every call's first delta carries id and name.
     fn run(syntax: ToolSyntax, text: &str, step: usize) -> (String, Vec<(String, String)>) {
-        run_with(syntax, text, step, u32::MAX)
+        run_with(syntax, ParamTypes::default(), text, step, u32::MAX)
     }
 
     fn run_with(
         syntax: ToolSyntax,
+        types: ParamTypes,
         text: &str,
         step: usize,
         max: u32,
     ) -> (String, Vec<(String, String)>) {
-        let mut p = CallParser::new(syntax, ParamTypes::default(), max, "call_");
+        let mut p = CallParser::new(syntax, types, max, "call_");
         let chars: Vec<char> = text.chars().collect();
         let mut pieces = Vec::new();
         for chunk in chars.chunks(step) {
@@ -1016,7 +1019,7 @@ mod tests {
     #[test]
     fn one_call_only_when_parallel_calls_are_off() {
         let text = "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>";
-        let (_, calls) = run_with(ToolSyntax::Hermes, text, 3, 1);
+        let (_, calls) = run_with(ToolSyntax::Hermes, ParamTypes::default(), text, 3, 1);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, "a");
     }
@@ -1038,24 +1041,13 @@ mod tests {
             "name": "get_weather", "parameters": {"properties": {
                 "city": {"type": "string"}, "days": {"type": "integer"}, "zip": {"type": "string"}}}}}])));
         for step in [1, 5, 1000] {
-            let mut p = CallParser::new(ToolSyntax::QwenXml, types.clone(), 8, "c");
-            let chars: Vec<char> = text.chars().collect();
-            let mut pieces = Vec::new();
-            for c in chars.chunks(step) {
-                pieces.extend(p.push(&c.iter().collect::<String>()));
-            }
-            pieces.extend(p.finish());
-            let mut args = String::new();
-            let mut content = String::new();
-            for piece in pieces {
-                match piece {
-                    Piece::Call { arguments, .. } => args.push_str(&arguments),
-                    Piece::Text(t) => content.push_str(&t),
-                }
-            }
+            let (content, calls) = run_with(ToolSyntax::QwenXml, types.clone(), text, step, 8);
             assert_eq!(content.trim(), "Sure.");
-            let v: Value = serde_json::from_str(&args).expect("JSON arguments");
-            assert_eq!(v, json!({"city": "Paris", "days": 3, "zip": "75001"}));
+            assert_eq!(calls[0].0, "get_weather");
+            assert_eq!(
+                args(&calls, 0),
+                json!({"city": "Paris", "days": 3, "zip": "75001"})
+            );
         }
     }
 
@@ -1117,6 +1109,61 @@ mod tests {
         }
     }
 
+    /// Each syntax's forced-call grammar accepts the call the parser reads back, byte by
+    /// byte, and refuses arguments that break the schema.
+    #[test]
+    fn forced_call_grammars_accept_what_the_parsers_read() {
+        use crate::grammar::TokenSpace;
+        use llguidance::api::TopLevelGrammar;
+        use llguidance::toktrie::ApproximateTokEnv;
+
+        let env = ApproximateTokEnv::single_byte_env();
+        let eos = env.tok_trie().eos_token();
+        let space = TokenSpace::from_env(env, &[eos]).expect("space");
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}),
+        ];
+        let ds = format!(
+            "{DS_CALLS_BEGIN}{DS_CALL_BEGIN}function{DS_SEP}f\n```json\n{{\"a\": 1}}\n```{DS_CALL_END}{DS_CALLS_END}"
+        );
+        let cases = [
+            (ToolSyntax::Hermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>".to_string()),
+            (ToolSyntax::Llama3, "{\"name\": \"f\", \"parameters\": {\"a\": 1}}".to_string()),
+            (ToolSyntax::Mistral, "[TOOL_CALLS]f[ARGS]{\"a\": 1}".to_string()),
+            (ToolSyntax::DeepSeek, ds),
+            (ToolSyntax::QwenXml, "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</function>\n</tool_call>".to_string()),
+        ];
+        for (syntax, text) in cases {
+            let lark = forced_call_grammar(syntax, &tools, None, false, space.trie())
+                .unwrap_or_else(|e| panic!("{syntax:?}: {e}"));
+            let feed = |text: &str| -> Result<bool, String> {
+                let mut c = space.constraint(TopLevelGrammar::from_lark(lark.clone()))?;
+                for (at, &b) in text.as_bytes().iter().enumerate() {
+                    let mut logits = vec![0.0f32; space.trie().vocab_size()];
+                    c.apply(&mut logits)?;
+                    if logits[b as usize] == f32::NEG_INFINITY {
+                        return Err(format!("{:?} refused after {:?}", b as char, &text[..at]));
+                    }
+                    c.commit(u32::from(b))?;
+                }
+                Ok(c.is_finished())
+            };
+            assert_eq!(feed(&text), Ok(true), "{syntax:?}: {lark}");
+            if syntax != ToolSyntax::QwenXml {
+                // XML parameter values are raw text; the JSON syntaxes check the schema.
+                assert!(feed(&text.replace('1', "\"x\"")).is_err(), "{syntax:?}");
+            }
+            let (_, calls) = run(syntax, &text, 3);
+            assert_eq!(calls.len(), 1, "{syntax:?}");
+            assert_eq!(
+                (calls[0].0.as_str(), args(&calls, 0)),
+                ("f", json!({"a": 1})),
+                "{syntax:?}"
+            );
+        }
+    }
+
     #[test]
     fn templates_name_their_syntax() {
         assert_eq!(
@@ -1137,5 +1184,8 @@ mod tests {
             Some(ToolSyntax::DeepSeek)
         );
         assert_eq!(ToolSyntax::infer("{{ messages }}"), None);
+        for name in opta_lmx_shared::TOOL_SYNTAXES {
+            assert!(ToolSyntax::from_name(name).is_some(), "{name}");
+        }
     }
 }

@@ -216,3 +216,112 @@ fn a_resent_conversation_reuses_its_prefix_with_the_same_answer() {
     // The same answer as computing the whole prompt.
     assert_eq!(log.ids[&2], alone(&engine, &p2, &greedy(16)));
 }
+
+/// Constrained and free requests share decode steps: the free ones still produce exactly
+/// what they produce alone, the constrained ones valid JSON that ends their generation, and
+/// a constrained request that repeats a cached conversation starts from the prompt cache.
+#[test]
+fn constrained_and_free_rows_share_a_batch_and_the_prompt_cache() {
+    use opta_lmx_shared::protocol::{answer_text, AnswerFormat, OutputSpec, Prompt};
+    use opta_lmx_worker::prepare::prepare;
+
+    let engine = engine();
+    let free_prompts = [
+        prompt(&engine, &user("Write a haiku about the sea.")),
+        prompt(&engine, &user("Count from one to ten.")),
+    ];
+    let expected: Vec<Vec<u32>> = free_prompts
+        .iter()
+        .map(|p| alone(&engine, p, &greedy(24)))
+        .collect();
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"]});
+    let constrained = |id: u64| {
+        let spec = OutputSpec {
+            format: AnswerFormat::JsonSchema {
+                schema_json: schema.to_string(),
+                strict: false,
+            },
+            ..OutputSpec::default()
+        };
+        prepare(
+            &engine,
+            Prompt::user("Describe a person as JSON."),
+            &spec,
+            id,
+        )
+        .unwrap()
+    };
+
+    let mut sched = Scheduler::new(&engine, config(8, 64));
+    let mut text: HashMap<u64, String> = HashMap::new();
+    let mut ids: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut done: HashMap<u64, Outcome> = HashMap::new();
+    for (i, p) in free_prompts.iter().enumerate() {
+        sched
+            .add(i as u64, p.clone(), greedy(24), Instant::now())
+            .unwrap();
+    }
+    for id in [10, 11] {
+        let c = constrained(id);
+        let params = GenerateParams {
+            sampling: SamplingParams {
+                temperature: if id == 10 { 0.0 } else { 0.8 },
+                seed: Some(id),
+                ..SamplingParams::default()
+            },
+            max_tokens: Some(60),
+            ..Default::default()
+        };
+        sched
+            .add_with(id, c.ids, params, c.output, Instant::now())
+            .unwrap();
+    }
+    while !sched.is_empty() {
+        sched.step(&mut |ev| match ev {
+            Event::Chunk(id, c) => {
+                ids.entry(id).or_default().extend(c.token_ids);
+                text.entry(id)
+                    .or_default()
+                    .push_str(&answer_text(&c.deltas));
+            }
+            Event::Done(id, o) => {
+                done.insert(id, o);
+            }
+            Event::Error(id, e) => panic!("request {id} failed: {e}"),
+        });
+    }
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            &ids[&(i as u64)],
+            want,
+            "free request {i} changed in the batch"
+        );
+    }
+    for id in [10, 11] {
+        let v: Value = serde_json::from_str(&text[&id])
+            .unwrap_or_else(|e| panic!("request {id}: {:?}: {e}", text[&id]));
+        assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+        assert_eq!(
+            done[&id].finish_reason,
+            FinishReason::Stop,
+            "the grammar ended it"
+        );
+    }
+
+    // The same conversation again, constrained: its prompt comes from the cache.
+    let c = constrained(12);
+    sched
+        .add_with(12, c.ids, greedy(60), c.output, Instant::now())
+        .unwrap();
+    let mut cached = 0;
+    while !sched.is_empty() {
+        sched.step(&mut |ev| {
+            if let Event::Done(_, o) = ev {
+                cached = o.usage.cached_prompt_tokens;
+            }
+        });
+    }
+    assert!(cached > 10, "cached prompt tokens: {cached}");
+}

@@ -342,7 +342,8 @@ fn chat_completion_serializes_openai_shape() {
     assert_eq!(
         v["usage"],
         json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
-               "prompt_tokens_details": {"cached_tokens": 0}})
+               "prompt_tokens_details": {"cached_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0}})
     );
     assert!(v.get("system_fingerprint").is_none());
 

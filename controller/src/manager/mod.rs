@@ -55,6 +55,8 @@ pub struct ManagerConfig {
     pub max_batch: u32,
     /// The worker's `--prompt-cache-mb`.
     pub prompt_cache_mb: u64,
+    /// Per model id, the worker's `--tool-syntax` (`models.tool_call_format`).
+    pub tool_syntax: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a manager call failed. The messages are written for clients and can be sent as they
@@ -480,9 +482,12 @@ impl ModelManager {
     ) -> Result<GenerationStream, ManagerError> {
         let not_loaded = || ManagerError::NotLoaded(model_id.to_string());
         let handle = self.handle(model_id).ok_or_else(not_loaded)?;
-        self.ask(model_id, &handle, |reply| Command::Generate { req, reply })
-            .await
-            .unwrap_or_else(|| Err(not_loaded()))
+        self.ask(model_id, &handle, |reply| Command::Generate {
+            req: Box::new(req),
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(not_loaded()))
     }
 
     /// Every model that is loading, ready, unloading or crashed, by id, with the resident

@@ -41,7 +41,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<UnloadOutcome>,
     },
     Generate {
-        req: GenerateRequest,
+        // Boxed: the request is the largest command by far, and commands queue.
+        req: Box<GenerateRequest>,
         reply: oneshot::Sender<Result<GenerationStream, ManagerError>>,
     },
     /// Unload only if ready with nothing in flight (decided here, not on a stale snapshot);
@@ -255,7 +256,7 @@ impl Supervisor {
                 }
             },
             Command::Generate { req, reply } => {
-                let _ = reply.send(self.generate(req));
+                let _ = reply.send(self.generate(*req));
             }
         }
     }
@@ -330,6 +331,7 @@ impl Supervisor {
             stop_grace: cfg.stop_grace,
             max_batch: cfg.max_batch,
             prompt_cache_mb: cfg.prompt_cache_mb,
+            tool_syntax: cfg.tool_syntax.get(&self.model).cloned(),
         };
         let (cancel_tx, mut cancel_rx) = oneshot::channel();
         let task = tokio::spawn(async move {

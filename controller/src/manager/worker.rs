@@ -43,6 +43,8 @@ pub(crate) struct Launch {
     pub stop_grace: Duration,
     pub max_batch: u32,
     pub prompt_cache_mb: u64,
+    /// The worker's `--tool-syntax`, when configured for this model.
+    pub tool_syntax: Option<String>,
 }
 
 /// A running, ready worker.
@@ -96,6 +98,11 @@ pub(crate) async fn launch(
         .arg(l.max_batch.max(1).to_string())
         .arg("--prompt-cache-mb")
         .arg(l.prompt_cache_mb.to_string())
+        .args(
+            l.tool_syntax
+                .iter()
+                .flat_map(|s| ["--tool-syntax".to_string(), s.clone()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

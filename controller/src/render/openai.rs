@@ -73,7 +73,7 @@ impl Renderer for ChatRenderer {
     fn chunk(&mut self, deltas: &[Delta], logprobs: &[proto::TokenLogprob]) -> Vec<Sse> {
         // The chunk's logprobs ride on its first text delta, as OpenAI sends them.
         let mut logprobs = self.logprobs.then(|| chat_logprobs(logprobs));
-        deltas
+        let mut out = deltas
             .iter()
             .map(|d| match d {
                 Delta::Text { text, .. } => {
@@ -98,7 +98,13 @@ impl Renderer for ChatRenderer {
                     }),
                 }])),
             })
-            .collect()
+            .collect::<Vec<_>>();
+        // Tokens whose text is still held back (half a character, a possible marker) keep
+        // their logprobs in an empty content chunk, so none goes missing.
+        if let Some(lp) = logprobs.filter(|lp| !lp.content.is_empty()) {
+            out.push(Sse::data(&self.meta.content_chunk(String::new(), Some(lp))));
+        }
+        out
     }
 
     fn done(&mut self, end: &End) -> Vec<Sse> {

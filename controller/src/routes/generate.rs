@@ -199,6 +199,7 @@ impl GenerationApi for Completions {
 mod tests {
     use super::*;
     use crate::api::completion::COMPLETIONS_DEFAULT_MAX_TOKENS;
+    use opta_lmx_shared::protocol::{AnswerFormat, ToolChoice as WireToolChoice};
 
     fn chat(body: Value) -> Generation<ChatCompletionRequest> {
         Generation::parse(body.to_string().as_bytes()).unwrap()
@@ -217,8 +218,53 @@ mod tests {
         assert_eq!(v[1]["content"], "");
         assert_eq!(v[1]["tool_calls"][0]["function"]["name"], "f");
         assert_eq!(
+            v[1]["tool_calls"][0]["function"]["arguments"],
+            json!({}),
+            "arguments reach the template as a mapping"
+        );
+        assert_eq!(
             v[2],
             json!({"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"})
+        );
+    }
+
+    #[test]
+    fn chat_requests_carry_their_answer_shape_and_template_variables() {
+        let headers = HeaderMap::new();
+        let req = chat(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": "object"}, "strict": true}},
+            "chat_template_kwargs": {"enable_thinking": false}, "reasoning_effort": "low"}));
+        let job = Chat::job(&req, &headers);
+        assert_eq!(job.output.tool_choice, WireToolChoice::Function("f".into()));
+        assert!(!job.output.parallel_tool_calls);
+        assert_eq!(
+            job.output.format,
+            AnswerFormat::JsonSchema {
+                schema_json: r#"{"type":"object"}"#.into(),
+                strict: true
+            }
+        );
+        let Prompt::Chat {
+            template_kwargs_json,
+            ..
+        } = job.prompt
+        else {
+            panic!("a chat prompt");
+        };
+        let kwargs: Value = serde_json::from_str(&template_kwargs_json.unwrap()).unwrap();
+        assert_eq!(
+            kwargs,
+            json!({"enable_thinking": false, "reasoning_effort": "low"})
+        );
+        let none = chat(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"}));
+        assert_eq!(
+            Chat::job(&none, &headers).output.tool_choice,
+            WireToolChoice::None
         );
     }
 
@@ -238,6 +284,11 @@ mod tests {
         );
         assert_eq!(job.stop, ["END"]);
         assert_eq!(job.sampling.temperature, Some(0.5));
+        assert_eq!(
+            job.output.tool_choice,
+            WireToolChoice::None,
+            "no tools, no calls"
+        );
         match job.prompt {
             Prompt::Chat { tools_json, .. } => assert_eq!(tools_json, None, "empty tools"),
             other => panic!("{other:?}"),

@@ -30,6 +30,10 @@ struct Cli {
     /// One JSON object per run instead of a table
     #[arg(long)]
     json: bool,
+    /// Instead: N concurrent sampled streams, free and JSON-schema constrained in turn,
+    /// and the constrained/free throughput ratio
+    #[arg(long, value_name = "N")]
+    constrained_batch: Option<usize>,
 }
 
 fn main() {
@@ -46,6 +50,9 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(streams) = cli.constrained_batch {
+        return run_constrained(cli, streams);
+    }
     let prompt = match &cli.prompt_ids {
         Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
         None => None,
@@ -83,5 +90,63 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Free and constrained batches alternate `runs` times (after one warm-up of each, which
+/// also builds the grammar engine's token space); the ratio compares their medians.
+fn run_constrained(cli: &Cli, streams: usize) -> anyhow::Result<()> {
+    use opta_lmx_worker::bench::{filler_prompt, run_batch};
+    use opta_lmx_worker::engine::Engine;
+
+    let options = if cli.exact {
+        LoadOptions::EXACT
+    } else {
+        LoadOptions::for_this_machine()
+    };
+    let engine = Engine::load_with(&cli.model, options)?;
+    let prompt = filler_prompt(&engine, cli.prompt_tokens)?;
+    let built = std::time::Instant::now();
+    engine
+        .token_space()
+        .map_err(|e| anyhow::anyhow!("token space: {e}"))?;
+    println!(
+        "token space (first constrained request only): {:.0} ms",
+        built.elapsed().as_secs_f64() * 1e3
+    );
+    run_batch(&engine, &prompt, streams, 8, false)?;
+    run_batch(&engine, &prompt, streams, 8, true)?;
+    let (mut free, mut constrained) = (Vec::new(), Vec::new());
+    for _ in 0..cli.runs.max(1) {
+        for (is_constrained, into) in [(false, &mut free), (true, &mut constrained)] {
+            let r = run_batch(&engine, &prompt, streams, cli.gen_tokens, is_constrained)?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{:>12} {:>8} streams {:>6} tokens {:>8.2} s {:>10.1} tok/s",
+                    if is_constrained {
+                        "constrained"
+                    } else {
+                        "free"
+                    },
+                    r.streams,
+                    r.generated_tokens,
+                    r.seconds,
+                    r.tokens_per_s
+                );
+            }
+            into.push(r.tokens_per_s);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (f, c) = (median(&mut free), median(&mut constrained));
+    println!(
+        "median: free {f:.1} tok/s, constrained {c:.1} tok/s, constrained/free {:.3}",
+        c / f
+    );
     Ok(())
 }

@@ -1,0 +1,117 @@
+//! Every tool-call syntax end to end, with the real worker: `models.tool_call_format` sets a
+//! syntax per model, a required call is forced by that syntax's grammar, and the parser reads
+//! the generated text back into an OpenAI tool call whose arguments fit the schema. The
+//! models' weights differ (SmolLM2 f32, bf16, 4-bit, a tiny random llama); what is checked is
+//! the round trip through each syntax, not what the models know.
+
+use opta_lmx_tests::Daemon;
+use serde_json::{json, Value};
+
+const CASES: &[(&str, &str)] = &[
+    ("opta/SmolLM2-135M-Instruct-f32", "llama3"),
+    ("opta/SmolLM2-135M-Instruct-bf16", "mistral"),
+    ("opta/SmolLM2-135M-Instruct-4bit", "qwen3_coder"),
+    ("opta/tiny-random-llama", "deepseek"),
+];
+
+fn body(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 24}},
+            "required": ["city"]}}}],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 80,
+        "stream": stream,
+    })
+}
+
+fn check_arguments(model: &str, syntax: &str, name: &str, arguments: &str) {
+    assert_eq!(name, "get_weather", "{model} ({syntax})");
+    let args: Value = serde_json::from_str(arguments)
+        .unwrap_or_else(|e| panic!("{model} ({syntax}): arguments {arguments:?}: {e}"));
+    let city = args["city"].as_str();
+    assert!(
+        city.is_some_and(|c| c.chars().count() <= 24),
+        "{model} ({syntax}): {args}"
+    );
+}
+
+#[test]
+fn every_syntax_forces_and_reads_back_a_call() {
+    let mut config = String::from("models:\n  tool_call_format:\n");
+    for (model, syntax) in CASES {
+        config.push_str(&format!("    {model}: {syntax}\n"));
+    }
+    let d = Daemon::start(&config);
+    for (model, syntax) in CASES {
+        let (code, r) = d.post("/v1/chat/completions", &body(model, false));
+        assert_eq!(code, 200, "{model} ({syntax}): {r}");
+        let choice = &r["choices"][0];
+        assert_eq!(
+            choice["finish_reason"], "tool_calls",
+            "{model} ({syntax}): {r}"
+        );
+        let calls = choice["message"]["tool_calls"]
+            .as_array()
+            .expect("tool_calls");
+        assert_eq!(calls.len(), 1, "{model} ({syntax}): {r}");
+        let f = &calls[0]["function"];
+        check_arguments(
+            model,
+            syntax,
+            f["name"].as_str().unwrap_or_default(),
+            f["arguments"].as_str().unwrap_or_default(),
+        );
+        assert_eq!(
+            choice["message"]["content"],
+            Value::Null,
+            "{model} ({syntax}): {r}"
+        );
+
+        // Streamed: the same call, its arguments in fragments.
+        let (code, events) = d.stream("/v1/chat/completions", &body(model, true));
+        assert_eq!(code, 200);
+        let mut name = String::new();
+        let mut arguments = String::new();
+        let mut fragments = 0;
+        for e in &events {
+            let Ok(v) = serde_json::from_str::<Value>(e) else {
+                continue;
+            };
+            for tc in v["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                name.push_str(tc["function"]["name"].as_str().unwrap_or_default());
+                arguments.push_str(tc["function"]["arguments"].as_str().unwrap_or_default());
+                fragments += 1;
+            }
+        }
+        check_arguments(model, syntax, &name, &arguments);
+        assert!(fragments > 1, "{model} ({syntax}): {events:?}");
+    }
+}
+
+#[test]
+fn an_unknown_tool_call_format_is_refused_at_startup() {
+    let (ok, _, err) = opta_lmx_tests::run(
+        std::process::Command::new(opta_lmx_tests::binary("opta-lmx"))
+            .args(["serve", "--port", "1", "--config"])
+            .arg({
+                let dir = tempfile::tempdir().unwrap().keep();
+                let path = dir.join("c.yaml");
+                std::fs::write(&path, "models:\n  tool_call_format:\n    m: xml\n").unwrap();
+                path
+            }),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("tool_call_format") && err.contains("hermes"),
+        "{err}"
+    );
+}
