@@ -220,6 +220,47 @@ fn calls_for(method: &str, path: &str) -> Vec<Call> {
                 (chat(UNKNOWN), 404),
             ],
         ),
+        ("post", "/v1/messages") => post(
+            vec![
+                json!({"model": TINY, "max_tokens": 4, "temperature": 0, "system": "Be brief.",
+                       "messages": [{"role": "user", "content": "Hi"}]}),
+                json!({"model": TINY, "max_tokens": 4, "stream": true,
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}),
+                json!({"model": TINY, "max_tokens": 40, "temperature": 0, "stream": true,
+                       "tools": [{"name": "f", "input_schema": {"type": "object",
+                           "properties": {"a": {"type": "boolean"}}}}],
+                       "tool_choice": {"type": "any"},
+                       "messages": [{"role": "user", "content": "Hi"}]}),
+                json!({"model": TINY_QWEN3, "max_tokens": 4, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Hi"}]}),
+                json!({"model": TINY_QWEN3, "max_tokens": 4, "temperature": 0, "stream": true,
+                       "messages": [{"role": "user", "content": "Hi"}]}),
+            ],
+            vec![
+                (
+                    json!({"model": TINY, "messages": [{"role": "user", "content": "x"}]}),
+                    400,
+                ),
+                (
+                    json!({"model": UNKNOWN, "max_tokens": 1,
+                        "messages": [{"role": "user", "content": "x"}]}),
+                    404,
+                ),
+            ],
+        ),
+        ("post", "/v1/messages/count_tokens") => post(
+            vec![
+                json!({"model": TINY, "messages": [{"role": "user", "content": "Hi"}],
+                        "tools": [{"name": "f", "input_schema": {"type": "object"}}]}),
+            ],
+            vec![
+                (json!({"model": TINY, "messages": []}), 400),
+                (
+                    json!({"model": UNKNOWN, "messages": [{"role": "user", "content": "x"}]}),
+                    404,
+                ),
+            ],
+        ),
         ("post", "/v1/completions" | "/api/v0/completions") => post(
             vec![
                 json!({"model": TINY, "prompt": "Once upon", "max_tokens": 4, "temperature": 0,
@@ -300,21 +341,33 @@ fn check_answer(doc: &Value, response: &Value, head: &str, body: &str, what: &st
             check(doc, &content["schema"], &value, "$")
                 .unwrap_or_else(|e| panic!("{what}: {e}\nbody: {body}"));
         }
-        "text/event-stream" => check_stream(doc, &content["x-sse-data-schema"], body, what),
+        "text/event-stream" => check_stream(doc, content, body, what),
         other => panic!("{what}: no checker for {other}"),
     }
 }
 
-/// Every `data:` event fits the documented schema, and a successful stream ends `[DONE]`.
-fn check_stream(doc: &Value, schema: &Value, body: &str, what: &str) {
+/// Every `data:` event fits the documented schema, and a successful stream ends `[DONE]`
+/// (or, where `x-sse-last-event` names one, with an event of that `type`).
+fn check_stream(doc: &Value, content: &Value, body: &str, what: &str) {
+    let schema = &content["x-sse-data-schema"];
     assert!(!schema.is_null(), "{what}: no x-sse-data-schema");
-    let events: Vec<&str> = body
+    let mut events: Vec<&str> = body
         .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
         .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"), "{what}: {body}");
-    assert!(events.len() > 1, "{what}: no chunks before [DONE]");
-    for (i, event) in events[..events.len() - 1].iter().enumerate() {
+    match content["x-sse-last-event"].as_str() {
+        Some(last) => {
+            let end: Value =
+                serde_json::from_str(events.last().unwrap_or(&"null")).unwrap_or_default();
+            assert_eq!(end["type"], last, "{what}: {body}");
+        }
+        None => {
+            assert_eq!(events.last(), Some(&"[DONE]"), "{what}: {body}");
+            events.pop();
+        }
+    }
+    assert!(!events.is_empty(), "{what}: no events");
+    for (i, event) in events.iter().enumerate() {
         let value: Value = serde_json::from_str(event)
             .unwrap_or_else(|e| panic!("{what}: event {i} is not JSON ({e}): {event}"));
         check(doc, schema, &value, &format!("event[{i}]"))

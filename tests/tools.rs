@@ -24,7 +24,8 @@ fn body(model: &str, stream: bool) -> Value {
             "required": ["city"]}}}],
         "tool_choice": "required",
         "temperature": 0,
-        "max_tokens": 80,
+        // DeepSeek's markers are spelled out in bytes by a vocabulary that lacks them.
+        "max_tokens": 200,
         "stream": stream,
     })
 }

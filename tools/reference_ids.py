@@ -74,7 +74,12 @@ def main() -> None:
         cases = []
         conversations = CONVERSATIONS if max_tokens > 16 else CONVERSATIONS[:2]
         for messages in conversations:
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            # The Hugging Face tokenizer's own rendering: mlx-lm's wrapper would add
+            # enable_thinking=<whether the vocabulary has <think> tokens>, its own policy, which
+            # changes Qwen3-style templates; the worker renders templates as transformers does.
+            prompt = tokenizer._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(prompt, dict) or hasattr(prompt, "keys"):
+                prompt = prompt["input_ids"]
             start = time.time()
             out = []
             for token, _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens):

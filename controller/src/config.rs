@@ -48,6 +48,10 @@ pub struct ModelsConfig {
     /// Per model id, the tool-call syntax to use instead of the one its chat template
     /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`).
     pub tool_call_format: std::collections::BTreeMap<String, String>,
+    /// Model names clients send mapped to model ids here (`claude-sonnet-4-5: qwen/...`); a
+    /// name ending in `*` matches every name it begins. Without a match, a `claude-*` name
+    /// (Claude Code's) means the default model, else the one loaded.
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// The sampling settings a request gets for the fields it leaves out. Precedence, per field:
@@ -174,6 +178,7 @@ impl Default for ModelsConfig {
             prompt_cache_mb: 512,
             defaults: SamplingDefaults::default(),
             tool_call_format: Default::default(),
+            aliases: Default::default(),
         }
     }
 }

@@ -49,6 +49,8 @@ fn build() -> Value {
             {"name": "OpenAI", "description": "OpenAI-compatible routes."},
             {"name": "LM Studio", "description": "LM Studio's REST API (/api/v0, /api/v1)."},
             {"name": "Admin", "description": "Health, status, memory, load and unload."},
+            {"name": "Anthropic", "description": "Anthropic's Messages API (/v1/messages), \
+                as Claude Code speaks it; its errors are Anthropic-shaped (AnthropicError)."},
         ],
         "paths": paths(),
         "components": {
@@ -205,6 +207,7 @@ fn paths() -> Value {
     for (path, item) in admin_paths()
         .into_iter()
         .chain(openai_paths())
+        .chain(anthropic_paths())
         .chain(lmstudio_paths())
     {
         p.insert(path.to_string(), item);
@@ -332,6 +335,65 @@ fn generation_op(
     );
     let op = with_prefer_header(operation(tag, id, summary, responses));
     json!({"post": with_body(op, json_body(schema_ref(request), example))})
+}
+
+/// Errors in Anthropic's shape, for `codes`, inline (the shared responses are OpenAI's).
+fn with_anthropic_errors(ok: Value, codes: &[u16]) -> Value {
+    let mut out = Map::new();
+    out.insert("200".into(), ok);
+    for code in codes {
+        out.insert(
+            code.to_string(),
+            json!({"description": format!("As E{code}, in Anthropic's shape."),
+                   "content": json_content(schema_ref("AnthropicError"))}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn anthropic_paths() -> Vec<(&'static str, Value)> {
+    let example = json!({"model": EXAMPLE_MODEL, "max_tokens": 64,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let ok = json!({
+        "description": "The message: JSON, or with `\"stream\": true` Anthropic's named SSE \
+            events (`event:` and `data:` lines), from message_start to message_stop; a \
+            failure after the 200 is one `error` event. `ping` events keep a quiet stream \
+            alive.",
+        "content": {
+            "application/json": {"schema": schema_ref("AnthropicMessage")},
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-sse-data-schema": {"oneOf": [
+                    schema_ref("AnthropicStreamEvent"), schema_ref("AnthropicError")]},
+                "x-sse-last-event": "message_stop",
+            },
+        },
+    });
+    vec![
+        (
+            "/v1/messages",
+            json!({"post": with_body(
+                with_prefer_header(operation("Anthropic", "createMessage",
+                    "A message; loads the model on first use. A `claude-*` model name that \
+                     no model has means the default model (or the one loaded), unless \
+                     models.aliases maps it.",
+                    with_anthropic_errors(ok, GENERATION_ERRORS))),
+                json_body(schema_ref("AnthropicMessagesRequest"), example.clone()),
+            )}),
+        ),
+        (
+            "/v1/messages/count_tokens",
+            json!({"post": with_body(
+                operation("Anthropic", "countMessageTokens",
+                    "The prompt's length in tokens, as the model's template and tokenizer \
+                     make it (loads the model on first use).",
+                    with_anthropic_errors(
+                        ok_json("The count.", schema_ref("AnthropicTokenCount")),
+                        GENERATION_ERRORS)),
+                json_body(schema_ref("AnthropicMessagesRequest"), example),
+            )}),
+        ),
+    ]
 }
 
 fn lmstudio_paths() -> Vec<(&'static str, Value)> {
@@ -717,6 +779,91 @@ fn request_schemas() -> Value {
                 "parameters": {"type": "object", "description": "A JSON Schema."},
                 "strict": {"type": "boolean"},
             })),
+        })),
+        "AnthropicMessagesRequest": open(&["messages"], json!({
+            "model": {"type": "string"},
+            "max_tokens": {"type": "integer", "minimum": 0,
+                "description": "Required for /v1/messages, not for count_tokens."},
+            "messages": {"type": "array", "minItems": 1, "items": open(&["role", "content"], json!({
+                "role": {"type": "string", "enum": ["user", "assistant"]},
+                "content": {"description": "A string, or text, tool_use, tool_result and \
+                    thinking blocks; image and document blocks are a 400.",
+                    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+            }))},
+            "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+                "description": "A leading x-anthropic-billing-header line is removed."},
+            "tools": {"type": "array", "items": {"type": "object"},
+                "description": "Custom tools (`name`, `input_schema`); server tools are ignored."},
+            "tool_choice": open(&["type"], json!({
+                "type": {"type": "string", "enum": ["auto", "any", "tool", "none"]},
+                "name": {"type": "string"},
+                "disable_parallel_tool_use": {"type": "boolean"},
+            })),
+            "stop_sequences": {"type": "array", "items": {"type": "string"}},
+            "stream": {"type": "boolean"},
+            "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+            "top_k": {"type": "integer"},
+            "thinking": {"type": "object",
+                "description": "`{\"type\": \"disabled\"}` passes enable_thinking=false to \
+                    the template."},
+            "metadata": {"type": "object"},
+        })),
+        "AnthropicMessage": closed(
+            &["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],
+            json!({
+                "id": {"type": "string"},
+                "type": {"type": "string", "enum": ["message"]},
+                "role": {"type": "string", "enum": ["assistant"]},
+                "model": {"type": "string"},
+                "content": {"type": "array", "items": {"oneOf": [
+                    closed(&["type", "text"], json!({
+                        "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}})),
+                    closed(&["type", "thinking", "signature"], json!({
+                        "type": {"type": "string", "enum": ["thinking"]},
+                        "thinking": {"type": "string"}, "signature": {"type": "string"}})),
+                    closed(&["type", "id", "name", "input"], json!({
+                        "type": {"type": "string", "enum": ["tool_use"]},
+                        "id": {"type": "string"}, "name": {"type": "string"},
+                        "input": {"type": "object"}})),
+                ]}},
+                "stop_reason": {"type": "string", "enum": ["end_turn", "max_tokens", "tool_use"]},
+                "stop_sequence": {"type": "null"},
+                "usage": schema_ref("AnthropicUsage"),
+            }),
+        ),
+        "AnthropicUsage": closed(
+            &["input_tokens", "output_tokens", "cache_read_input_tokens",
+              "cache_creation_input_tokens"],
+            json!({
+                "input_tokens": {"type": "integer", "minimum": 0},
+                "output_tokens": {"type": "integer", "minimum": 0},
+                "cache_read_input_tokens": {"type": "integer", "minimum": 0},
+                "cache_creation_input_tokens": {"type": "integer", "minimum": 0},
+            }),
+        ),
+        "AnthropicStreamEvent": open(&["type"], json!({
+            "type": {"type": "string", "enum": [
+                "message_start", "ping", "content_block_start", "content_block_delta",
+                "content_block_stop", "message_delta", "message_stop"]},
+            "index": {"type": "integer", "minimum": 0},
+            "message": {"type": "object"},
+            "content_block": {"type": "object"},
+            "delta": {"type": "object"},
+            "usage": schema_ref("AnthropicUsage"),
+        })),
+        "AnthropicError": closed(&["type", "error"], json!({
+            "type": {"type": "string", "enum": ["error"]},
+            "error": closed(&["type", "message"], json!({
+                "type": {"type": "string", "enum": [
+                    "invalid_request_error", "authentication_error", "permission_error",
+                    "not_found_error", "rate_limit_error", "api_error", "overloaded_error",
+                    "timeout_error"]},
+                "message": {"type": "string"},
+            })),
+        })),
+        "AnthropicTokenCount": closed(&["input_tokens"], json!({
+            "input_tokens": {"type": "integer", "minimum": 0},
         })),
         "AdminLoadRequest": open(&["model_id"], json!({
             "model_id": {"type": "string"},

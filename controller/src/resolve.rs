@@ -87,6 +87,23 @@ pub async fn find(
         .ok_or_else(|| ResolveError::NotAModel(id.to_string()))
 }
 
+/// The model id `name` is an alias of: an exact key, else the longest `prefix*` key it
+/// begins with.
+pub fn alias<'a>(
+    aliases: &'a std::collections::BTreeMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    if let Some(target) = aliases.get(name) {
+        return Some(target);
+    }
+    aliases
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+        .filter(|(prefix, _)| name.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, v)| v.as_str())
+}
+
 /// The model a generation request means. With JIT loading a model missing locally may be
 /// downloaded (`models.allow_download`); one that exists nowhere falls back to the default
 /// model; no model at all means the default, else the one loaded model.
@@ -95,6 +112,15 @@ pub async fn model_for_request(
     requested: Option<&str>,
 ) -> Result<ModelEntry, ResolveError> {
     let requested = requested.map(str::trim).filter(|m| !m.is_empty());
+    let requested = match requested {
+        Some(name) => match alias(&state.config.models.aliases, name) {
+            Some(target) => Some(target),
+            // Claude Code names Anthropic's models; here they mean the model at hand.
+            None if name.starts_with("claude-") && state.discovery.resolve(name).is_none() => None,
+            None => Some(name),
+        },
+        None => None,
+    };
     let default = state.config.models.default_model.as_deref();
     let jit = state.config.models.jit_loading;
     match requested {
@@ -121,5 +147,23 @@ pub async fn model_for_request(
                 }
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alias;
+
+    #[test]
+    fn aliases_match_exactly_then_by_the_longest_prefix() {
+        let map = [("claude-*", "a"), ("claude-opus-*", "b"), ("gpt-4o", "c")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(alias(&map, "gpt-4o"), Some("c"));
+        assert_eq!(alias(&map, "gpt-4o-mini"), None);
+        assert_eq!(alias(&map, "claude-opus-4-1"), Some("b"));
+        assert_eq!(alias(&map, "claude-sonnet-4-5"), Some("a"));
+        assert_eq!(alias(&map, "llama"), None);
     }
 }

@@ -39,9 +39,37 @@ fn post<H: Handler<T, Arc<AppState>>, T: 'static>(path: &'static str, handler: H
     }
 }
 
+/// `route` with its errors in Anthropic's shape (`{"type": "error", "error": {...}}`), for
+/// the Messages API, whose SDKs read no other.
+fn anthropic(route: Route) -> Route {
+    Route {
+        handler: route
+            .handler
+            .layer(axum::middleware::map_response(anthropic_errors)),
+        ..route
+    }
+}
+
+/// Rewrites an OpenAI-shaped error response (every handler's `ApiError`) as Anthropic's.
+async fn anthropic_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let openai: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let body = crate::api::messages::error_body(status.as_u16(), &openai);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    (parts, axum::Json(body)).into_response()
+}
+
 /// Every route the daemon serves.
 fn table() -> Vec<Route> {
-    use generate::{Chat, Completions, LmStudio, OpenAi};
+    use generate::{Chat, Completions, LmStudio, Messages, Native};
     vec![
         get("/admin/health", admin::health),
         get("/admin/status", admin::status),
@@ -51,8 +79,10 @@ fn table() -> Vec<Route> {
         post("/admin/models/unload", admin::admin_unload),
         get("/v1/models", models::v1_models),
         get("/v1/models/{*id}", models::v1_model),
-        post("/v1/chat/completions", generate::handle::<Chat, OpenAi>),
-        post("/v1/completions", generate::handle::<Completions, OpenAi>),
+        post("/v1/chat/completions", generate::handle::<Chat, Native>),
+        post("/v1/completions", generate::handle::<Completions, Native>),
+        anthropic(post("/v1/messages", generate::handle::<Messages, Native>)),
+        anthropic(post("/v1/messages/count_tokens", generate::count_tokens)),
         get("/api/v0/models", models::v0_models),
         get("/api/v0/models/{*id}", models::v0_model),
         post(

@@ -46,7 +46,7 @@ PERSON = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "age": {"type": "integer"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
         "languages": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
     },
     "required": ["name", "age", "languages"],

@@ -235,7 +235,8 @@ fn constrained_and_free_rows_share_a_batch_and_the_prompt_cache() {
         .map(|p| alone(&engine, p, &greedy(24)))
         .collect();
     let schema = json!({"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150}},
         "required": ["name", "age"]});
     let constrained = |id: u64| {
         let spec = OutputSpec {

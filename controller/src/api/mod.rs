@@ -6,6 +6,7 @@ pub mod chat;
 pub mod common;
 pub mod completion;
 pub mod error;
+pub mod messages;
 pub mod models;
 pub mod sampling;
 pub mod sse;

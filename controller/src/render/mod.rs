@@ -2,6 +2,7 @@
 //! whole, and each API dialect supplies a [`Renderer`] that says what its events and its body
 //! look like. Adding an API means one renderer here and one request adapter in `routes`.
 
+mod anthropic;
 mod lmstudio;
 mod openai;
 
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use opta_lmx_shared::protocol::{Delta, FinishReason, Timings, TokenLogprob, Usage};
 use serde_json::Value;
 
+pub use anthropic::MessagesRenderer;
 pub use lmstudio::LmStudio;
 pub use openai::{ChatRenderer, CompletionRenderer};
 
@@ -32,6 +34,8 @@ pub enum Sse {
     Named(&'static str, Value),
     /// OpenAI's terminator, `data: [DONE]`.
     Done,
+    /// A comment line, which clients skip: a keep-alive.
+    KeepAlive,
 }
 
 impl Sse {
@@ -45,6 +49,7 @@ impl Sse {
             Sse::Data(v) => sse::event(v),
             Sse::Named(name, v) => sse::named_event(name, v),
             Sse::Done => sse::DONE.to_string(),
+            Sse::KeepAlive => sse::KEEP_ALIVE.to_string(),
         }
     }
 }
@@ -121,6 +126,10 @@ pub trait Renderer: Send + 'static {
     /// Events for a failure after the stream began; nothing follows them.
     fn error(&mut self, err: &ApiError) -> Vec<Sse> {
         vec![Sse::data(&err.body())]
+    }
+    /// What a stream sends while nothing else is ready (a long prefill, a queue).
+    fn keep_alive(&mut self) -> Sse {
+        Sse::KeepAlive
     }
     /// The whole (non-streamed) response.
     fn body(&mut self, out: Collected, end: &End) -> Value;
@@ -268,7 +277,8 @@ impl<R: Renderer> Streaming<R> {
         let next = match tokio::time::timeout(KEEP_ALIVE, self.events.next()).await {
             Ok(next) => next,
             Err(_) => {
-                self.queue.push_back(sse::KEEP_ALIVE.to_string());
+                let frame = self.renderer.keep_alive().frame();
+                self.queue.push_back(frame);
                 return;
             }
         };

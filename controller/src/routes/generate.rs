@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use opta_lmx_shared::protocol::{OutputSpec, Prompt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 use crate::admission;
 use crate::api::chat::ChatCompletionRequest;
 use crate::api::completion::{CompletionRequest, PromptInput};
+use crate::api::messages::{CountTokensRequest, MessagesRequest};
 use crate::api::{ApiError, Generation, Validate};
 use crate::dispatch::{self, Job};
-use crate::render::{self, ChatRenderer, CompletionRenderer, Renderer};
+use crate::render::{self, ChatRenderer, CompletionRenderer, MessagesRenderer, Renderer};
 use crate::state::AppState;
 
 /// One generation API: its body, its request adapter and its renderer. A route is
@@ -28,14 +29,15 @@ pub trait GenerationApi: Send + 'static {
     const PROMPT_FIELD: &'static str;
     /// The request adapter.
     fn job(req: &Generation<Self::Body>, headers: &HeaderMap) -> Job;
-    /// The renderer for a generation of `model`.
-    fn renderer(req: &Generation<Self::Body>, model: &str) -> Self::Renderer;
+    /// The renderer for a generation of `model` from a prompt of `prompt_tokens`.
+    fn renderer(req: &Generation<Self::Body>, model: &str, prompt_tokens: u32) -> Self::Renderer;
 }
 
 /// Which response dialect to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    OpenAi,
+    /// The API's own shapes (OpenAI's on `/v1`, Anthropic's on `/v1/messages`).
+    Native,
     /// LM Studio's `/api/v0`: OpenAI's plus `stats`, `model_info` and `runtime`.
     LmStudio,
 }
@@ -45,13 +47,13 @@ pub trait Flavour: Send + 'static {
     const DIALECT: Dialect;
 }
 
-/// OpenAI's `/v1` shapes.
-pub struct OpenAi;
+/// The API's own shapes.
+pub struct Native;
 /// LM Studio's `/api/v0` shapes.
 pub struct LmStudio;
 
-impl Flavour for OpenAi {
-    const DIALECT: Dialect = Dialect::OpenAi;
+impl Flavour for Native {
+    const DIALECT: Dialect = Dialect::Native;
 }
 impl Flavour for LmStudio {
     const DIALECT: Dialect = Dialect::LmStudio;
@@ -66,10 +68,10 @@ pub async fn handle<A: GenerationApi, F: Flavour>(
     let started = dispatch::start(&state, A::job(&req, &headers))
         .await
         .map_err(|e| ApiError::from(e).for_prompt_field(A::PROMPT_FIELD))?;
-    let renderer = A::renderer(&req, &started.entry.id);
+    let renderer = A::renderer(&req, &started.entry.id, started.prompt_tokens);
     let stream = req.is_stream();
     match F::DIALECT {
-        Dialect::OpenAi => render::respond(started, renderer, stream).await,
+        Dialect::Native => render::respond(started, renderer, stream).await,
         Dialect::LmStudio => {
             let context = state.manager.context_length(&started.entry.id);
             let renderer = render::LmStudio::new(renderer, started.entry.clone(), context);
@@ -163,9 +165,68 @@ impl GenerationApi for Chat {
         job
     }
 
-    fn renderer(req: &Generation<ChatCompletionRequest>, model: &str) -> ChatRenderer {
+    fn renderer(req: &Generation<ChatCompletionRequest>, model: &str, _: u32) -> ChatRenderer {
         ChatRenderer::new(model, req.include_usage(), req.logprobs_top_n().is_some())
     }
+}
+
+/// Anthropic's Messages API.
+pub struct Messages;
+
+impl GenerationApi for Messages {
+    type Body = MessagesRequest;
+    type Renderer = MessagesRenderer;
+    const PROMPT_FIELD: &'static str = "messages";
+
+    fn job(req: &Generation<MessagesRequest>, headers: &HeaderMap) -> Job {
+        messages_job(req, &req.body, headers)
+    }
+
+    fn renderer(
+        _: &Generation<MessagesRequest>,
+        model: &str,
+        prompt_tokens: u32,
+    ) -> MessagesRenderer {
+        MessagesRenderer::new(model, prompt_tokens)
+    }
+}
+
+/// A Messages request's job; `body` is `req`'s Messages fields.
+fn messages_job<T>(req: &Generation<T>, body: &MessagesRequest, headers: &HeaderMap) -> Job {
+    let max_tokens = req
+        .shared
+        .max_tokens
+        .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32);
+    let mut job = job(req, headers, messages_prompt(body), max_tokens, None);
+    job.stop = body.stop_sequences.clone().unwrap_or_default();
+    job.output = body.output_spec();
+    job
+}
+
+/// A Messages request's prompt: its conversation, tools and thinking switch for the template.
+fn messages_prompt(req: &MessagesRequest) -> Prompt {
+    let tools = req.function_tools();
+    Prompt::Chat {
+        messages_json: req.template_messages().to_string(),
+        tools_json: (!tools.is_empty()).then(|| Value::Array(tools).to_string()),
+        add_generation_prompt: true,
+        template_kwargs_json: req.template_kwargs(),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's length as the model's template and
+/// tokenizer make it, from a generation of no tokens (so the worker templates and counts it).
+pub async fn count_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Generation<CountTokensRequest>,
+) -> Result<Response, ApiError> {
+    let mut job = messages_job(&req, &req.body.0, &headers);
+    job.max_tokens = Some(0);
+    let started = dispatch::start(&state, job)
+        .await
+        .map_err(|e| ApiError::from(e).for_prompt_field("messages"))?;
+    Ok(axum::Json(json!({"input_tokens": started.prompt_tokens})).into_response())
 }
 
 /// OpenAI's (legacy) text completions.
@@ -186,7 +247,7 @@ impl GenerationApi for Completions {
         job(req, headers, prompt, req.max_new_tokens(), req.logprobs)
     }
 
-    fn renderer(req: &Generation<CompletionRequest>, model: &str) -> CompletionRenderer {
+    fn renderer(req: &Generation<CompletionRequest>, model: &str, _: u32) -> CompletionRenderer {
         let echo = match (req.echo, req.prompt.single()) {
             (Some(true), Some(PromptInput::Text(t))) => Some(t.to_string()),
             _ => None,
