@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub timeout_sec: u64,
+    /// Past `/v1/responses` answers kept in memory for `previous_response_id` (0: none).
+    pub response_store_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -159,6 +161,7 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 1234,
             timeout_sec: 300,
+            response_store_size: 512,
         }
     }
 }

@@ -210,6 +210,7 @@ async fn serve(
         downloader,
         manager: manager.clone(),
         admission: Admission::new(&cfg.models),
+        responses: opta_lmx::api::responses::ResponseStore::new(cfg.server.response_store_size),
         started: Instant::now(),
     });
 

@@ -69,7 +69,7 @@ async fn anthropic_errors(response: axum::response::Response) -> axum::response:
 
 /// Every route the daemon serves.
 fn table() -> Vec<Route> {
-    use generate::{Chat, Completions, LmStudio, Messages, Native};
+    use generate::{Chat, Completions, LmStudio, Messages, Native, Responses};
     vec![
         get("/admin/health", admin::health),
         get("/admin/status", admin::status),
@@ -81,6 +81,7 @@ fn table() -> Vec<Route> {
         get("/v1/models/{*id}", models::v1_model),
         post("/v1/chat/completions", generate::handle::<Chat, Native>),
         post("/v1/completions", generate::handle::<Completions, Native>),
+        post("/v1/responses", generate::handle::<Responses, Native>),
         anthropic(post("/v1/messages", generate::handle::<Messages, Native>)),
         anthropic(post("/v1/messages/count_tokens", generate::count_tokens)),
         get("/api/v0/models", models::v0_models),

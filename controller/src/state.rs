@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admission::Admission;
+use crate::api::responses::ResponseStore;
 use crate::config::{Config, SamplingDefaults};
 use crate::discovery::{Discovery, ModelEntry};
 use crate::download::Downloader;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub manager: Arc<ModelManager>,
     /// Per-model request counts (429 past running + queued) and load-time history.
     pub admission: Admission,
+    /// Past Responses API answers, for `previous_response_id`.
+    pub responses: ResponseStore,
     pub started: Instant,
 }
 

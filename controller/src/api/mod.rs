@@ -8,6 +8,7 @@ pub mod completion;
 pub mod error;
 pub mod messages;
 pub mod models;
+pub mod responses;
 pub mod sampling;
 pub mod sse;
 

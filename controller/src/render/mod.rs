@@ -5,6 +5,7 @@
 mod anthropic;
 mod lmstudio;
 mod openai;
+mod responses;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use serde_json::Value;
 pub use anthropic::MessagesRenderer;
 pub use lmstudio::LmStudio;
 pub use openai::{ChatRenderer, CompletionRenderer};
+pub use responses::ResponsesRenderer;
 
 use crate::admission::Permit;
 use crate::api::{sse, ApiError};

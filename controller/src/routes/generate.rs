@@ -15,9 +15,12 @@ use crate::admission;
 use crate::api::chat::ChatCompletionRequest;
 use crate::api::completion::{CompletionRequest, PromptInput};
 use crate::api::messages::{CountTokensRequest, MessagesRequest};
+use crate::api::responses::{self, ResponsesRequest};
 use crate::api::{ApiError, Generation, Validate};
 use crate::dispatch::{self, Job};
-use crate::render::{self, ChatRenderer, CompletionRenderer, MessagesRenderer, Renderer};
+use crate::render::{
+    self, ChatRenderer, CompletionRenderer, MessagesRenderer, Renderer, ResponsesRenderer,
+};
 use crate::state::AppState;
 
 /// One generation API: its body, its request adapter and its renderer. A route is
@@ -29,8 +32,21 @@ pub trait GenerationApi: Send + 'static {
     const PROMPT_FIELD: &'static str;
     /// The request adapter.
     fn job(req: &Generation<Self::Body>, headers: &HeaderMap) -> Job;
+    /// The adapter where the request needs the server's state (a stored conversation).
+    fn job_with(
+        req: &Generation<Self::Body>,
+        headers: &HeaderMap,
+        _state: &AppState,
+    ) -> Result<Job, ApiError> {
+        Ok(Self::job(req, headers))
+    }
     /// The renderer for a generation of `model` from a prompt of `prompt_tokens`.
-    fn renderer(req: &Generation<Self::Body>, model: &str, prompt_tokens: u32) -> Self::Renderer;
+    fn renderer(
+        req: &Generation<Self::Body>,
+        model: &str,
+        prompt_tokens: u32,
+        state: &Arc<AppState>,
+    ) -> Self::Renderer;
 }
 
 /// Which response dialect to speak.
@@ -65,10 +81,10 @@ pub async fn handle<A: GenerationApi, F: Flavour>(
     headers: HeaderMap,
     req: Generation<A::Body>,
 ) -> Result<Response, ApiError> {
-    let started = dispatch::start(&state, A::job(&req, &headers))
+    let started = dispatch::start(&state, A::job_with(&req, &headers, &state)?)
         .await
         .map_err(|e| ApiError::from(e).for_prompt_field(A::PROMPT_FIELD))?;
-    let renderer = A::renderer(&req, &started.entry.id, started.prompt_tokens);
+    let renderer = A::renderer(&req, &started.entry.id, started.prompt_tokens, &state);
     let stream = req.is_stream();
     match F::DIALECT {
         Dialect::Native => render::respond(started, renderer, stream).await,
@@ -165,7 +181,12 @@ impl GenerationApi for Chat {
         job
     }
 
-    fn renderer(req: &Generation<ChatCompletionRequest>, model: &str, _: u32) -> ChatRenderer {
+    fn renderer(
+        req: &Generation<ChatCompletionRequest>,
+        model: &str,
+        _: u32,
+        _: &Arc<AppState>,
+    ) -> ChatRenderer {
         ChatRenderer::new(model, req.include_usage(), req.logprobs_top_n().is_some())
     }
 }
@@ -186,6 +207,7 @@ impl GenerationApi for Messages {
         _: &Generation<MessagesRequest>,
         model: &str,
         prompt_tokens: u32,
+        _: &Arc<AppState>,
     ) -> MessagesRenderer {
         MessagesRenderer::new(model, prompt_tokens)
     }
@@ -229,6 +251,65 @@ pub async fn count_tokens(
     Ok(axum::Json(json!({"input_tokens": started.prompt_tokens})).into_response())
 }
 
+/// OpenAI's Responses API.
+pub struct Responses;
+
+impl Responses {
+    fn job_from(req: &Generation<ResponsesRequest>, headers: &HeaderMap, history: &[Value]) -> Job {
+        let tools = req.function_tools();
+        let prompt = Prompt::Chat {
+            messages_json: Value::Array(req.template_messages(history)).to_string(),
+            tools_json: (!tools.is_empty()).then(|| Value::Array(tools).to_string()),
+            add_generation_prompt: true,
+            template_kwargs_json: req.template_kwargs(),
+        };
+        let max_tokens = req
+            .max_output_tokens
+            .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32);
+        let mut job = job(req, headers, prompt, max_tokens, None);
+        job.output = req.output_spec();
+        job
+    }
+}
+
+impl GenerationApi for Responses {
+    type Body = ResponsesRequest;
+    type Renderer = ResponsesRenderer;
+    const PROMPT_FIELD: &'static str = "input";
+
+    fn job(req: &Generation<ResponsesRequest>, headers: &HeaderMap) -> Job {
+        Self::job_from(req, headers, &[])
+    }
+
+    fn job_with(
+        req: &Generation<ResponsesRequest>,
+        headers: &HeaderMap,
+        state: &AppState,
+    ) -> Result<Job, ApiError> {
+        let history = responses::history(&state.responses, req)?;
+        Ok(Self::job_from(req, headers, &history))
+    }
+
+    fn renderer(
+        req: &Generation<ResponsesRequest>,
+        model: &str,
+        prompt_tokens: u32,
+        state: &Arc<AppState>,
+    ) -> ResponsesRenderer {
+        // Known to exist: the job was built from it a moment ago (or it has just been
+        // dropped from the store, and the answer is simply not continued from).
+        let history = responses::history(&state.responses, req).unwrap_or_default();
+        ResponsesRenderer::new(
+            req,
+            req.template_messages(&history),
+            model,
+            prompt_tokens,
+            state.clone(),
+            (req.sampling.temperature, req.sampling.top_p),
+        )
+    }
+}
+
 /// OpenAI's (legacy) text completions.
 pub struct Completions;
 
@@ -247,7 +328,12 @@ impl GenerationApi for Completions {
         job(req, headers, prompt, req.max_new_tokens(), req.logprobs)
     }
 
-    fn renderer(req: &Generation<CompletionRequest>, model: &str, _: u32) -> CompletionRenderer {
+    fn renderer(
+        req: &Generation<CompletionRequest>,
+        model: &str,
+        _: u32,
+        _: &Arc<AppState>,
+    ) -> CompletionRenderer {
         let echo = match (req.echo, req.prompt.single()) {
             (Some(true), Some(PromptInput::Text(t))) => Some(t.to_string()),
             _ => None,
