@@ -208,6 +208,7 @@ fn paths() -> Value {
         .into_iter()
         .chain(openai_paths())
         .chain(anthropic_paths())
+        .chain([responses_path()])
         .chain(lmstudio_paths())
     {
         p.insert(path.to_string(), item);
@@ -349,6 +350,35 @@ fn with_anthropic_errors(ok: Value, codes: &[u16]) -> Value {
         );
     }
     Value::Object(out)
+}
+
+fn responses_path() -> (&'static str, Value) {
+    let ok = json!({
+        "description": "The response: JSON, or with `\"stream\": true` OpenAI's named SSE \
+            events, each with a `sequence_number`, from response.created to exactly one of \
+            response.completed, response.incomplete (max_output_tokens reached) or \
+            response.failed (with the error's code).",
+        "content": {
+            "application/json": {"schema": schema_ref("Response")},
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-sse-data-schema": schema_ref("ResponseStreamEvent"),
+                "x-sse-last-event": ["response.completed", "response.incomplete", "response.failed"],
+            },
+        },
+    });
+    (
+        "/v1/responses",
+        json!({"post": with_body(
+            with_prefer_header(operation("OpenAI", "createResponse",
+                "A response (Codex, the Agents SDK): input items, function and custom tools, \
+                 text.format, previous_response_id over an in-memory store \
+                 (server.response_store_size; an unknown id is a 404).",
+                with_errors(ok, GENERATION_ERRORS))),
+            json_body(schema_ref("ResponsesRequest"), json!({"model": EXAMPLE_MODEL,
+                "input": "What is the capital of France?", "max_output_tokens": 64})),
+        )}),
+    )
 }
 
 fn anthropic_paths() -> Vec<(&'static str, Value)> {
@@ -779,6 +809,114 @@ fn request_schemas() -> Value {
                 "parameters": {"type": "object", "description": "A JSON Schema."},
                 "strict": {"type": "boolean"},
             })),
+        })),
+        "ResponsesRequest": open(&["input"], json!({
+            "model": {"type": "string"},
+            "input": {"description": "A string, or items: messages (roles user, assistant, \
+                system, developer; text parts only), function_call, function_call_output, \
+                custom_tool_call(_output) and reasoning (dropped).",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+            "instructions": nullable(json!({"type": "string"})),
+            "tools": nullable(json!({"type": "array", "items": {"type": "object"},
+                "description": "function tools (flat), custom tools (one string input); other \
+                    types are ignored."})),
+            "tool_choice": nullable(json!({"oneOf": [
+                {"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]})),
+            "text": nullable(json!({"type": "object",
+                "description": "format: text, json_object or json_schema (schema, strict)."})),
+            "max_output_tokens": nullable(json!({"type": "integer", "minimum": 1})),
+            "temperature": nullable(json!({"type": "number"})),
+            "top_p": nullable(json!({"type": "number"})),
+            "reasoning": nullable(json!({"type": "object"})),
+            "previous_response_id": nullable(json!({"type": "string"})),
+            "store": nullable(json!({"type": "boolean"})),
+            "parallel_tool_calls": nullable(json!({"type": "boolean"})),
+            "stream": nullable(json!({"type": "boolean"})),
+            "metadata": nullable(json!({"type": "object"})),
+        })),
+        "Response": closed(
+            &["id", "object", "created_at", "status", "model", "output", "parallel_tool_calls",
+              "tool_choice", "tools"],
+            json!({
+                "id": {"type": "string"},
+                "object": {"type": "string", "enum": ["response"]},
+                "created_at": {"type": "integer"},
+                "status": {"type": "string",
+                    "enum": ["in_progress", "completed", "incomplete", "failed"]},
+                "model": {"type": "string"},
+                "output": {"type": "array", "items": schema_ref("ResponseItem")},
+                "error": nullable(closed(&["code", "message"], json!({
+                    "code": {"type": "string"}, "message": {"type": "string"}}))),
+                "incomplete_details": nullable(closed(&["reason"], json!({
+                    "reason": {"type": "string", "enum": ["max_output_tokens"]}}))),
+                "usage": nullable(closed(
+                    &["input_tokens", "input_tokens_details", "output_tokens",
+                      "output_tokens_details", "total_tokens"],
+                    json!({
+                        "input_tokens": {"type": "integer", "minimum": 0},
+                        "input_tokens_details": closed(&["cached_tokens"], json!({
+                            "cached_tokens": {"type": "integer", "minimum": 0}})),
+                        "output_tokens": {"type": "integer", "minimum": 0},
+                        "output_tokens_details": closed(&["reasoning_tokens"], json!({
+                            "reasoning_tokens": {"type": "integer", "minimum": 0}})),
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                    }))),
+                "instructions": nullable(json!({"type": "string"})),
+                "tools": {"type": "array"},
+                "tool_choice": {},
+                "parallel_tool_calls": {"type": "boolean"},
+                "text": {"type": "object"},
+                "max_output_tokens": nullable(json!({"type": "integer"})),
+                "previous_response_id": nullable(json!({"type": "string"})),
+                "reasoning": {"type": "object"},
+                "store": {"type": "boolean"},
+                "metadata": {"type": "object"},
+                "temperature": nullable(json!({"type": "number"})),
+                "top_p": nullable(json!({"type": "number"})),
+                "truncation": {"type": "string", "enum": ["disabled"]},
+            }),
+        ),
+        "ResponseItem": {"oneOf": [
+            closed(&["type", "id", "status", "role", "content"], json!({
+                "type": {"type": "string", "enum": ["message"]},
+                "id": {"type": "string"}, "status": {"type": "string"},
+                "role": {"type": "string", "enum": ["assistant"]},
+                "content": {"type": "array", "items": closed(&["type", "text", "annotations"], json!({
+                    "type": {"type": "string", "enum": ["output_text"]},
+                    "text": {"type": "string"},
+                    "annotations": {"type": "array"}, "logprobs": {"type": "array"}}))},
+            })),
+            closed(&["type", "id", "call_id", "name", "arguments", "status"], json!({
+                "type": {"type": "string", "enum": ["function_call"]},
+                "id": {"type": "string"}, "call_id": {"type": "string"},
+                "name": {"type": "string"}, "arguments": {"type": "string"},
+                "status": {"type": "string"}})),
+            closed(&["type", "id", "call_id", "name", "input", "status"], json!({
+                "type": {"type": "string", "enum": ["custom_tool_call"]},
+                "id": {"type": "string"}, "call_id": {"type": "string"},
+                "name": {"type": "string"}, "input": {"type": "string"},
+                "status": {"type": "string"}})),
+            closed(&["type", "id", "summary", "content", "status"], json!({
+                "type": {"type": "string", "enum": ["reasoning"]},
+                "id": {"type": "string"}, "summary": {"type": "array"},
+                "content": {"type": "array"}, "status": {"type": "string"}})),
+        ]},
+        "ResponseStreamEvent": open(&["type", "sequence_number"], json!({
+            "type": {"type": "string", "enum": [
+                "response.created", "response.in_progress", "response.output_item.added",
+                "response.content_part.added", "response.output_text.delta",
+                "response.output_text.done", "response.content_part.done",
+                "response.reasoning_text.delta", "response.reasoning_text.done",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done", "response.output_item.done",
+                "response.completed", "response.incomplete", "response.failed"]},
+            "sequence_number": {"type": "integer", "minimum": 0},
+            "response": schema_ref("Response"),
+            "item": schema_ref("ResponseItem"),
+            "output_index": {"type": "integer", "minimum": 0},
+            "content_index": {"type": "integer", "minimum": 0},
+            "item_id": {"type": "string"},
+            "delta": {"type": "string"},
         })),
         "AnthropicMessagesRequest": open(&["messages"], json!({
             "model": {"type": "string"},
