@@ -111,11 +111,12 @@ pub struct BatchResult {
     pub tokens_per_s: f64,
 }
 
-/// The grammar the constrained streams follow: an open-ended JSON array of records, so they
-/// keep generating rather than finish early.
-pub const BATCH_SCHEMA: &str = r#"{"type": "array", "items": {"type": "object",
-    "properties": {"name": {"type": "string"}, "city": {"type": "string"},
-    "age": {"type": "integer"}}, "required": ["name", "city", "age"]}}"#;
+/// The grammar the constrained streams follow: a JSON array of many short records, so they
+/// keep generating (and the grammar keeps branching) rather than finish early.
+pub const BATCH_SCHEMA: &str = r#"{"type": "array", "minItems": 1000, "items": {"type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 16}, "city": {"type": "string",
+    "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+    "required": ["name", "city", "age"]}}"#;
 
 /// Runs `streams` sampled generations of `gen_tokens` together in one scheduler, each
 /// constrained to [`BATCH_SCHEMA`] or free. Both kinds sample on the host (temperature 0.8,
