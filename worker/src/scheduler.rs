@@ -464,18 +464,18 @@ impl<'e> Scheduler<'e> {
                     };
                     let mut logits = raw.to_vec();
                     seq.sampler.process(&mut logits);
-                    if let Some(c) = &mut seq.constraint {
-                        c.apply(&mut logits).map_err(GenerateError::Engine)?;
-                        if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
-                            return Err(GenerateError::Engine(
-                                "the grammar allows no token of this model".into(),
+                    let token = match sample(seq, &mut logits) {
+                        Ok(token) => token,
+                        Err(e) => {
+                            // The grammar's failure is its own request's, not the batch's.
+                            let seq = self.seqs.remove(pos);
+                            emit(Event::Error(
+                                seq.id,
+                                GenerateError::Engine(format!("grammar: {e}")),
                             ));
+                            continue;
                         }
-                    }
-                    let token = seq.sampler.choose(&logits);
-                    if let Some(c) = &mut seq.constraint {
-                        c.commit(token).map_err(GenerateError::Engine)?;
-                    }
+                    };
                     let lp = match seq.params.logprobs {
                         Some(n) => {
                             let dist = sampling::log_softmax(&logits);
@@ -517,6 +517,22 @@ impl<'e> Scheduler<'e> {
     fn seq(&self, id: u64) -> Option<&Sequence> {
         self.seqs.iter().find(|s| s.id == id)
     }
+}
+
+/// Picks the next token from processed logits, within the sequence's grammar if it has
+/// one, and commits it to the grammar.
+fn sample(seq: &mut Sequence, logits: &mut [f32]) -> Result<u32, String> {
+    if let Some(c) = &mut seq.constraint {
+        c.apply(logits)?;
+        if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+            return Err("the grammar allows no token of this model".into());
+        }
+    }
+    let token = seq.sampler.choose(logits);
+    if let Some(c) = &mut seq.constraint {
+        c.commit(token)?;
+    }
+    Ok(token)
 }
 
 /// Moves a sequence on by one sampled token: streams its text, and returns why it finished,
