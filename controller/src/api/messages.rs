@@ -122,8 +122,14 @@ impl MessagesRequest {
                 "messages: at least one message is required",
             ));
         }
-        if generation && self.max_tokens.is_none() {
-            return Err(invalid("max_tokens", "max_tokens: Field required"));
+        match self.max_tokens {
+            None if generation => {
+                return Err(invalid("max_tokens", "max_tokens: Field required"));
+            }
+            Some(n) if generation && n < 1 => {
+                return Err(invalid("max_tokens", "max_tokens: must be at least 1"));
+            }
+            _ => {}
         }
         for (i, m) in self.messages.iter().enumerate() {
             for (j, b) in m.content.blocks().iter().enumerate() {
@@ -423,6 +429,8 @@ mod tests {
             no_max.check(false).is_ok(),
             "count_tokens needs no max_tokens"
         );
+        let zero = req(json!({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}));
+        assert!(zero.validate().is_err(), "0 is not a limit");
         let image = req(
             json!({"max_tokens": 1, "messages": [{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}]}]}),

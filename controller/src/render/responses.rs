@@ -300,44 +300,9 @@ impl Renderer for ResponsesRenderer {
         for d in deltas {
             match d {
                 Delta::Reasoning { text, .. } if !text.is_empty() => {
-                    if !matches!(self.open, Some((_, Open::Reasoning { .. }))) {
-                        self.open(
-                            Open::Reasoning {
-                                text: String::new(),
-                            },
-                            &mut out,
-                        );
-                    }
-                    let index = self.items.len();
-                    if let Some((id, Open::Reasoning { text: all })) = &mut self.open {
-                        all.push_str(text);
-                        let id = id.clone();
-                        let e = self.event(
-                            "response.reasoning_text.delta",
-                            json!({"item_id": id,
-                            "output_index": index, "content_index": 0, "delta": text}),
-                        );
-                        out.push(e);
-                    }
+                    self.append(true, text, &mut out)
                 }
-                Delta::Text { text, .. } if !text.is_empty() => {
-                    if !matches!(self.open, Some((_, Open::Message { .. }))) {
-                        self.open(
-                            Open::Message {
-                                text: String::new(),
-                            },
-                            &mut out,
-                        );
-                    }
-                    let index = self.items.len();
-                    if let Some((id, Open::Message { text: all })) = &mut self.open {
-                        all.push_str(text);
-                        let id = id.clone();
-                        let e = self.event("response.output_text.delta", json!({"item_id": id,
-                            "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
-                        out.push(e);
-                    }
-                }
+                Delta::Text { text, .. } if !text.is_empty() => self.append(false, text, &mut out),
                 Delta::ToolCall {
                     id: Some(call_id),
                     name,
@@ -417,6 +382,39 @@ impl Renderer for ResponsesRenderer {
 }
 
 impl ResponsesRenderer {
+    /// More text for the open reasoning (`reasoning`) or message item, opening one if the
+    /// open item is of another kind, and its delta event.
+    fn append(&mut self, reasoning: bool, more: &str, out: &mut Vec<Sse>) {
+        let same = matches!(
+            (&self.open, reasoning),
+            (Some((_, Open::Reasoning { .. })), true) | (Some((_, Open::Message { .. })), false)
+        );
+        if !same {
+            let text = String::new();
+            let open = if reasoning {
+                Open::Reasoning { text }
+            } else {
+                Open::Message { text }
+            };
+            self.open(open, out);
+        }
+        let index = self.items.len();
+        let Some((id, Open::Reasoning { text } | Open::Message { text })) = &mut self.open else {
+            return;
+        };
+        text.push_str(more);
+        let mut payload =
+            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": more});
+        let name = if reasoning {
+            "response.reasoning_text.delta"
+        } else {
+            payload["logprobs"] = json!([]);
+            "response.output_text.delta"
+        };
+        let e = self.event(name, payload);
+        out.push(e);
+    }
+
     /// More arguments for the open call: streamed for a function, gathered for a custom
     /// tool (whose `input` is the string inside them).
     fn call_arguments(&mut self, more: &str, out: &mut Vec<Sse>) {

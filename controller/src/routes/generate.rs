@@ -16,6 +16,7 @@ use crate::api::chat::ChatCompletionRequest;
 use crate::api::completion::{CompletionRequest, PromptInput};
 use crate::api::messages::{CountTokensRequest, MessagesRequest};
 use crate::api::responses::{self, ResponsesRequest};
+use crate::api::sampling::token_limit;
 use crate::api::{ApiError, Generation, Validate};
 use crate::dispatch::{self, Job};
 use crate::render::{
@@ -133,6 +134,17 @@ fn template_messages(req: &ChatCompletionRequest) -> Value {
     )
 }
 
+/// A chat prompt for the worker's template: the messages, the tools (none: no `tools`
+/// variable at all, as templates test for it), extra template variables.
+fn chat_prompt(messages: Value, tools: Vec<Value>, kwargs: Option<String>) -> Prompt {
+    Prompt::Chat {
+        messages_json: messages.to_string(),
+        tools_json: (!tools.is_empty()).then(|| Value::Array(tools).to_string()),
+        add_generation_prompt: true,
+        template_kwargs_json: kwargs,
+    }
+}
+
 /// A job from what every API shares; the adapter gives the prompt, the cap and logprobs.
 fn job<T>(
     req: &Generation<T>,
@@ -163,13 +175,8 @@ impl GenerationApi for Chat {
     const PROMPT_FIELD: &'static str = "messages";
 
     fn job(req: &Generation<ChatCompletionRequest>, headers: &HeaderMap) -> Job {
-        let tools = req.tools.as_ref().filter(|t| !t.is_empty());
-        let prompt = Prompt::Chat {
-            messages_json: template_messages(req).to_string(),
-            tools_json: tools.map(|t| json!(t).to_string()),
-            add_generation_prompt: true,
-            template_kwargs_json: req.template_kwargs(),
-        };
+        let tools = req.tools.iter().flatten().map(|t| json!(t)).collect();
+        let prompt = chat_prompt(template_messages(req), tools, req.template_kwargs());
         let mut job = job(
             req,
             headers,
@@ -215,25 +222,21 @@ impl GenerationApi for Messages {
 
 /// A Messages request's job; `body` is `req`'s Messages fields.
 fn messages_job<T>(req: &Generation<T>, body: &MessagesRequest, headers: &HeaderMap) -> Job {
-    let max_tokens = req
-        .shared
-        .max_tokens
-        .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32);
-    let mut job = job(req, headers, messages_prompt(body), max_tokens, None);
+    let prompt = chat_prompt(
+        body.template_messages(),
+        body.function_tools(),
+        body.template_kwargs(),
+    );
+    let mut job = job(
+        req,
+        headers,
+        prompt,
+        token_limit(req.shared.max_tokens),
+        None,
+    );
     job.stop = body.stop_sequences.clone().unwrap_or_default();
     job.output = body.output_spec();
     job
-}
-
-/// A Messages request's prompt: its conversation, tools and thinking switch for the template.
-fn messages_prompt(req: &MessagesRequest) -> Prompt {
-    let tools = req.function_tools();
-    Prompt::Chat {
-        messages_json: req.template_messages().to_string(),
-        tools_json: (!tools.is_empty()).then(|| Value::Array(tools).to_string()),
-        add_generation_prompt: true,
-        template_kwargs_json: req.template_kwargs(),
-    }
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's length as the model's template and
@@ -256,17 +259,18 @@ pub struct Responses;
 
 impl Responses {
     fn job_from(req: &Generation<ResponsesRequest>, headers: &HeaderMap, history: &[Value]) -> Job {
-        let tools = req.function_tools();
-        let prompt = Prompt::Chat {
-            messages_json: Value::Array(req.template_messages(history)).to_string(),
-            tools_json: (!tools.is_empty()).then(|| Value::Array(tools).to_string()),
-            add_generation_prompt: true,
-            template_kwargs_json: req.template_kwargs(),
-        };
-        let max_tokens = req
-            .max_output_tokens
-            .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32);
-        let mut job = job(req, headers, prompt, max_tokens, None);
+        let prompt = chat_prompt(
+            Value::Array(req.template_messages(history)),
+            req.function_tools(),
+            req.template_kwargs(),
+        );
+        let mut job = job(
+            req,
+            headers,
+            prompt,
+            token_limit(req.max_output_tokens),
+            None,
+        );
         job.output = req.output_spec();
         job
     }
