@@ -55,9 +55,13 @@ struct ConnState {
     /// When a request last started or ended (idle TTL and LRU eviction).
     last_used: Instant,
     last_used_wall: SystemTime,
-    /// Callers waiting for a `Stats` frame. Stats carry no request id, and any fresh snapshot
-    /// answers every waiter, so each `Stats` frame goes to all of them.
-    stats_waiters: Vec<oneshot::Sender<WorkerStats>>,
+    /// Callers waiting for a `Stats` frame, each with the number of its own `GetStats`.
+    /// Stats carry no request id but come back in order, so the n-th frame answers every
+    /// waiter that asked n-th or earlier; a late answer to an earlier ask (a worker that was
+    /// frozen) never passes for a fresh one.
+    stats_waiters: Vec<(u64, oneshot::Sender<WorkerStats>)>,
+    stats_asked: u64,
+    stats_answered: u64,
 }
 
 /// Where a request's events go. `fail` holds the terminal error for a request ended from
@@ -86,6 +90,8 @@ impl Conn {
                 last_used: now,
                 last_used_wall: SystemTime::now(),
                 stats_waiters: Vec::new(),
+                stats_asked: 0,
+                stats_answered: 0,
             }),
         });
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -214,13 +220,14 @@ impl ConnShared {
     /// writer is gone.
     pub(crate) fn request_stats(&self) -> Option<oneshot::Receiver<WorkerStats>> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut st = self.state();
-            // Callers that timed out are gone; a worker that never answers must not make
-            // this list grow.
-            st.stats_waiters.retain(|w| !w.is_closed());
-            st.stats_waiters.push(tx);
-        }
+        let mut st = self.state();
+        // Callers that timed out are gone; a worker that never answers must not make
+        // this list grow.
+        st.stats_waiters.retain(|(_, w)| !w.is_closed());
+        st.stats_asked += 1;
+        let ask = st.stats_asked;
+        st.stats_waiters.push((ask, tx));
+        // Sent under the lock, so asks reach the writer in the order they are numbered.
         self.send(ToWorker::GetStats).then_some(rx)
     }
 
@@ -341,8 +348,15 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
         FromWorker::Stats(stats) => {
             // Not progress on any request: a worker that answers stats but generates nothing
             // must still time out.
-            let waiters = std::mem::take(&mut conn.state().stats_waiters);
-            for w in waiters {
+            let mut st = conn.state();
+            st.stats_answered += 1;
+            let answered = st.stats_answered;
+            let (ready, waiting) = std::mem::take(&mut st.stats_waiters)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(ask, _)| *ask <= answered);
+            st.stats_waiters = waiting;
+            drop(st);
+            for (_, w) in ready {
                 // A waiter that gave up does not need the answer.
                 let _ = w.send(stats);
             }
