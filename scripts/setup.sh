@@ -142,13 +142,16 @@ if [ ! -f "$gguf" ]; then
 fi
 converter="$root/tools/convert_gguf.py"
 model_stamp="$models/.stamp"
-want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" | cut -c1-64 | tr '\n' ' ')$smollm_sampling"
+want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" "$root/tools/make_tiny_embedder.py" | cut -c1-64 | tr '\n' ' ')$smollm_sampling"
 if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; then
   rm -rf "$models"
   mkdir -p "$models"
   "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct \
     --sampling "$smollm_sampling"
   "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models"
+  # A tiny BERT sentence embedder; tests/data/tiny_bert_reference.json holds its reference
+  # vectors, recorded from the same seed by tools/embedding_reference.py.
+  "$deps/venv/bin/python" "$root/tools/make_tiny_embedder.py" "$models"
   printf '%s' "$want_models" >"$model_stamp"
 fi
 ls "$models"

@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opta_lmx_tests::{fake_worker_script, model, split_response, stream_events, Daemon};
+use opta_lmx_tests::{
+    fake_worker_script, model, process_alive, signal, split_response, stream_events, Daemon,
+};
 use serde_json::{json, Value};
 
 /// Model folders served by the fake worker started with `flags`. A model's id is its
-/// absolute path, so the fake's bookkeeping files land in this test's own folder.
+/// absolute path, so the fake's bookkeeping files land in this test's own folder, which is
+/// the daemon's models folder (paths elsewhere are refused).
 struct Fake {
     dir: tempfile::TempDir,
     worker: PathBuf,
@@ -45,7 +48,11 @@ impl Fake {
     }
 
     fn daemon(&self, config: &str) -> Daemon {
-        Daemon::start_with_env(config, &[("OPTA_LMX_WORKER", self.worker.as_os_str())])
+        Daemon::spawn(
+            config,
+            &[("OPTA_LMX_WORKER", self.worker.as_os_str())],
+            self.dir.path(),
+        )
     }
 }
 
@@ -471,4 +478,133 @@ fn prefer_wait_and_the_queue_limit_with_the_real_worker() {
     });
     let (code, body) = d.post("/v1/chat/completions", &chat(REAL, Some(2), false));
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_stall_the_models_other_streams() {
+    // Every request at once, one chunk each per round, as the real worker batches them.
+    let fake = Fake::new("--batch --chunk-delay-us 100");
+    let m = fake.model("m");
+    let d = fake.daemon("");
+    let port = d.port;
+    // A asks for an endless stream and never reads it: its socket buffers fill, then the
+    // controller's buffer for it.
+    let mut a = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let body = chat(&m, None, true).to_string();
+    write!(
+        a,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    wait_until("A running", Duration::from_secs(10), || {
+        d.worker_status(&m)["requests"]["in_flight"] == 1
+    });
+    // B streams 30,000 chunks to its end meanwhile, far past what A's buffers hold.
+    let mut chunks = 0;
+    let (code, ended) = stream_events(
+        port,
+        "/v1/chat/completions",
+        &chat(&m, Some(30_000), true),
+        |data| {
+            chunks += usize::from(data.contains("\"content\":\"t"));
+            true
+        },
+    )
+    .expect("stream B");
+    assert_eq!((code, ended), (200, true));
+    assert_eq!(chunks, 30_000);
+    // A was cut off alone: what it reads now ends with the error, and nothing is in flight.
+    a.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut raw = Vec::new();
+    a.read_to_end(&mut raw).expect("read A");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.contains("stopped reading"),
+        "{}",
+        &raw[raw.len().saturating_sub(500)..]
+    );
+    assert_eq!(d.worker_status(&m)["requests"]["in_flight"], 0);
+}
+
+/// The pids of every fake worker started on model `id`.
+fn fake_pids(id: &str) -> Vec<u32> {
+    std::fs::read_to_string(Path::new(id).join("fake-worker.pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// Waits for the daemon to exit; how long it took.
+fn exit_time(d: &mut Daemon, max: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            assert!(status.success(), "the daemon exited with {status}");
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < max, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_lets_running_streams_finish_then_stops_every_worker() {
+    let fake = Fake::new("--chunk-delay-ms 20");
+    let m = fake.model("m");
+    let mut d = fake.daemon("");
+    let port = d.port;
+    // 60 chunks of 20 ms: still running when the signal comes.
+    let body = chat(&m, Some(60), true);
+    let stream = std::thread::spawn(move || {
+        let mut chunks = 0;
+        let result = stream_events(port, "/v1/chat/completions", &body, |data| {
+            chunks += usize::from(data.contains("\"content\":\"t"));
+            true
+        });
+        (result.expect("stream"), chunks)
+    });
+    wait_until("the stream running", Duration::from_secs(10), || {
+        d.worker_status(&m)["requests"]["in_flight"] == 1
+    });
+    signal(d.child.id(), "TERM");
+    let ((code, ended), chunks) = stream.join().expect("stream thread");
+    assert_eq!(
+        (code, ended, chunks),
+        (200, true, 60),
+        "the stream ran to its end"
+    );
+    exit_time(&mut d, Duration::from_secs(15));
+    assert!(
+        fake_pids(&m).iter().all(|p| !process_alive(*p)),
+        "a worker outlived the daemon"
+    );
+}
+
+#[test]
+fn past_the_shutdown_grace_running_streams_are_cut_and_workers_stopped() {
+    let fake = Fake::new("--chunk-delay-ms 20");
+    let m = fake.model("m");
+    let mut d = fake.daemon("server:\n  shutdown_grace_sec: 1\n");
+    let port = d.port;
+    // Endless: only the deadline ends it.
+    let body = chat(&m, None, true);
+    let stream =
+        std::thread::spawn(move || stream_events(port, "/v1/chat/completions", &body, |_| true));
+    wait_until("the stream running", Duration::from_secs(10), || {
+        d.worker_status(&m)["requests"]["in_flight"] == 1
+    });
+    signal(d.child.id(), "TERM");
+    let took = exit_time(&mut d, Duration::from_secs(15));
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace period was not waited out: {took:?}"
+    );
+    let _ = stream.join();
+    assert!(
+        fake_pids(&m).iter().all(|p| !process_alive(*p)),
+        "a worker outlived the daemon"
+    );
 }

@@ -683,3 +683,40 @@ async fn workers_inherit_no_other_sockets() {
     }
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_is_failed_alone_and_never_stalls_the_others() {
+    // Every request at once, as the real worker batches them.
+    let fake = Fake::new("--batch --chunk-delay-us 50");
+    let m = fake.manager(|_| {});
+    m.load("slow", &fake.model_dir(), None).await.unwrap();
+    // Endless, and never read while the other streams.
+    let mut stuck = m
+        .generate("slow", request(Prompt::Text("x".into()), None))
+        .await
+        .unwrap();
+    let reader = m.generate("slow", text(20_000)).await.unwrap();
+    let (text, end) = collect(reader).await;
+    assert_done(&end);
+    assert_eq!(text.split_whitespace().count(), 20_000);
+    // The stuck one kept what its buffer holds (Accepted, then chunks), then its error.
+    let mut chunks = 0;
+    let last = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stuck.next())
+            .await
+            .expect("the stuck stream's end")
+            .expect("a terminal event")
+        {
+            StreamEvent::Accepted { .. } => {}
+            StreamEvent::Chunk { .. } => chunks += 1,
+            terminal => break terminal,
+        }
+    };
+    assert_eq!(chunks, 4095);
+    match last {
+        StreamEvent::Error(e) => assert!(e.to_string().contains("stopped reading"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(status(&m, "slow").in_flight, 0);
+    m.shutdown().await;
+}

@@ -98,7 +98,7 @@ fn the_schema_checker_rejects_what_it_should() {
 fn router_operations() -> BTreeSet<(String, String)> {
     opta_lmx::server::operations()
         .into_iter()
-        .map(|(method, path)| {
+        .map(|(method, path, _)| {
             (
                 method.as_str().to_ascii_lowercase(),
                 path.replace("{*", "{"),
@@ -300,6 +300,18 @@ fn calls_for(method: &str, path: &str) -> Vec<Call> {
                 (json!({"model": UNKNOWN, "prompt": "x"}), 404),
             ],
         ),
+        ("post", "/v1/embeddings" | "/api/v0/embeddings") => post(
+            vec![
+                json!({"model": "opta/tiny-random-bert", "input": "hello world"}),
+                json!({"model": "opta/tiny-random-bert", "input": ["a", [5, 6]],
+                       "encoding_format": "base64", "dimensions": 8}),
+            ],
+            vec![
+                (json!({"model": "opta/tiny-random-bert", "input": []}), 400),
+                (json!({"model": TINY, "input": "x"}), 400),
+                (json!({"model": UNKNOWN, "input": "x"}), 404),
+            ],
+        ),
         ("post", "/admin/models/load") => post(
             vec![json!({"model_id": TINY})],
             vec![(json!({}), 400), (json!({"model_id": UNKNOWN}), 404)],
@@ -369,7 +381,25 @@ fn check_answer(doc: &Value, response: &Value, head: &str, body: &str, what: &st
                 .unwrap_or_else(|e| panic!("{what}: {e}\nbody: {body}"));
         }
         "text/event-stream" => check_stream(doc, content, body, what),
+        "application/openmetrics-text" => check_openmetrics(body, what),
         other => panic!("{what}: no checker for {other}"),
+    }
+}
+
+/// OpenMetrics text: comment lines, samples `name{labels} value`, and `# EOF` last.
+fn check_openmetrics(body: &str, what: &str) {
+    assert!(body.ends_with("# EOF\n"), "{what}: no # EOF at the end");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("{what}: not a sample: {line}"));
+        let name = series.split('{').next().unwrap_or("");
+        assert!(
+            name.starts_with("opta_lmx_")
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{what}: bad metric name in {line}"
+        );
+        assert!(value.parse::<f64>().is_ok(), "{what}: bad value in {line}");
     }
 }
 

@@ -4,10 +4,12 @@
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends one request and returns the status code and the JSON body.
+/// Sends one request, with `api_key` as a bearer token when given, and returns the status
+/// code and the JSON body.
 pub async fn call(
     host: &str,
     port: u16,
+    api_key: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -20,8 +22,11 @@ pub async fn call(
             )
         })?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     );
     stream.write_all(request.as_bytes()).await?;

@@ -23,6 +23,52 @@ pub struct ServerConfig {
     pub timeout_sec: u64,
     /// Past `/v1/responses` answers kept in memory for `previous_response_id` (0: none).
     pub response_store_size: usize,
+    /// Keys a request must present (`Authorization: Bearer` or `x-api-key`); empty: none.
+    pub api_keys: Vec<ApiKey>,
+    /// Host names, besides `localhost` and IP addresses, that requests may address the server
+    /// by (the `Host` header); `"*"` allows any. Others are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Web page origins allowed to call the server from a browser (CORS); `"*"` allows any.
+    /// Empty: requests that carry any other `Origin` are refused.
+    pub cors_origins: Vec<String>,
+    /// Seconds running requests may take to finish after SIGTERM before workers are stopped.
+    pub shutdown_grace_sec: u64,
+}
+
+/// What an API key may do, as LM Studio 0.4's token permissions split it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Generation, embeddings and model listings.
+    Inference,
+    /// Loading and unloading models, status, memory and metrics.
+    Admin,
+}
+
+/// One API key: a bare string has every permission.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ApiKey {
+    Any(String),
+    Scoped {
+        key: String,
+        permissions: Vec<Permission>,
+    },
+}
+
+impl ApiKey {
+    pub fn key(&self) -> &str {
+        match self {
+            ApiKey::Any(key) | ApiKey::Scoped { key, .. } => key,
+        }
+    }
+
+    pub fn allows(&self, permission: Permission) -> bool {
+        match self {
+            ApiKey::Any(_) => true,
+            ApiKey::Scoped { permissions, .. } => permissions.contains(&permission),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -54,6 +100,9 @@ pub struct ModelsConfig {
     /// name ending in `*` matches every name it begins. Without a match, a `claude-*` name
     /// (Claude Code's) means the default model, else the one loaded.
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// Whether a model id may be an absolute path outside `models_directory` (any folder on
+    /// the machine would then be loadable by whoever can reach the server).
+    pub allow_paths: bool,
 }
 
 /// The sampling settings a request gets for the fields it leaves out. Precedence, per field:
@@ -162,6 +211,10 @@ impl Default for ServerConfig {
             port: 1234,
             timeout_sec: 300,
             response_store_size: 512,
+            api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            shutdown_grace_sec: 30,
         }
     }
 }
@@ -182,6 +235,7 @@ impl Default for ModelsConfig {
             defaults: SamplingDefaults::default(),
             tool_call_format: Default::default(),
             aliases: Default::default(),
+            allow_paths: false,
         }
     }
 }
@@ -248,6 +302,11 @@ impl Config {
                     "models.tool_call_format.{model} must be one of {} (got {format:?})",
                     opta_lmx_shared::TOOL_SYNTAXES.join(", ")
                 )));
+            }
+        }
+        for (i, key) in config.server.api_keys.iter().enumerate() {
+            if key.key().trim().is_empty() {
+                return Err(invalid(format!("server.api_keys[{i}] is empty")));
             }
         }
         if !["trace", "debug", "info", "warn", "error"]

@@ -1,11 +1,12 @@
 //! Finding models: a model id is `publisher/name`, looked up in the models folder (LM Studio's
 //! layout, `<models_directory>/<publisher>/<name>/config.json`), then in the Hugging Face
 //! cache (`~/.cache/huggingface/hub/models--publisher--name/snapshots/<rev>/`, offline). An
-//! absolute path to a model folder also works, with the path as its id.
+//! absolute path to a model folder also works, with the path as its id, when it lies inside
+//! the models folder or `models.allow_paths` is on.
 
 use std::path::{Path, PathBuf};
 
-use opta_lmx_shared::model_dir::{self, GenerationConfig, ModelConfig};
+use opta_lmx_shared::model_dir::{self, GenerationConfig, ModelConfig, ModelKind};
 
 /// A model that could be loaded.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct ModelEntry {
     pub generation: GenerationConfig,
     /// Bytes of the weight files, the basis of the memory estimate.
     pub weights_bytes: u64,
+    /// Generation or embeddings.
+    pub kind: ModelKind,
 }
 
 impl ModelEntry {
@@ -30,11 +33,28 @@ impl ModelEntry {
             .sum();
         Some(ModelEntry {
             id,
+            kind: ModelKind::of(&config),
             generation: GenerationConfig::read(&dir),
             dir,
             config,
             weights_bytes,
         })
+    }
+
+    /// LM Studio's `type` in `/api/v0/models`: `llm` or `embeddings`.
+    pub fn lms_type(&self) -> &'static str {
+        match self.kind {
+            ModelKind::Generation => "llm",
+            ModelKind::Embedding => "embeddings",
+        }
+    }
+
+    /// LM Studio's `type` in its v1 REST API: `llm` or `embedding`.
+    pub fn lms_v1_type(&self) -> &'static str {
+        match self.kind {
+            ModelKind::Generation => "llm",
+            ModelKind::Embedding => "embedding",
+        }
     }
 
     /// The part after the publisher, as LM Studio shows it.
@@ -48,20 +68,41 @@ impl ModelEntry {
 pub struct Discovery {
     pub models_dir: PathBuf,
     pub hf_cache: Option<PathBuf>,
+    /// Whether absolute paths outside `models_dir` may be loaded (`models.allow_paths`).
+    pub allow_paths: bool,
 }
 
 impl Discovery {
-    pub fn new(models_dir: PathBuf) -> Self {
+    pub fn new(models_dir: PathBuf, allow_paths: bool) -> Self {
         Discovery {
             models_dir,
             hf_cache: hf_cache_dir(),
+            allow_paths,
         }
     }
 
-    /// The folder of `id`, or `None` when no such model exists.
+    /// Whether `id` is an absolute path that may not be loaded: outside the models folder
+    /// (symlinks and `..` resolved) while `allow_paths` is off.
+    pub fn refuses_path(&self, id: &str) -> bool {
+        let path = Path::new(id);
+        if !path.is_absolute() || self.allow_paths {
+            return false;
+        }
+        match (path.canonicalize(), self.models_dir.canonicalize()) {
+            (Ok(path), Ok(root)) => !path.starts_with(root),
+            // A path that does not exist is simply not found.
+            (Err(_), _) => false,
+            (Ok(_), Err(_)) => true,
+        }
+    }
+
+    /// The folder of `id`, or `None` when no such model exists (or its path is refused).
     pub fn resolve(&self, id: &str) -> Option<ModelEntry> {
         let path = Path::new(id);
         if path.is_absolute() {
+            if self.refuses_path(id) {
+                return None;
+            }
             return ModelEntry::read(id.to_string(), path.to_path_buf());
         }
         // Ids are publisher/name: refuse anything that could climb out of the folders.
@@ -188,6 +229,7 @@ mod tests {
         let d = Discovery {
             models_dir: models.clone(),
             hf_cache: Some(cache),
+            allow_paths: false,
         };
         let local = d.resolve("acme/tiny-4bit").unwrap();
         assert_eq!(local.dir, models.join("acme/tiny-4bit"));
@@ -199,6 +241,20 @@ mod tests {
         );
         let abs = models.join("acme/tiny-4bit");
         assert!(d.resolve(abs.to_str().unwrap()).is_some());
+        // A folder outside the models folder, directly or by climbing out of it, loads only
+        // with allow_paths.
+        let outside = root.path().join("elsewhere/model");
+        write_model(&outside);
+        let climbing = models.join("acme/../../elsewhere/model");
+        for path in [outside.to_str().unwrap(), climbing.to_str().unwrap()] {
+            assert!(d.refuses_path(path), "{path}");
+            assert!(d.resolve(path).is_none(), "{path}");
+        }
+        let open = Discovery {
+            allow_paths: true,
+            ..d.clone()
+        };
+        assert!(open.resolve(outside.to_str().unwrap()).is_some());
         assert!(d.resolve("acme/missing").is_none());
         assert!(d.resolve("../etc").is_none());
         assert!(d.resolve("acme/..").is_none());

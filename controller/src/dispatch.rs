@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opta_lmx_shared::protocol::{GenerateRequest, OutputSpec, Prompt};
+use opta_lmx_shared::model_dir::ModelKind;
+use opta_lmx_shared::protocol::{EmbedInput, EmbedRequest, GenerateRequest, OutputSpec, Prompt};
 
 use crate::admission::{Busy, Permit};
 use crate::api::SamplingFields;
@@ -66,11 +67,65 @@ pub enum DispatchError {
     },
     #[error("the load task failed: {0}")]
     LoadTask(String),
+    /// A chat or text completion for an embedding model, or the other way round.
+    #[error("{0}")]
+    WrongKind(String),
+}
+
+/// Refuses a model that does not serve `wanted`.
+fn check_kind(entry: &ModelEntry, wanted: ModelKind) -> Result<(), DispatchError> {
+    if entry.kind == wanted {
+        return Ok(());
+    }
+    Err(DispatchError::WrongKind(match entry.kind {
+        ModelKind::Embedding => format!(
+            "The model `{}` is an embedding model: it answers /v1/embeddings, not chat or \
+             text completions.",
+            entry.id
+        ),
+        ModelKind::Generation => format!(
+            "The model `{}` is a text generation model: it does not answer /v1/embeddings.",
+            entry.id
+        ),
+    }))
+}
+
+/// Embeds `inputs` with the model `model` names (loading it as a generation would be);
+/// returns the model, one vector per input and the tokens read.
+pub async fn embed(
+    state: &Arc<AppState>,
+    model: Option<&str>,
+    inputs: Vec<EmbedInput>,
+    ttl: Option<u64>,
+    wait: Option<Duration>,
+) -> Result<(ModelEntry, Vec<Vec<f32>>, u32), DispatchError> {
+    let entry = resolve::model_for_request(state, model).await?;
+    check_kind(&entry, ModelKind::Embedding)?;
+    let _permit = admit_and_load(state, &entry, ttl, wait).await?;
+    let req = EmbedRequest {
+        request_id: 0,
+        inputs,
+    };
+    let mut stream = state.manager.embed(&entry.id, req).await?;
+    match stream.next().await {
+        Some(StreamEvent::Embeddings {
+            vectors,
+            prompt_tokens,
+        }) => Ok((entry, vectors, prompt_tokens)),
+        Some(StreamEvent::Error(e)) => Err(e.into()),
+        _ => Err(ManagerError::Crashed {
+            model: entry.id.clone(),
+            status: "the worker answered an embedding request with something else".into(),
+            stderr_tail: String::new(),
+        }
+        .into()),
+    }
 }
 
 /// Runs `job` up to the worker's acceptance of its prompt.
 pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchError> {
     let entry = resolve::model_for_request(state, job.model.as_deref()).await?;
+    check_kind(&entry, ModelKind::Generation)?;
     let permit = admit_and_load(state, &entry, job.ttl, job.wait).await?;
     let defaults = state.sampling_defaults(&entry);
     let req = GenerateRequest {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use opta_lmx::admission::Admission;
 use opta_lmx::client;
-use opta_lmx::config::{Config, LogFormat};
+use opta_lmx::config::{ApiKey, Config, LogFormat};
 use opta_lmx::discovery::Discovery;
 use opta_lmx::download::Downloader;
 use opta_lmx::manager::{ManagerConfig, ModelManager};
@@ -37,6 +37,9 @@ struct Target {
     host: String,
     #[arg(long, default_value_t = 1234)]
     port: u16,
+    /// API key, when the server requires one
+    #[arg(long, env = "OPTA_LMX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Print the server's JSON answer
     #[arg(long)]
     json: bool,
@@ -166,6 +169,12 @@ async fn serve(
     if let Some(d) = models_dir {
         cfg.models.models_directory = d;
     }
+    if let Some(key) = std::env::var("OPTA_LMX_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
+        cfg.server.api_keys.push(ApiKey::Any(key));
+    }
     init_logging(&cfg);
 
     let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
@@ -198,8 +207,15 @@ async fn serve(
         prompt_cache_mb: cfg.models.prompt_cache_mb,
         tool_syntax: cfg.models.tool_call_format.clone(),
     });
-    let discovery = Discovery::new(cfg.models_directory());
+    let discovery = Discovery::new(cfg.models_directory(), cfg.models.allow_paths);
     tracing::info!(%addr, version = opta_lmx::VERSION, models = %discovery.models_dir.display(), "opta-lmx listening");
+    if !addr.ip().is_loopback() && cfg.server.api_keys.is_empty() {
+        tracing::warn!(
+            "listening on {} without API keys: anyone on the network can use and manage this \
+             server (set server.api_keys or OPTA_LMX_API_KEY)",
+            addr.ip()
+        );
+    }
     let downloader = Downloader::from_env(discovery.hf_cache.clone());
     if cfg.models.allow_download {
         tracing::info!(endpoint = %downloader.endpoint(), "models missing locally are downloaded from Hugging Face");
@@ -230,12 +246,33 @@ async fn serve(
         });
     }
 
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    // On a signal: stop accepting and let running requests finish, for up to the grace
+    // period; then stop every worker, whatever is still running.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_sec);
+    let served =
+        axum::serve(listener, app(state)).with_graceful_shutdown(stopping(stop_rx.clone()));
+    let deadline = async {
+        stopping(stop_rx).await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(served) => served.map_err(Into::into),
+        () = deadline => {
+            tracing::warn!(grace_sec = grace.as_secs(), "requests still running after the shutdown grace period are cut off");
+            Ok(())
+        }
+    };
     // Stop every worker before exiting, whatever ended the server.
     manager.shutdown().await;
-    served.map_err(Into::into)
+    served
 }
 
 async fn shutdown_signal() {
@@ -258,13 +295,22 @@ async fn shutdown_signal() {
 }
 
 async fn get_ok(t: &Target, path: &str) -> anyhow::Result<Value> {
-    let (code, body) = client::call(&t.host, t.port, "GET", path, None).await?;
+    let (code, body) =
+        client::call(&t.host, t.port, t.api_key.as_deref(), "GET", path, None).await?;
     anyhow::ensure!(code == 200, "{}", client::error_message(&body));
     Ok(body)
 }
 
 async fn post_ok(t: &Target, path: &str, body: &Value) -> anyhow::Result<Value> {
-    let (code, resp) = client::call(&t.host, t.port, "POST", path, Some(body)).await?;
+    let (code, resp) = client::call(
+        &t.host,
+        t.port,
+        t.api_key.as_deref(),
+        "POST",
+        path,
+        Some(body),
+    )
+    .await?;
     anyhow::ensure!(code == 200, "{}", client::error_message(&resp));
     Ok(resp)
 }

@@ -40,8 +40,14 @@ fn build() -> Value {
                 (the Error schema); an unknown path answers 404 and a known path with another \
                 method 405 (code `method_not_allowed`) in that shape. Validation \
                 failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
-                read as JSON whatever their Content-Type; unknown fields are ignored and null \
-                reads as absent.",
+                JSON: sent as application/json (or any +json type) or with no Content-Type; \
+                other types answer 415. Unknown fields are ignored and null reads as absent. \
+                With server.api_keys configured, every route but /admin/health and \
+                /openapi.json needs a key (`Authorization: Bearer` or `x-api-key`; 401), with \
+                the permission the route needs (inference, or admin for /admin, model \
+                loading and /metrics; 403). A Host header naming anything but localhost, an \
+                IP address or server.allowed_hosts, and an Origin not in server.cors_origins, \
+                answer 403. Every answer carries `x-request-id`.",
             "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"},
         },
         "servers": [{"url": "http://127.0.0.1:1234"}],
@@ -214,6 +220,19 @@ fn paths() -> Value {
         p.insert(path.to_string(), item);
     }
     p.insert(
+        "/metrics".into(),
+        json!({"get": operation(
+            "Admin",
+            "metrics",
+            "Prometheus metrics (OpenMetrics text format); the README lists each one.",
+            with_errors(
+                json!({"description": "The metrics.", "content": {
+                    "application/openmetrics-text": {"schema": {"type": "string"}}}}),
+                &[],
+            ),
+        )}),
+    );
+    p.insert(
         "/openapi.json".into(),
         json!({"get": operation(
             "Admin",
@@ -222,7 +241,42 @@ fn paths() -> Value {
             with_errors(ok_json("The OpenAPI 3.1 document.", json!({"type": "object"})), &[]),
         )}),
     );
+    for (path, item) in p.iter_mut() {
+        with_guard_errors(path, item);
+    }
     Value::Object(p)
+}
+
+/// The refusals every route can answer before its handler runs (`guard`): 403 for a host or
+/// origin not allowed, 401 without a key where keys are needed, 415 for a body not sent as
+/// JSON.
+fn with_guard_errors(path: &str, item: &mut Value) {
+    let public = ["/admin/health", "/openapi.json"].contains(&path);
+    let anthropic = path.starts_with("/v1/messages");
+    let Some(ops) = item.as_object_mut() else {
+        return;
+    };
+    for (method, op) in ops.iter_mut() {
+        let mut codes = vec![403];
+        if !public {
+            codes.push(401);
+        }
+        if method == "post" {
+            codes.push(415);
+        }
+        let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for code in codes {
+            let response = if anthropic {
+                json!({"description": format!("As E{code}, in Anthropic's shape."),
+                       "content": json_content(schema_ref("AnthropicError"))})
+            } else {
+                json!({"$ref": format!("#/components/responses/E{code}")})
+            };
+            responses.entry(code.to_string()).or_insert(response);
+        }
+    }
 }
 
 fn admin_paths() -> Vec<(&'static str, Value)> {
@@ -319,7 +373,73 @@ fn openai_paths() -> Vec<(&'static str, Value)> {
                 ("CompletionRequest", completion_example()),
             ),
         ),
+        (
+            "/v1/embeddings",
+            embeddings_op(
+                "OpenAI",
+                "createEmbedding",
+                "Embeddings of one input or a batch, \
+                 from an embedding model (BERT-style encoders); loads it on first use.",
+            ),
+        ),
     ]
+}
+
+fn embeddings_op(tag: &str, id: &str, summary: &str) -> Value {
+    let op = with_prefer_header(operation(
+        tag,
+        id,
+        summary,
+        with_errors(
+            ok_json(
+                "One embedding per input, in order.",
+                schema_ref("EmbeddingList"),
+            ),
+            GENERATION_ERRORS,
+        ),
+    ));
+    let example = json!({"model": "opta/tiny-random-bert", "input": ["hello world", "hi"]});
+    json!({"post": with_body(op, json_body(schema_ref("EmbeddingsRequest"), example))})
+}
+
+fn embedding_schemas() -> Value {
+    let ids = json!({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1});
+    json!({
+        "EmbeddingsRequest": open(&["input"], json!({
+            "model": nullable(json!({"type": "string"})),
+            "input": {"description": "A string, a list of strings, token ids, or lists of \
+                token ids (at most 2048 inputs). Text is tokenized with the model's special \
+                tokens; ids are used as they are.",
+                "anyOf": [
+                    {"type": "string"},
+                    ids.clone(),
+                    {"type": "array", "minItems": 1, "maxItems": 2048,
+                     "items": {"anyOf": [{"type": "string"}, ids]}},
+                ]},
+            "encoding_format": nullable(json!({"type": "string", "enum": ["float", "base64"],
+                "description": "base64: little-endian float32 bytes."})),
+            "dimensions": nullable(json!({"type": "integer", "minimum": 1, "description":
+                "Keep the first N components and re-normalise; at most the model's own."})),
+            "user": nullable(json!({"type": "string"})),
+            "ttl": nullable(json!({"type": "integer", "minimum": 0})),
+        })),
+        "EmbeddingList": closed(&["object", "data", "model", "usage"], json!({
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": closed(&["object", "index", "embedding"], json!({
+                "object": {"type": "string", "enum": ["embedding"]},
+                "index": {"type": "integer"},
+                "embedding": {"anyOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {"type": "string", "description": "base64"},
+                ]},
+            }))},
+            "model": {"type": "string"},
+            "usage": closed(&["prompt_tokens", "total_tokens"], json!({
+                "prompt_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            })),
+        })),
+    })
 }
 
 /// A chat or text completion route: (tag, operationId), summary, the (JSON, SSE chunk)
@@ -461,6 +581,10 @@ fn lmstudio_paths() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "/api/v0/embeddings",
+            embeddings_op("LM Studio", "lmsEmbedding", "As /v1/embeddings."),
+        ),
+        (
             "/api/v1/models",
             json!({"get": operation("LM Studio", "lmsV1ListModels",
                 "Every model that could be loaded, with its loaded instances.",
@@ -493,8 +617,23 @@ fn error_responses() -> Value {
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer"},
     }});
-    // 401 is left out: no route answers it until API tokens exist.
-    let entries: [(u16, &str); 9] = [
+    let entries: [(u16, &str); 12] = [
+        (
+            401,
+            "`invalid_api_key`: server.api_keys are configured and the request sent none, or \
+               an unknown one.",
+        ),
+        (
+            403,
+            "`permission_denied`: the key lacks the route's permission; `host_not_allowed`: \
+               the Host header names a host not allowed (DNS rebinding); \
+               `origin_not_allowed`: a web page's Origin not in server.cors_origins.",
+        ),
+        (
+            415,
+            "`unsupported_media_type`: the body was sent as something other than JSON \
+               (a form, text/plain).",
+        ),
         (
             400,
             "The body is not valid JSON or a field is wrong or out of range; `param` names \
@@ -550,6 +689,7 @@ fn schemas() -> Value {
         request_schemas(),
         chat_schemas(),
         completion_schemas(),
+        embedding_schemas(),
         model_schemas(),
         admin_schemas(),
     ] {
@@ -1196,7 +1336,7 @@ fn model_schemas() -> Value {
             json!({
                 "id": {"type": "string"},
                 "object": {"type": "string", "enum": ["model"]},
-                "type": {"type": "string", "enum": ["llm"]},
+                "type": {"type": "string", "enum": ["llm", "embeddings"]},
                 "publisher": {"type": "string"},
                 "arch": {"type": "string"},
                 "compatibility_type": {"type": "string", "enum": ["mlx"]},
@@ -1225,7 +1365,7 @@ fn model_schemas() -> Value {
                   "max_context_length", "size_bytes", "loaded_context_length",
                   "loaded_instances"],
                 json!({
-                    "type": {"type": "string", "enum": ["llm"]},
+                    "type": {"type": "string", "enum": ["llm", "embedding"]},
                     "key": {"type": "string"},
                     "publisher": {"type": "string"},
                     "architecture": {"type": "string"},
@@ -1244,7 +1384,7 @@ fn model_schemas() -> Value {
             )},
         })),
         "LmsLoadResponse": closed(&["type", "instance_id", "load_time_seconds", "status"], json!({
-            "type": {"type": "string", "enum": ["llm"]},
+            "type": {"type": "string", "enum": ["llm", "embedding"]},
             "instance_id": {"type": "string"},
             "load_time_seconds": {"type": "number"},
             "status": {"type": "string", "enum": ["loaded"]},

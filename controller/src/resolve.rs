@@ -13,6 +13,11 @@ use crate::state::AppState;
 pub enum ResolveError {
     #[error("The model `{0}` does not exist.")]
     NotFound(String),
+    #[error(
+        "The model `{0}` is a path outside the models directory; set `models.allow_paths: \
+         true` in the configuration to load models from anywhere on this machine."
+    )]
+    PathRefused(String),
     /// The request names no model, none is configured, and not exactly one is loaded.
     #[error("you must provide a model parameter")]
     NoModel,
@@ -54,6 +59,9 @@ pub async fn find(
 ) -> Result<ModelEntry, ResolveError> {
     if let Some(entry) = state.discovery.resolve(id) {
         return Ok(entry);
+    }
+    if state.discovery.refuses_path(id) {
+        return Err(ResolveError::PathRefused(id.to_string()));
     }
     if !may_download || !download::is_repo_id(id) {
         return Err(ResolveError::NotFound(id.to_string()));

@@ -3,14 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::handler::Handler;
-use axum::http::Method;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::api::ApiError;
-use crate::routes::{admin, generate, models};
+use crate::config::Permission;
+use crate::guard::{Access, Guard};
+use crate::request_id;
+use crate::routes::{admin, embeddings, generate, models};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -20,39 +26,52 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 struct Route {
     method: Method,
     path: &'static str,
+    access: Access,
+    /// Errors in Anthropic's shape, for the Messages API, whose SDKs read no other.
+    anthropic: bool,
     handler: MethodRouter<Arc<AppState>>,
 }
 
-fn get<H: Handler<T, Arc<AppState>>, T: 'static>(path: &'static str, handler: H) -> Route {
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<Arc<AppState>>,
+) -> Route {
     Route {
-        method: Method::GET,
+        method,
         path,
-        handler: on(MethodFilter::GET, handler),
+        access,
+        anthropic: false,
+        handler,
     }
 }
 
-fn post<H: Handler<T, Arc<AppState>>, T: 'static>(path: &'static str, handler: H) -> Route {
-    Route {
-        method: Method::POST,
-        path,
-        handler: on(MethodFilter::POST, handler),
-    }
+fn get<H: Handler<T, Arc<AppState>>, T: 'static>(
+    access: Access,
+    path: &'static str,
+    handler: H,
+) -> Route {
+    route(Method::GET, path, access, on(MethodFilter::GET, handler))
 }
 
-/// `route` with its errors in Anthropic's shape (`{"type": "error", "error": {...}}`), for
-/// the Messages API, whose SDKs read no other.
+fn post<H: Handler<T, Arc<AppState>>, T: 'static>(
+    access: Access,
+    path: &'static str,
+    handler: H,
+) -> Route {
+    route(Method::POST, path, access, on(MethodFilter::POST, handler))
+}
+
 fn anthropic(route: Route) -> Route {
     Route {
-        handler: route
-            .handler
-            .layer(axum::middleware::map_response(anthropic_errors)),
+        anthropic: true,
         ..route
     }
 }
 
 /// Rewrites an OpenAI-shaped error response (every handler's `ApiError`) as Anthropic's.
-async fn anthropic_errors(response: axum::response::Response) -> axum::response::Response {
-    use axum::response::IntoResponse;
+async fn anthropic_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -70,47 +89,100 @@ async fn anthropic_errors(response: axum::response::Response) -> axum::response:
 /// Every route the daemon serves.
 fn table() -> Vec<Route> {
     use generate::{Chat, Completions, LmStudio, Messages, Native, Responses};
+    const PUBLIC: Access = Access::Public;
+    const INFER: Access = Access::Needs(Permission::Inference);
+    const ADMIN: Access = Access::Needs(Permission::Admin);
     vec![
-        get("/admin/health", admin::health),
-        get("/admin/status", admin::status),
-        get("/admin/memory", admin::memory),
-        get("/admin/models", admin::admin_models),
-        post("/admin/models/load", admin::admin_load),
-        post("/admin/models/unload", admin::admin_unload),
-        get("/v1/models", models::v1_models),
-        get("/v1/models/{*id}", models::v1_model),
-        post("/v1/chat/completions", generate::handle::<Chat, Native>),
-        post("/v1/completions", generate::handle::<Completions, Native>),
-        post("/v1/responses", generate::handle::<Responses, Native>),
-        anthropic(post("/v1/messages", generate::handle::<Messages, Native>)),
-        anthropic(post("/v1/messages/count_tokens", generate::count_tokens)),
-        get("/api/v0/models", models::v0_models),
-        get("/api/v0/models/{*id}", models::v0_model),
+        get(PUBLIC, "/admin/health", admin::health),
+        get(ADMIN, "/admin/status", admin::status),
+        get(ADMIN, "/admin/memory", admin::memory),
+        get(ADMIN, "/admin/models", admin::admin_models),
+        post(ADMIN, "/admin/models/load", admin::admin_load),
+        post(ADMIN, "/admin/models/unload", admin::admin_unload),
+        get(INFER, "/v1/models", models::v1_models),
+        get(INFER, "/v1/models/{*id}", models::v1_model),
         post(
+            INFER,
+            "/v1/chat/completions",
+            generate::handle::<Chat, Native>,
+        ),
+        post(
+            INFER,
+            "/v1/completions",
+            generate::handle::<Completions, Native>,
+        ),
+        post(
+            INFER,
+            "/v1/responses",
+            generate::handle::<Responses, Native>,
+        ),
+        post(INFER, "/v1/embeddings", embeddings::embeddings),
+        anthropic(post(
+            INFER,
+            "/v1/messages",
+            generate::handle::<Messages, Native>,
+        )),
+        anthropic(post(
+            INFER,
+            "/v1/messages/count_tokens",
+            generate::count_tokens,
+        )),
+        get(INFER, "/api/v0/models", models::v0_models),
+        get(INFER, "/api/v0/models/{*id}", models::v0_model),
+        post(
+            INFER,
             "/api/v0/chat/completions",
             generate::handle::<Chat, LmStudio>,
         ),
         post(
+            INFER,
             "/api/v0/completions",
             generate::handle::<Completions, LmStudio>,
         ),
-        get("/api/v1/models", models::v1_lms_models),
-        post("/api/v1/models/load", admin::lms_load),
-        post("/api/v1/models/unload", admin::lms_unload),
-        get("/openapi.json", crate::openapi::serve),
+        post(INFER, "/api/v0/embeddings", embeddings::embeddings),
+        get(INFER, "/api/v1/models", models::v1_lms_models),
+        post(ADMIN, "/api/v1/models/load", admin::lms_load),
+        post(ADMIN, "/api/v1/models/unload", admin::lms_unload),
+        get(PUBLIC, "/openapi.json", crate::openapi::serve),
+        get(ADMIN, "/metrics", crate::metrics::serve),
     ]
 }
 
 /// The (method, path) of every route, in axum's path syntax (`{*id}` is a catch-all), for
 /// the test that holds the OpenAPI document to the router.
-pub fn operations() -> Vec<(Method, &'static str)> {
-    table().into_iter().map(|r| (r.method, r.path)).collect()
+pub fn operations() -> Vec<(Method, &'static str, Access)> {
+    table()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.access))
+        .collect()
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
-    table()
-        .into_iter()
-        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+    let guard = Arc::new(Guard::new(&state.config.server));
+    let cors = cors(&state.config.server.cors_origins);
+    let router = table().into_iter().fold(Router::new(), |router, r| {
+        let guard = Arc::clone(&guard);
+        let access = r.access;
+        // The guard runs inside the Anthropic rewrite, so its refusals come in that shape.
+        let handler = r.handler.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let checked = guard.check(access, req.method(), req.headers());
+                async move {
+                    match checked {
+                        Ok(()) => next.run(req).await,
+                        Err(e) => e.into_response(),
+                    }
+                }
+            },
+        ));
+        let handler = if r.anthropic {
+            handler.layer(axum::middleware::map_response(anthropic_errors))
+        } else {
+            handler
+        };
+        router.route(r.path, handler)
+    });
+    let router = router
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
@@ -118,5 +190,41 @@ pub fn app(state: Arc<AppState>) -> Router {
             },
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::metrics::count_requests))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state);
+    // Outermost, so a browser's preflight is answered before routing.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins (`"*"`: any); `None` when there are none, so no CORS
+/// header is ever sent and browsers keep other pages from reading the answers.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            // Mirrored, since `*` does not cover `Authorization`.
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                axum::http::header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }

@@ -261,6 +261,76 @@ impl GenerationConfig {
     }
 }
 
+/// Model types that are encoders: they embed text and generate nothing.
+pub const ENCODER_TYPES: &[&str] = &["bert"];
+
+/// What a model folder serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Text generation (chat and completions).
+    Generation,
+    /// Embeddings only: an encoder. (Decoder embedders such as Qwen3-Embedding are not
+    /// served as such yet: they load as the generation models they also are.)
+    Embedding,
+}
+
+impl ModelKind {
+    pub fn of(config: &ModelConfig) -> ModelKind {
+        if ENCODER_TYPES.contains(&config.model_type.as_str()) {
+            ModelKind::Embedding
+        } else {
+            ModelKind::Generation
+        }
+    }
+}
+
+/// How sentence-transformers pools a text's token states into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the text's tokens (padding excluded).
+    Mean,
+    /// The first token's (`[CLS]`).
+    Cls,
+    /// The last token's (decoder embedders such as Qwen3-Embedding).
+    Last,
+}
+
+/// The pooling of a sentence-transformers folder (`modules.json`, then its Pooling module's
+/// `config.json`), and whether its vectors are L2-normalised (a `Normalize` module). `None`:
+/// the folder has no Pooling module.
+pub fn sentence_pooling(dir: &Path) -> Option<(Pooling, bool)> {
+    let modules = read_json(&dir.join("modules.json")).ok()?;
+    let modules = modules.as_array()?;
+    let kind = |m: &Value| {
+        m.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let pooling = modules.iter().find(|m| kind(m).ends_with(".Pooling"))?;
+    let folder = pooling
+        .get("path")
+        .and_then(Value::as_str)
+        .unwrap_or("1_Pooling");
+    let cfg = read_json(&dir.join(folder).join("config.json")).unwrap_or(Value::Null);
+    let on = |key: &str| cfg.get(key).and_then(Value::as_bool) == Some(true);
+    let mode = if on("pooling_mode_cls_token") {
+        Pooling::Cls
+    } else if on("pooling_mode_lasttoken") {
+        Pooling::Last
+    } else {
+        Pooling::Mean
+    };
+    let normalize = modules.iter().any(|m| kind(m).ends_with(".Normalize"));
+    Some((mode, normalize))
+}
+
+/// sentence-transformers' input limit (`sentence_bert_config.json`'s `max_seq_length`).
+pub fn max_seq_length(dir: &Path) -> Option<usize> {
+    let cfg = read_json(&dir.join("sentence_bert_config.json")).ok()?;
+    cfg.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
 /// Reads a JSON file, distinguishing a missing file from a broken one.
 pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
     let text = fs::read_to_string(path).map_err(|source| {
@@ -285,6 +355,39 @@ pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sentence_transformers_pooling_and_normalisation_from_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(sentence_pooling(d), None);
+        std::fs::write(
+            d.join("modules.json"),
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+        )
+        .unwrap();
+        assert_eq!(sentence_pooling(d), Some((Pooling::Mean, false)));
+        std::fs::create_dir(d.join("1_Pooling")).unwrap();
+        std::fs::write(
+            d.join("1_Pooling/config.json"),
+            r#"{"pooling_mode_cls_token": false, "pooling_mode_lasttoken": true}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("modules.json"),
+            r#"[{"path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+                {"path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+        )
+        .unwrap();
+        assert_eq!(sentence_pooling(d), Some((Pooling::Last, true)));
+        std::fs::write(
+            d.join("sentence_bert_config.json"),
+            r#"{"max_seq_length": 256}"#,
+        )
+        .unwrap();
+        assert_eq!(max_seq_length(d), Some(256));
+    }
 
     #[test]
     fn quantization_with_per_module_overrides() {

@@ -29,7 +29,7 @@ use bincode::{Decode, Encode};
 /// Sent in [`FromWorker::Hello`]; the controller refuses a worker whose version differs.
 /// bincode is positional (variant indexes, field order), so bump this on ANY change to the
 /// message types below, even adding a variant or a field at the end.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Controller -> worker
@@ -48,8 +48,25 @@ pub enum ToWorker {
     Cancel { request_id: u64 },
     /// Ask for a [`FromWorker::Stats`] frame.
     GetStats,
+    /// Embed a batch of inputs; answered by one `Embeddings` or `Error` with its id.
+    Embed(EmbedRequest),
     /// Finish or cancel what is running, then exit; EOF on the socket means the same.
     Shutdown,
+}
+
+/// Inputs to embed together, in one forward pass.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct EmbedRequest {
+    pub request_id: u64,
+    pub inputs: Vec<EmbedInput>,
+}
+
+/// One input: text, tokenized by the model's tokenizer with its special tokens, or token
+/// ids used as they are.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 /// One completion request, already validated and defaulted by the controller.
@@ -245,6 +262,12 @@ pub enum FromWorker {
     },
     /// Answer to [`ToWorker::GetStats`].
     Stats(WorkerStats),
+    /// Answer to [`ToWorker::Embed`]: one vector per input, in order, and the tokens read.
+    Embeddings {
+        request_id: u64,
+        vectors: Vec<Vec<f32>>,
+        prompt_tokens: u32,
+    },
 }
 
 /// What the worker learned loading the model; the controller shows it in `/v1/models` and

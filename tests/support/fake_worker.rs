@@ -8,15 +8,17 @@
 //! - `--load-fail <msg>`: say Hello, then LoadFailed(msg), exit 1
 //! - `--ignore-sigterm`: ignore SIGTERM, Shutdown and EOF (only SIGKILL ends it)
 //! - `--crash-after-chunks <n>`: abort (SIGABRT) right after sending its n-th chunk
-//! - `--chunk-delay-ms <n>`: pause between chunks (default 5)
+//! - `--chunk-delay-ms <n>`, `--chunk-delay-us <n>`: pause between chunks (default 5 ms)
+//! - `--batch`: serve every request at once, one chunk each per round, as the real worker's
+//!   batching does (default: one at a time)
 //! - `--load-delay-ms <n>`: pause between Hello and Ready, as a real load takes time
 //! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--tool-syntax <s>`: accepted as the real
 //!   worker's, not used
 //!
 //! It appends its pid to `<dir>/fake-worker.pids` and its arguments to
 //! `<dir>/fake-worker.args` (one line per start), so tests can find and count processes and
-//! check what they were started with. Requests are served one at a time, the rest wait in its
-//! queue; each chunk is `t<i> `; `max_tokens: None` streams until cancelled. `GetStats`
+//! check what they were started with. Requests are served one at a time (without `--batch`), the
+//! rest wait in its queue; each chunk is `t<i> `; `max_tokens: None` streams until cancelled. `GetStats`
 //! reports the running request as active and the waiting ones as queued.
 
 use std::io::Write;
@@ -41,6 +43,7 @@ struct Flags {
     crash_after_chunks: Option<u64>,
     chunk_delay: Duration,
     load_delay: Duration,
+    batch: bool,
 }
 
 fn parse() -> Flags {
@@ -69,6 +72,11 @@ fn parse() -> Flags {
                 value()
                     .parse::<u64>()
                     .unwrap_or_else(|_| fail(&format!("bad {arg}")));
+            }
+            "--batch" => f.batch = true,
+            "--chunk-delay-us" => {
+                let us = value().parse().unwrap_or_else(|_| fail("bad us"));
+                f.chunk_delay = Duration::from_micros(us);
             }
             "--chunk-delay-ms" => {
                 let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
@@ -212,6 +220,9 @@ enum Stop {
 
 impl Server {
     fn serve(mut self) -> ! {
+        if self.flags.batch {
+            self.serve_batch();
+        }
         loop {
             if self.queue.is_empty() {
                 match self.rx.recv() {
@@ -225,6 +236,66 @@ impl Server {
             let req = self.queue.remove(0);
             self.run(&req);
         }
+    }
+
+    /// All requests at once: each round, every running request gets one chunk.
+    fn serve_batch(mut self) -> ! {
+        let mut running: Vec<(GenerateRequest, u32)> = Vec::new();
+        loop {
+            if running.is_empty() && self.queue.is_empty() {
+                match self.rx.recv() {
+                    Ok(msg) => self.handle(msg, None),
+                    Err(_) => sleep_forever(),
+                };
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(ToWorker::Cancel { request_id })
+                        if running.iter().any(|(r, _)| r.request_id == request_id) =>
+                    {
+                        running.retain(|(r, n)| {
+                            let keep = r.request_id != request_id;
+                            if !keep {
+                                self.done(request_id, FinishReason::Cancelled, *n);
+                            }
+                            keep
+                        });
+                    }
+                    Ok(msg) => {
+                        self.handle(msg, None);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => sleep_forever(),
+                }
+            }
+            running.extend(self.queue.drain(..).map(|r| (r, 0)));
+            std::thread::sleep(self.flags.chunk_delay);
+            for (req, n) in &mut running {
+                self.chunk(req.request_id, *n);
+                *n += 1;
+            }
+            running.retain(|(r, n)| {
+                let finished = r.max_tokens.is_some_and(|max| *n >= max);
+                if finished {
+                    self.done(r.request_id, FinishReason::Length, *n);
+                }
+                !finished
+            });
+        }
+    }
+
+    fn chunk(&self, request_id: u64, n: u32) {
+        send(
+            &self.stream,
+            &FromWorker::Chunk {
+                request_id,
+                deltas: vec![Delta::Text {
+                    text: format!("t{n} "),
+                    tokens: 1,
+                }],
+                logprobs: Vec::new(),
+            },
+        );
     }
 
     fn handle(&mut self, msg: ToWorker, running: Option<u64>) -> Stop {
@@ -247,6 +318,15 @@ impl Server {
                     self.done(request_id, FinishReason::Cancelled, 0);
                 }
             }
+            // Each input becomes [its position, 1.0], at once.
+            ToWorker::Embed(req) => send(
+                &self.stream,
+                &FromWorker::Embeddings {
+                    request_id: req.request_id,
+                    vectors: (0..req.inputs.len()).map(|i| vec![i as f32, 1.0]).collect(),
+                    prompt_tokens: req.inputs.len() as u32,
+                },
+            ),
             ToWorker::GetStats => {
                 let stats = WorkerStats {
                     active_requests: u32::from(running.is_some()),
@@ -284,17 +364,7 @@ impl Server {
                 }
             }
             std::thread::sleep(self.flags.chunk_delay);
-            send(
-                &self.stream,
-                &FromWorker::Chunk {
-                    request_id: id,
-                    deltas: vec![Delta::Text {
-                        text: format!("t{n} "),
-                        tokens: 1,
-                    }],
-                    logprobs: Vec::new(),
-                },
-            );
+            self.chunk(id, n);
             n += 1;
             self.chunks_sent += 1;
             if self.flags.crash_after_chunks == Some(self.chunks_sent) {

@@ -17,7 +17,10 @@ use crate::cache::KvCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3")]
+    #[error(
+        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3 (and bert \
+         for embeddings)"
+    )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
     MissingTensor(String),

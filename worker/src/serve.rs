@@ -18,6 +18,9 @@
 //! scheduler (`scheduler.rs`); the rest wait, already tokenized, in arrival order. Between
 //! steps the engine thread drains the channel without blocking, which is where new requests
 //! arrive and join, and cancellation, stats and shutdown take effect.
+//!
+//! An encoder (`bert`) is served by a simpler loop: each `Embed` is one forward pass over its
+//! padded batch, answered with one `Embeddings` frame (`embed.rs`).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,11 +34,12 @@ use std::time::{Duration, Instant};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use opta_lmx_shared::model_dir::QuantizationConfig;
 use opta_lmx_shared::protocol::{
-    read_frame_blocking, write_frame_blocking, ErrorKind, FinishReason, FromWorker,
-    GenerateRequest, ModelFacts, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
+    read_frame_blocking, write_frame_blocking, EmbedInput, EmbedRequest, ErrorKind, FinishReason,
+    FromWorker, GenerateRequest, ModelFacts, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
     PROTOCOL_VERSION,
 };
 
+use crate::embed::{EmbedError, Encoder, Input};
 use crate::engine::Engine;
 use crate::prepare::{prepare, Output, Prepared};
 use crate::request::{GenerateError, GenerateParams};
@@ -215,6 +219,11 @@ fn arm_shutdown_deadline() {
 
 fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) -> ExitCode {
     log!("loading {}", dir.display());
+    let encoder = opta_lmx_shared::model_dir::read_config(dir)
+        .is_ok_and(|c| opta_lmx_shared::model_dir::ENCODER_TYPES.contains(&c.model_type.as_str()));
+    if encoder {
+        return encoder_main(link, rx, dir);
+    }
     let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(dir)));
     let mut engine = match loaded {
         Ok(Ok(engine)) => engine,
@@ -252,6 +261,93 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
     server.serve();
     log!("shut down");
     ExitCode::SUCCESS
+}
+
+/// An encoder's worker: embeddings only, each request one forward pass, in arrival order.
+fn encoder_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path) -> ExitCode {
+    let start = Instant::now();
+    let encoder = match catch_unwind(AssertUnwindSafe(|| Encoder::load(dir))) {
+        Ok(Ok(encoder)) => encoder,
+        Ok(Err(e)) => return load_failed(link, format!("{e:#}")),
+        Err(panic) => {
+            return load_failed(
+                link,
+                format!("loading panicked: {}", panic_message(panic.as_ref())),
+            )
+        }
+    };
+    let facts = ModelFacts {
+        model_type: encoder.model_type.clone(),
+        num_layers: saturating_u32(encoder.num_layers),
+        context_length: saturating_u32(encoder.max_tokens),
+        vocab_size: saturating_u32(encoder.vocab_size),
+        quantization: "none".into(),
+        weights_bytes: encoder.weights_bytes as u64,
+        load_seconds: start.elapsed().as_secs_f64(),
+        eos_token_ids: Vec::new(),
+    };
+    log!(
+        "ready: {} encoder, {} dimensions",
+        facts.model_type,
+        encoder.dims
+    );
+    link.send(&FromWorker::Ready(facts));
+    while let Ok(inbound) = rx.recv() {
+        match inbound.msg {
+            ToWorker::Embed(req) => {
+                let answer = catch_unwind(AssertUnwindSafe(|| embed(&encoder, &req)))
+                    .unwrap_or_else(|p| Err(EmbedError::Engine(panic_message(p.as_ref()))));
+                link.send(&match answer {
+                    Ok((vectors, prompt_tokens)) => FromWorker::Embeddings {
+                        request_id: req.request_id,
+                        vectors,
+                        prompt_tokens,
+                    },
+                    Err(e) => FromWorker::Error {
+                        request_id: Some(req.request_id),
+                        kind: embed_error_kind(&e),
+                        message: e.to_string(),
+                    },
+                });
+            }
+            ToWorker::Generate(req) => link.send(&FromWorker::Error {
+                request_id: Some(req.request_id),
+                kind: ErrorKind::InvalidRequest,
+                message: format!(
+                    "{} is an embedding model: it answers /v1/embeddings, not completions",
+                    encoder.model_type
+                ),
+            }),
+            ToWorker::GetStats => link.send(&FromWorker::Stats(WorkerStats::default())),
+            // Every request is answered before the next is read: nothing to cancel.
+            ToWorker::Cancel { .. } => {}
+            ToWorker::Shutdown => break,
+        }
+    }
+    log!("shut down");
+    ExitCode::SUCCESS
+}
+
+fn embed(encoder: &Encoder, req: &EmbedRequest) -> Result<(Vec<Vec<f32>>, u32), EmbedError> {
+    let inputs: Vec<Input> = req
+        .inputs
+        .iter()
+        .map(|i| match i {
+            EmbedInput::Text(t) => Input::Text(t),
+            EmbedInput::Tokens(ids) => Input::Tokens(ids),
+        })
+        .collect();
+    let ids = encoder.tokenize(&inputs)?;
+    let tokens = ids.iter().map(Vec::len).sum::<usize>();
+    Ok((encoder.embed(&ids)?, saturating_u32(tokens)))
+}
+
+fn embed_error_kind(e: &EmbedError) -> ErrorKind {
+    match e {
+        EmbedError::TooLong { .. } => ErrorKind::ContextLengthExceeded,
+        EmbedError::Empty { .. } | EmbedError::BadToken { .. } => ErrorKind::InvalidRequest,
+        EmbedError::Engine(_) => ErrorKind::Engine,
+    }
 }
 
 fn load_failed(link: &Link, message: String) -> ExitCode {
@@ -354,6 +450,14 @@ impl Server<'_> {
             }
             ToWorker::GetStats => self.link.send(&FromWorker::Stats(self.stats())),
             ToWorker::Shutdown => self.shutdown = true,
+            ToWorker::Embed(req) => self.link.send(&FromWorker::Error {
+                request_id: Some(req.request_id),
+                kind: ErrorKind::InvalidRequest,
+                message: format!(
+                    "{} is a text generation model: it does not answer /v1/embeddings",
+                    self.engine.model.config.model_type
+                ),
+            }),
         }
     }
 

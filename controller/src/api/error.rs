@@ -33,9 +33,18 @@ pub enum ApiError {
     /// context. Answered before any generation.
     #[error("{message}")]
     ContextLengthExceeded { message: String, param: String },
-    /// 401: missing or wrong bearer token (only when API tokens are configured).
+    /// 401: a missing or unknown API key (only when `server.api_keys` are configured).
     #[error("{message}")]
     Unauthorized { message: String },
+    /// 403: the request may not do this: its key lacks the permission (`permission_denied`),
+    /// or it names a host or comes from a web page origin that is not allowed
+    /// (`host_not_allowed`, `origin_not_allowed`).
+    #[error("{message}")]
+    Forbidden { message: String, code: &'static str },
+    /// 415: a body sent as something other than JSON (a form or `text/plain`, which browsers
+    /// send cross-site without asking).
+    #[error("{message}")]
+    UnsupportedMediaType { message: String },
     /// 404 with code `model_not_found`: the SDKs raise `NotFoundError` from this.
     #[error("The model `{model}` does not exist or cannot be loaded.")]
     ModelNotFound { model: String },
@@ -127,6 +136,19 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         ApiError::Unauthorized {
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            message: message.into(),
+            code,
+        }
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError::UnsupportedMediaType {
             message: message.into(),
         }
     }
@@ -225,6 +247,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
             | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -247,6 +271,8 @@ impl ApiError {
             ApiError::InvalidRequest { .. }
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::Unauthorized { .. }
+            | ApiError::Forbidden { .. }
+            | ApiError::UnsupportedMediaType { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelUnavailable { .. }
             | ApiError::NotFound { .. }
@@ -269,6 +295,8 @@ impl ApiError {
             ApiError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::Forbidden { code, .. } => Some(code),
+            ApiError::UnsupportedMediaType { .. } => Some("unsupported_media_type"),
             ApiError::ModelNotFound { .. } | ApiError::ModelUnavailable { .. } => {
                 Some("model_not_found")
             }
@@ -361,7 +389,7 @@ impl From<crate::resolve::ResolveError> for ApiError {
         match e {
             R::NotFound(model) => ApiError::model_not_found(model),
             R::NoModel => ApiError::missing_param("model"),
-            R::DownloadOff { model, .. } | R::NotOnHub { model, .. } => {
+            R::DownloadOff { model, .. } | R::NotOnHub { model, .. } | R::PathRefused(model) => {
                 ApiError::model_unavailable(model, message)
             }
             R::DownloadFailed { .. } | R::NotAModel(_) => ApiError::download_failed(message),
@@ -384,7 +412,7 @@ impl From<crate::manager::ManagerError> for ApiError {
             M::NotLoaded(model) => ApiError::model_not_found(model),
             M::LoadFailed { .. } | M::Spawn(_) => ApiError::internal(msg),
             M::ExitedBeforeReady { .. } | M::Crashed { .. } => ApiError::worker_crashed(msg),
-            M::Timeout { .. } => ApiError::timeout(msg),
+            M::Timeout { .. } | M::ClientTooSlow { .. } => ApiError::timeout(msg),
             M::InsufficientMemory { .. } => ApiError::insufficient_memory(msg),
             M::Unloading(model) => ApiError::model_loading(model, Some(1)),
             M::Request { kind, message } => match kind {
@@ -414,13 +442,14 @@ impl From<crate::dispatch::DispatchError> for ApiError {
                 retry_after_secs,
             } => ApiError::model_loading_no_wait(&model, wait_secs, retry_after_secs),
             D::LoadTask(why) => ApiError::internal(format!("the load task failed: {why}")),
+            D::WrongKind(message) => ApiError::invalid_param("model", message),
         }
     }
 }
 
 /// A JSON body extractor whose every rejection is an [`ApiError`] in OpenAI's shape, where
-/// axum's `Json` answers plain text. It also ignores the `Content-Type` header: many scripts
-/// post JSON without it, and LM Studio accepts them.
+/// axum's `Json` answers plain text. It reads a body without `Content-Type` as JSON: many
+/// scripts post JSON without it. Other media types are refused before it by `guard`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -722,7 +751,7 @@ mod tests {
 
     #[tokio::test]
     async fn extractor_accepts_json_with_and_without_content_type() {
-        for ct in [Some("application/json"), None, Some("text/plain")] {
+        for ct in [Some("application/json"), None] {
             let (status, body) = send(OK_BODY, ct).await;
             assert_eq!(status, StatusCode::OK, "{ct:?}");
             assert_eq!(body, b"m");

@@ -331,7 +331,7 @@ pub struct Usage {
 /// Anthropic's error `type` for an HTTP status.
 pub fn error_type(status: u16) -> &'static str {
     match status {
-        400 | 413 | 422 => "invalid_request_error",
+        400 | 413 | 415 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

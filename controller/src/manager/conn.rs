@@ -1,7 +1,9 @@
 //! One worker connection, shared by many requests.
 //!
 //! A reader task owns the receiving side: it decodes [`FromWorker`] frames and routes each to
-//! its request's bounded channel by `request_id`. A writer task owns the sending side and
+//! its request's bounded channel by `request_id`. The reader never waits for a consumer: a
+//! client that stops reading fills its own channel and that request alone is failed, so it
+//! cannot stall the worker's other streams. A writer task owns the sending side and
 //! writes the frames queued on an mpsc channel, so a caller that gives up (a dropped future)
 //! can never leave half a frame on the stream. Both tasks share the socket through an `Arc`:
 //! `&Stream` implements tokio's `AsyncRead` and `AsyncWrite`.
@@ -13,15 +15,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use interprocess::local_socket::tokio::Stream;
 use opta_lmx_shared::protocol::{
-    read_frame, write_frame, FromWorker, GenerateRequest, ToWorker, WorkerStats,
+    read_frame, write_frame, EmbedRequest, FromWorker, GenerateRequest, ToWorker, WorkerStats,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{ManagerError, StreamEvent};
 
-/// Events buffered per request before the reader waits for that request's consumer.
-const STREAM_BUFFER: usize = 256;
+/// Events buffered per request for a consumer that does not keep up (a client that stopped
+/// reading). Past it the request is failed and cancelled. An event is about one token, so
+/// this is minutes of reading at any real speed, and a few hundred KB.
+pub(crate) const STREAM_BUFFER: usize = 4096;
 
 /// Locks ignoring poison: every critical section here leaves the state consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,8 +54,6 @@ struct ConnState {
     last_frame: Instant,
     /// When the current busy period (at least one request in flight) began.
     busy_since: Option<Instant>,
-    /// The reader is waiting for a slow consumer: the worker is not silent, we are.
-    delivering: bool,
     /// When a request last started or ended (idle TTL and LRU eviction).
     last_used: Instant,
     last_used_wall: SystemTime,
@@ -64,12 +66,14 @@ struct ConnState {
     stats_answered: u64,
 }
 
-/// Where a request's events go. `fail` holds the terminal error for a request ended from
-/// outside the stream (crash, timeout, unload): the consumer first drains what the worker
-/// already sent, then sees the channel close and takes the error.
+/// Where a request's events go. `end` holds the terminal event when it cannot go through
+/// the channel: an error for a request ended from outside the stream (crash, timeout,
+/// unload, a consumer too slow), or a `Done` that found the channel full. The consumer
+/// first drains what is buffered, then sees the channel close and takes it.
+#[derive(Clone)]
 struct Route {
     tx: mpsc::Sender<StreamEvent>,
-    fail: Arc<Mutex<Option<ManagerError>>>,
+    end: Arc<Mutex<Option<StreamEvent>>>,
 }
 
 impl Conn {
@@ -86,7 +90,6 @@ impl Conn {
                 routes: HashMap::new(),
                 last_frame: now,
                 busy_since: None,
-                delivering: false,
                 last_used: now,
                 last_used_wall: SystemTime::now(),
                 stats_waiters: Vec::new(),
@@ -138,15 +141,36 @@ impl ConnShared {
         self.out.send(msg).is_ok()
     }
 
-    /// Registers a request and sends it. `Err` means the writer is gone.
+    /// Registers a generation and sends it. `Err` means the writer is gone.
     pub(crate) fn start(
         self: &Arc<Self>,
         mut req: GenerateRequest,
     ) -> Result<GenerationStream, ()> {
+        self.start_with(|id| {
+            req.request_id = id;
+            ToWorker::Generate(req)
+        })
+    }
+
+    /// Registers an embedding request and sends it; its stream ends with one `Embeddings`.
+    pub(crate) fn start_embed(
+        self: &Arc<Self>,
+        mut req: EmbedRequest,
+    ) -> Result<GenerationStream, ()> {
+        self.start_with(|id| {
+            req.request_id = id;
+            ToWorker::Embed(req)
+        })
+    }
+
+    /// Registers a route under a fresh id, then sends the frame `make` builds for that id.
+    fn start_with(
+        self: &Arc<Self>,
+        make: impl FnOnce(u64) -> ToWorker,
+    ) -> Result<GenerationStream, ()> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        req.request_id = id;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let fail = Arc::new(Mutex::new(None));
+        let end = Arc::new(Mutex::new(None));
         {
             let mut st = self.state();
             let now = Instant::now();
@@ -157,19 +181,19 @@ impl ConnShared {
                 id,
                 Route {
                     tx,
-                    fail: Arc::clone(&fail),
+                    end: Arc::clone(&end),
                 },
             );
             st.touch(now);
         }
         // The route exists before the frame leaves, so no answer can miss it.
-        if !self.send(ToWorker::Generate(req)) {
+        if !self.send(make(id)) {
             self.remove(id);
             return Err(());
         }
         Ok(GenerationStream {
             rx,
-            fail,
+            end,
             conn: Arc::clone(self),
             id,
             finished: false,
@@ -177,11 +201,11 @@ impl ConnShared {
         })
     }
 
-    /// The channel of a running request, noting that the worker spoke.
-    fn route_of(&self, id: u64) -> Option<mpsc::Sender<StreamEvent>> {
+    /// The route of a running request, noting that the worker spoke.
+    fn route_of(&self, id: u64) -> Option<Route> {
         let mut st = self.state();
         st.last_frame = Instant::now();
-        st.routes.get(&id).map(|r| r.tx.clone())
+        st.routes.get(&id).cloned()
     }
 
     fn remove(&self, id: u64) -> Option<Route> {
@@ -208,7 +232,7 @@ impl ConnShared {
         };
         let mut ids = Vec::with_capacity(routes.len());
         for (id, route) in routes {
-            *lock(&route.fail) = Some(err());
+            *lock(&route.end) = Some(StreamEvent::Error(err()));
             // Dropping the sender closes the channel once the reader lets go of its clone.
             drop(route.tx);
             ids.push(id);
@@ -254,11 +278,8 @@ impl ConnShared {
     pub(crate) fn stalled(&self, timeout: Duration) -> bool {
         let st = self.state();
         match st.busy_since {
-            Some(busy) if !st.delivering => {
-                let silent_since = busy.max(st.last_frame);
-                silent_since.elapsed() >= timeout
-            }
-            _ => false,
+            Some(busy) => busy.max(st.last_frame).elapsed() >= timeout,
+            None => false,
         }
     }
 }
@@ -274,7 +295,7 @@ async fn read_loop(stream: Arc<Stream>, conn: Arc<ConnShared>, closed: watch::Se
     let mut r = &*stream;
     loop {
         match read_frame::<FromWorker, _>(&mut r).await {
-            Ok(Some(msg)) => route(&conn, msg).await,
+            Ok(Some(msg)) => route(&conn, msg),
             Ok(None) => {
                 tracing::debug!(model = %conn.model, "the worker closed its socket");
                 break;
@@ -290,14 +311,14 @@ async fn read_loop(stream: Arc<Stream>, conn: Arc<ConnShared>, closed: watch::Se
     let _ = closed.send(true);
 }
 
-/// Hands one frame to its request. Awaiting a full channel is the backpressure: the worker's
-/// socket fills and it waits, rather than the controller buffering without bound.
-async fn route(conn: &ConnShared, msg: FromWorker) {
-    let (tx, event) = match msg {
+/// Hands one frame to its request, never waiting: see [`STREAM_BUFFER`].
+fn route(conn: &ConnShared, msg: FromWorker) {
+    let (id, route, event) = match msg {
         FromWorker::Accepted {
             request_id,
             prompt_tokens,
         } => (
+            request_id,
             conn.route_of(request_id),
             StreamEvent::Accepted { prompt_tokens },
         ),
@@ -306,6 +327,7 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
             deltas,
             logprobs,
         } => (
+            request_id,
             conn.route_of(request_id),
             StreamEvent::Chunk { deltas, logprobs },
         ),
@@ -316,13 +338,24 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
             timings,
         } => {
             conn.state().last_frame = Instant::now();
-            let tx = conn.remove(request_id).map(|r| r.tx);
             let event = StreamEvent::Done {
                 finish_reason,
                 usage,
                 timings,
             };
-            (tx, event)
+            (request_id, conn.remove(request_id), event)
+        }
+        FromWorker::Embeddings {
+            request_id,
+            vectors,
+            prompt_tokens,
+        } => {
+            conn.state().last_frame = Instant::now();
+            let event = StreamEvent::Embeddings {
+                vectors,
+                prompt_tokens,
+            };
+            (request_id, conn.remove(request_id), event)
         }
         FromWorker::Error {
             request_id: Some(request_id),
@@ -330,9 +363,9 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
             message,
         } => {
             conn.state().last_frame = Instant::now();
-            let tx = conn.remove(request_id).map(|r| r.tx);
             (
-                tx,
+                request_id,
+                conn.remove(request_id),
                 StreamEvent::Error(ManagerError::Request { kind, message }),
             )
         }
@@ -369,17 +402,24 @@ async fn route(conn: &ConnShared, msg: FromWorker) {
         }
     };
     // No route: the request was cancelled or failed already; its late frames are dropped.
-    let Some(tx) = tx else { return };
-    if let Ok(permit) = tx.try_reserve() {
-        permit.send(event);
+    let Some(route) = route else { return };
+    let event = match route.tx.try_send(event) {
+        // Closed: the consumer went away, and its Drop already sent Cancel.
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+        Err(mpsc::error::TrySendError::Full(event)) => event,
+    };
+    if event.is_terminal() {
+        // Already unrouted: the consumer takes it after what is buffered.
+        *lock(&route.end) = Some(event);
         return;
     }
-    conn.state().delivering = true;
-    // An error means the consumer went away; its Drop already sent Cancel.
-    let _ = tx.send(event).await;
-    let mut st = conn.state();
-    st.delivering = false;
-    st.last_frame = Instant::now();
+    if conn.remove(id).is_some() {
+        tracing::warn!(model = %conn.model, request = id, buffered = STREAM_BUFFER, "the client stopped reading; its request is cancelled");
+        *lock(&route.end) = Some(StreamEvent::Error(ManagerError::ClientTooSlow {
+            model: conn.model.clone(),
+        }));
+        conn.send(ToWorker::Cancel { request_id: id });
+    }
 }
 
 async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::UnboundedReceiver<ToWorker>, model: String) {
@@ -398,7 +438,7 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::UnboundedReceiver<ToWorke
 /// Dropping it before the end cancels the request in the worker (the client went away).
 pub struct GenerationStream {
     rx: mpsc::Receiver<StreamEvent>,
-    fail: Arc<Mutex<Option<ManagerError>>>,
+    end: Arc<Mutex<Option<StreamEvent>>>,
     conn: Arc<ConnShared>,
     id: u64,
     finished: bool,
@@ -410,7 +450,7 @@ impl GenerationStream {
     /// The next event; `None` after the terminal `Done` or `Error`.
     pub async fn next(&mut self) -> Option<StreamEvent> {
         if let Some(event) = self.pending.take() {
-            self.finished = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error(_));
+            self.finished = event.is_terminal();
             return Some(event);
         }
         if self.finished {
@@ -418,18 +458,15 @@ impl GenerationStream {
         }
         let event = match self.rx.recv().await {
             Some(event) => event,
-            None => {
-                let err = lock(&self.fail)
-                    .take()
-                    .unwrap_or_else(|| ManagerError::Crashed {
-                        model: self.conn.model.clone(),
-                        status: "the connection to the worker closed".into(),
-                        stderr_tail: String::new(),
-                    });
-                StreamEvent::Error(err)
-            }
+            None => lock(&self.end).take().unwrap_or_else(|| {
+                StreamEvent::Error(ManagerError::Crashed {
+                    model: self.conn.model.clone(),
+                    status: "the connection to the worker closed".into(),
+                    stderr_tail: String::new(),
+                })
+            }),
         };
-        if matches!(event, StreamEvent::Done { .. } | StreamEvent::Error(_)) {
+        if event.is_terminal() {
             self.finished = true;
         }
         Some(event)

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opta_lmx_shared::protocol::{
-    Delta, ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings, TokenLogprob, Usage,
-    WorkerStats,
+    Delta, EmbedRequest, ErrorKind, FinishReason, GenerateRequest, ModelFacts, Timings,
+    TokenLogprob, Usage, WorkerStats,
 };
 use tokio::sync::oneshot;
 
@@ -119,6 +119,10 @@ pub enum ManagerError {
     /// The worker could not be started (missing binary, socket, protocol mismatch).
     #[error("cannot start a worker: {0}")]
     Spawn(String),
+    /// The request's client stopped reading and its buffer filled; the request was cancelled
+    /// so that the model's other streams go on.
+    #[error("the client stopped reading the stream from model {model}; the request was cancelled")]
+    ClientTooSlow { model: String },
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -177,6 +181,15 @@ pub struct ModelStatus {
     pub socket_path: Option<PathBuf>,
 }
 
+/// A request for a worker.
+#[derive(Debug)]
+// Always boxed where it is held (`Command::Generate`), so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Work {
+    Generate(GenerateRequest),
+    Embed(EmbedRequest),
+}
+
 /// One event of a generation.
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
@@ -194,6 +207,21 @@ pub enum StreamEvent {
     },
     /// Terminal.
     Error(ManagerError),
+    /// Terminal, the only answer to an embedding request: one vector per input.
+    Embeddings {
+        vectors: Vec<Vec<f32>>,
+        prompt_tokens: u32,
+    },
+}
+
+impl StreamEvent {
+    /// Whether nothing more follows this event.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            StreamEvent::Done { .. } | StreamEvent::Error(_) | StreamEvent::Embeddings { .. }
+        )
+    }
 }
 
 /// The manager's configuration plus the socket directory, shared with the owner tasks.
@@ -483,7 +511,24 @@ impl ModelManager {
         let not_loaded = || ManagerError::NotLoaded(model_id.to_string());
         let handle = self.handle(model_id).ok_or_else(not_loaded)?;
         self.ask(model_id, &handle, |reply| Command::Generate {
-            req: Box::new(req),
+            work: Box::new(Work::Generate(req)),
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(not_loaded()))
+    }
+
+    /// Starts an embedding request on a ready model; its stream's one event is
+    /// `Embeddings` or `Error`.
+    pub async fn embed(
+        &self,
+        model_id: &str,
+        req: EmbedRequest,
+    ) -> Result<GenerationStream, ManagerError> {
+        let not_loaded = || ManagerError::NotLoaded(model_id.to_string());
+        let handle = self.handle(model_id).ok_or_else(not_loaded)?;
+        self.ask(model_id, &handle, |reply| Command::Generate {
+            work: Box::new(Work::Embed(req)),
             reply,
         })
         .await

@@ -13,13 +13,14 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use opta_lmx_shared::protocol::{GenerateRequest, ModelFacts, ToWorker};
+use opta_lmx_shared::protocol::{ModelFacts, ToWorker};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
 
 use super::conn::{ConnShared, GenerationStream};
 use super::worker::{self, ExitReport, Launch, Worker};
-use super::{CrashInfo, ManagerError, ModelInfo, ModelState, Settings};
+use super::{CrashInfo, ManagerError, ModelInfo, ModelState, Settings, Work};
+use crate::metrics::{self, Lifecycle};
 
 /// How often the owner checks for stalled requests and idle TTLs.
 const TICK: Duration = Duration::from_millis(250);
@@ -42,7 +43,7 @@ pub(crate) enum Command {
     },
     Generate {
         // Boxed: the request is the largest command by far, and commands queue.
-        req: Box<GenerateRequest>,
+        work: Box<Work>,
         reply: oneshot::Sender<Result<GenerationStream, ManagerError>>,
     },
     /// Unload only if ready with nothing in flight (decided here, not on a stale snapshot);
@@ -255,8 +256,8 @@ impl Supervisor {
                     let _ = reply.send(false);
                 }
             },
-            Command::Generate { req, reply } => {
-                let _ = reply.send(self.generate(*req));
+            Command::Generate { work, reply } => {
+                let _ = reply.send(self.generate(*work));
             }
         }
     }
@@ -315,6 +316,7 @@ impl Supervisor {
         let after_crash = matches!(self.phase, Phase::Crashed(_));
         if after_crash {
             self.restarts += 1;
+            metrics::global().lifecycle(&self.model, Lifecycle::Restarted);
         }
         let delay = if after_crash {
             self.restart_delay()
@@ -379,6 +381,7 @@ impl Supervisor {
                 }
             }
             Ok(worker) => {
+                metrics::global().lifecycle(&self.model, Lifecycle::Loaded);
                 let info = model_info(&self.model, &worker);
                 self.phase = Phase::Ready(worker);
                 self.publish();
@@ -420,6 +423,7 @@ impl Supervisor {
     }
 
     fn record_crash(&mut self) {
+        metrics::global().lifecycle(&self.model, Lifecycle::Crashed);
         let now = Instant::now();
         self.crash_streak = match self.last_crash {
             Some(t) if now.duration_since(t) < CRASH_WINDOW => self.crash_streak + 1,
@@ -522,6 +526,7 @@ impl Supervisor {
                 stderr_tail: report.stderr_tail.clone(),
             });
         } else {
+            metrics::global().lifecycle(&self.model, Lifecycle::Unloaded);
             self.publish();
         }
         for w in s.unload_waiters {
@@ -532,17 +537,17 @@ impl Supervisor {
         }
     }
 
-    fn generate(&mut self, req: GenerateRequest) -> Result<GenerationStream, ManagerError> {
+    fn generate(&mut self, work: Work) -> Result<GenerationStream, ManagerError> {
         match &self.phase {
-            Phase::Ready(w) => w
-                .conn
-                .shared()
-                .start(req)
-                .map_err(|()| ManagerError::Crashed {
-                    model: self.model.clone(),
-                    status: "its connection closed".into(),
-                    stderr_tail: String::new(),
-                }),
+            Phase::Ready(w) => match work {
+                Work::Generate(req) => w.conn.shared().start(req),
+                Work::Embed(req) => w.conn.shared().start_embed(req),
+            }
+            .map_err(|()| ManagerError::Crashed {
+                model: self.model.clone(),
+                status: "its connection closed".into(),
+                stderr_tail: String::new(),
+            }),
             Phase::Stopping(s) if s.cause == Cause::Unload => {
                 Err(ManagerError::Unloading(self.model.clone()))
             }

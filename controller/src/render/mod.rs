@@ -16,6 +16,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use opta_lmx_shared::protocol::{Delta, FinishReason, Timings, TokenLogprob, Usage};
 use serde_json::Value;
+use tracing::Instrument;
 
 pub use anthropic::MessagesRenderer;
 pub use lmstudio::LmStudio;
@@ -26,6 +27,7 @@ use crate::admission::Permit;
 use crate::api::{sse, ApiError};
 use crate::dispatch::Started;
 use crate::manager::{GenerationStream, StreamEvent};
+use crate::metrics::ServedBy;
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,8 +156,10 @@ pub async fn respond<R: Renderer>(
     }
     let (out, end) = collect(events).await?;
     drop(permit);
-    log_request(&entry.id, &end);
-    Ok(axum::Json(renderer.body(out, &end)).into_response())
+    finished(&entry.id, &end);
+    let mut response = axum::Json(renderer.body(out, &end)).into_response();
+    response.extensions_mut().insert(ServedBy(entry.id));
+    Ok(response)
 }
 
 async fn collect(mut events: GenerationStream) -> Result<(Collected, End), ApiError> {
@@ -178,6 +182,7 @@ async fn collect(mut events: GenerationStream) -> Result<(Collected, End), ApiEr
                 return Ok((out, end));
             }
             StreamEvent::Error(e) => return Err(e.into()),
+            StreamEvent::Embeddings { .. } => break,
         }
     }
     Err(ApiError::worker_crashed(
@@ -185,7 +190,9 @@ async fn collect(mut events: GenerationStream) -> Result<(Collected, End), ApiEr
     ))
 }
 
-fn log_request(model: &str, end: &End) {
+/// A generation's end: logged and counted.
+fn finished(model: &str, end: &End) {
+    crate::metrics::global().generated(model, &end.usage, &end.timings);
     tracing::info!(
         model,
         prompt_tokens = end.usage.prompt_tokens,
@@ -220,6 +227,9 @@ struct Streaming<R> {
     called_tools: bool,
     model: String,
     began: Instant,
+    /// The request's span (its id), entered whenever the body is polled after the handler
+    /// returned.
+    span: tracing::Span,
     /// Dropped with the body: when the stream ends or its client goes away.
     _permit: Permit,
 }
@@ -230,6 +240,7 @@ fn sse_response<R: Renderer>(
     permit: Permit,
     model: String,
 ) -> Response {
+    let served_by = model.clone();
     let state = Streaming {
         events,
         renderer,
@@ -239,6 +250,7 @@ fn sse_response<R: Renderer>(
         called_tools: false,
         model,
         began: Instant::now(),
+        span: tracing::Span::current(),
         _permit: permit,
     };
     // Dropping this stream (the client went away) drops the GenerationStream, which
@@ -251,12 +263,14 @@ fn sse_response<R: Renderer>(
             if st.done {
                 return None;
             }
-            st.fill().await;
+            let span = st.span.clone();
+            st.fill().instrument(span).await;
         }
     });
     Response::builder()
         .header(header::CONTENT_TYPE, sse::CONTENT_TYPE)
         .header(header::CACHE_CONTROL, "no-cache")
+        .extension(ServedBy(served_by))
         .body(Body::from_stream(body))
         .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
 }
@@ -301,7 +315,7 @@ impl<R: Renderer> Streaming<R> {
                     timings,
                     called_tools: self.called_tools,
                 };
-                log_request(&self.model, &end);
+                finished(&self.model, &end);
                 self.done = true;
                 self.renderer.done(&end)
             }
@@ -311,7 +325,8 @@ impl<R: Renderer> Streaming<R> {
                 self.done = true;
                 self.renderer.error(&ApiError::from(e))
             }
-            None => {
+            // The worker broke the protocol (vectors for a generation); as if it hung up.
+            Some(StreamEvent::Embeddings { .. }) | None => {
                 self.done = true;
                 self.renderer.error(&ApiError::worker_crashed(
                     "the worker's stream ended without a result",

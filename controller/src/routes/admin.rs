@@ -92,7 +92,7 @@ pub async fn lms_load(
 ) -> Result<Json<Value>, ApiError> {
     let (entry, secs) = load_entry(&s, &req.model, req.ttl).await?;
     Ok(Json(json!({
-        "type": "llm",
+        "type": entry.lms_v1_type(),
         "instance_id": entry.id,
         "load_time_seconds": secs,
         "status": "loaded",

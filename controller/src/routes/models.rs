@@ -89,7 +89,7 @@ fn lms_model(s: &AppState, e: &ModelEntry, status: Option<&ModelStatus>) -> Valu
     let mut v = json!({
         "id": e.id,
         "object": "model",
-        "type": "llm",
+        "type": e.lms_type(),
         "publisher": e.publisher(),
         "arch": e.config.model_type,
         "compatibility_type": "mlx",
@@ -145,7 +145,7 @@ pub async fn v1_lms_models(State(s): State<Arc<AppState>>) -> Json<Value> {
         .map(|e| {
             let st = statuses.iter().find(|st| st.model_id == e.id);
             json!({
-                "type": "llm",
+                "type": e.lms_v1_type(),
                 "key": e.id,
                 "publisher": e.publisher(),
                 "architecture": e.config.model_type,

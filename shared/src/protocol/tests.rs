@@ -88,6 +88,13 @@ fn to_worker_samples() -> Vec<ToWorker> {
         ToWorker::Cancel { request_id: 7 },
         ToWorker::GetStats,
         ToWorker::Shutdown,
+        ToWorker::Embed(EmbedRequest {
+            request_id: 8,
+            inputs: vec![
+                EmbedInput::Text("héllo".into()),
+                EmbedInput::Tokens(vec![1, 2, u32::MAX]),
+            ],
+        }),
     ]
 }
 
@@ -244,6 +251,11 @@ fn from_worker_samples() -> Vec<FromWorker> {
             peak_memory_bytes: u64::MAX,
             active_memory_bytes: 5,
         }),
+        FromWorker::Embeddings {
+            request_id: 8,
+            vectors: vec![vec![0.5, -0.25, f32::MIN_POSITIVE], vec![]],
+            prompt_tokens: 9,
+        },
     ]
 }
 
@@ -263,9 +275,10 @@ fn samples_cover_every_variant() {
             ToWorker::Cancel { .. } => 3,
             ToWorker::GetStats => 4,
             ToWorker::Shutdown => 5,
+            ToWorker::Embed(_) => 6,
         })
         .collect();
-    assert_eq!(to, (0..=5).collect());
+    assert_eq!(to, (0..=6).collect());
 
     let from: BTreeSet<u8> = from_worker_samples()
         .iter()
@@ -288,9 +301,10 @@ fn samples_cover_every_variant() {
                 ErrorKind::Overloaded => 12,
             },
             FromWorker::Stats(_) => 13,
+            FromWorker::Embeddings { .. } => 14,
         })
         .collect();
-    assert_eq!(from, (0..=13).collect());
+    assert_eq!(from, (0..=14).collect());
 
     let deltas: BTreeSet<u8> = from_worker_samples()
         .iter()
@@ -443,7 +457,7 @@ fn wire_format_fingerprint() {
     });
     assert_eq!(
         (PROTOCOL_VERSION, wire.len(), format!("{hash:016x}")),
-        (3, 1128, "10db2347d9728c59".to_string()),
+        (4, 1174, "064c54af67ae9553".to_string()),
         "wire format changed: bump PROTOCOL_VERSION, then update this fingerprint"
     );
 }

@@ -1,0 +1,147 @@
+//! `/v1/embeddings` against the real daemon and worker on the tiny random BERT model, its
+//! vectors held to those mlx-embeddings computed (`tests/data/tiny_bert_reference.json`,
+//! recorded by `tools/embedding_reference.py`): each input alone, a padded batch, the token
+//! counts, the errors, and the model's type in the listings.
+
+use opta_lmx_tests::{model, workspace_root, Daemon};
+use serde_json::{json, Value};
+
+const BERT: &str = "opta/tiny-random-bert";
+const TINY: &str = "opta/tiny-random-llama";
+
+fn reference() -> Value {
+    let path = workspace_root().join("tests/data/tiny_bert_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("JSON")
+}
+
+fn vector(v: &Value) -> Vec<f64> {
+    serde_json::from_value(v.clone()).expect("a vector")
+}
+
+fn assert_close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: dimensions");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "{what}: off by {worst:e} from mlx-embeddings");
+}
+
+#[test]
+fn vectors_match_mlx_embeddings_alone_and_in_a_padded_batch() {
+    assert!(model("tiny-random-bert").join("modules.json").exists());
+    let d = Daemon::start("");
+    let r = reference();
+    // Every case on its own, the empty text too (its [CLS] and [SEP]).
+    for case in r["cases"].as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        let (code, body) = d.post("/v1/embeddings", &json!({"model": BERT, "input": text}));
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["object"], "list");
+        assert_eq!(body["model"], BERT);
+        assert_eq!(body["data"][0]["object"], "embedding");
+        let ids = case["token_ids"].as_array().expect("ids").len();
+        assert_eq!(body["usage"]["prompt_tokens"], ids, "{text:?}: tokens");
+        assert_eq!(body["usage"]["total_tokens"], ids);
+        assert_close(
+            &vector(&body["data"][0]["embedding"]),
+            &vector(&case["embedding"]),
+            text,
+        );
+    }
+    // The batch: one forward pass padded to its longest input, each vector in its place.
+    let batch = &r["batch"];
+    let (code, body) = d.post(
+        "/api/v0/embeddings",
+        &json!({"model": BERT, "input": batch["texts"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let want = batch["embeddings"].as_array().expect("embeddings");
+    let got = body["data"].as_array().expect("data");
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g["index"], i);
+        assert_close(&vector(&g["embedding"]), &vector(w), &format!("batch[{i}]"));
+    }
+    // Token ids as input are used as they are: the first case's ids give its vector.
+    let first = &r["cases"][0];
+    let (code, body) = d.post(
+        "/v1/embeddings",
+        &json!({"model": BERT, "input": [first["token_ids"]]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_close(
+        &vector(&body["data"][0]["embedding"]),
+        &vector(&first["embedding"]),
+        "token ids",
+    );
+}
+
+#[test]
+fn bad_inputs_and_the_wrong_kind_of_model_are_400s_naming_the_culprit() {
+    let d = Daemon::start("");
+    let long = "word ".repeat(200);
+    let cases = [
+        (
+            json!({"model": BERT, "input": ["fine", long]}),
+            "input",
+            "input[1]",
+        ),
+        (
+            json!({"model": BERT, "input": ["fine", []]}),
+            "input",
+            "input[1]",
+        ),
+        (
+            json!({"model": BERT, "input": [[1, 99999]]}),
+            "input",
+            "input[0]",
+        ),
+        (json!({"model": BERT, "input": []}), "input", "input"),
+        (
+            json!({"model": BERT, "input": "x", "dimensions": 1000}),
+            "dimensions",
+            "64",
+        ),
+        (
+            json!({"model": TINY, "input": "x"}),
+            "model",
+            "text generation model",
+        ),
+    ];
+    for (body, param, mentions) in cases {
+        let (code, err) = d.post("/v1/embeddings", &body);
+        assert_eq!(code, 400, "{body}: {err}");
+        assert_eq!(err["error"]["param"], param, "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(mentions), "{body}: {message}");
+    }
+    let (code, err) = d.post(
+        "/v1/chat/completions",
+        &json!({"model": BERT, "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_eq!(code, 400, "{err}");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("embedding model"));
+    // The daemon and the model keep serving.
+    let (code, _) = d.post("/v1/embeddings", &json!({"model": BERT, "input": "ok"}));
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn listings_name_embedding_models_as_lm_studio_does() {
+    let d = Daemon::start("");
+    let (_, v0) = d.get("/api/v0/models");
+    let find = |list: &Value, key: &str, id: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|m| m[key] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} not listed"))
+    };
+    assert_eq!(find(&v0["data"], "id", BERT)["type"], "embeddings");
+    assert_eq!(find(&v0["data"], "id", TINY)["type"], "llm");
+    let (_, v1) = d.get("/api/v1/models");
+    assert_eq!(find(&v1["models"], "key", BERT)["type"], "embedding");
+}

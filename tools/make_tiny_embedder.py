@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Write a tiny random-weights BERT sentence-embedding model folder for fast tests.
+
+The folder is laid out as sentence-transformers saves a BERT model (Hugging Face BertModel
+config and tensor names, a WordPiece tokenizer.json, modules.json with Transformer -> mean
+Pooling -> Normalize), so the embeddings path is exercised on the real file formats while the
+network is small enough to load and run in milliseconds. The vectors mean nothing by design:
+tests compare them against tools/embedding_reference.py, never judge their quality.
+
+  make_tiny_embedder.py <out-dir> [--seed N]
+
+writes <out-dir>/tiny-random-bert (float32). The output is the same for the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+from pathlib import Path
+
+import mlx.core as mx
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+NAME = "tiny-random-bert"
+HIDDEN, INTER, LAYERS, HEADS, MAX_POS, TYPE_VOCAB = 64, 128, 2, 4, 128, 2
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] must be id 0 (pad_token_id)
+WORDS = """
+the a an and or but not no yes of to in on at by for with from as is are was were be been
+it this that these those he she they we you i me my your his her their our its who what when
+where why how which there here all some any many more most one two three four five six seven
+eight nine ten first last new old good bad big small long short high low great little same
+other hello world quick brown fox jump jumps over lazy dog cat cats sat mat sun sky blue red
+green day night time year people man woman child house city country water fire tree
+book word text model data test server token embed vector search query answer question
+language learning machine computer make made go went see saw know think say said get use
+run read write open close start stop like love want need can will would could should
+""".split()
+# Common suffixes, then every lowercase letter and digit as a continuation piece, so that any
+# ASCII word splits into known pieces and [UNK] only comes from characters outside ASCII.
+SUFFIXES = "s es ed ing er ers est ly ion ions ment ness able al ful less ize ise y en".split()
+
+
+def vocabulary() -> list[str]:
+    pieces = [*SPECIALS, *string.punctuation, *string.digits, *string.ascii_lowercase, *WORDS]
+    pieces += [f"##{s}" for s in SUFFIXES] + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    return list(dict.fromkeys(pieces))  # drop repeats ("a", "i", "##s"), keep the first id
+
+
+def build_tokenizer(vocab: list[str]) -> Tokenizer:
+    ids = {piece: i for i, piece in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    # As bert-base-uncased: lowercase, and (strip_accents unset) accents stripped with it;
+    # CJK characters split one per token.
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def config(vocab_size: int) -> dict:
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": INTER,
+        "max_position_embeddings": MAX_POS,
+        "type_vocab_size": TYPE_VOCAB,
+        "vocab_size": vocab_size,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "classifier_dropout": None,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def random_weights(vocab_size: int) -> dict[str, mx.array]:
+    def normal(*shape: int, std: float = 0.05) -> mx.array:
+        return mx.random.normal(shape) * std
+
+    def linear(name: str, out_dim: int, in_dim: int, std: float = 0.05) -> dict[str, mx.array]:
+        # PyTorch nn.Linear layout: weight [out, in].
+        return {f"{name}.weight": normal(out_dim, in_dim, std=std), f"{name}.bias": normal(out_dim, std=0.02)}
+
+    def layer_norm(name: str) -> dict[str, mx.array]:
+        return {f"{name}.weight": 1.0 + normal(HIDDEN), f"{name}.bias": normal(HIDDEN, std=0.02)}
+
+    w = {
+        "embeddings.word_embeddings.weight": normal(vocab_size, HIDDEN, std=0.1),
+        "embeddings.position_embeddings.weight": normal(MAX_POS, HIDDEN, std=0.1),
+        "embeddings.token_type_embeddings.weight": normal(TYPE_VOCAB, HIDDEN, std=0.1),
+        **layer_norm("embeddings.LayerNorm"),
+    }
+    for i in range(LAYERS):
+        p = f"encoder.layer.{i}"
+        # Larger query/key weights so attention is far from uniform and masking or position
+        # mistakes show in the output.
+        w.update(linear(f"{p}.attention.self.query", HIDDEN, HIDDEN, std=0.15))
+        w.update(linear(f"{p}.attention.self.key", HIDDEN, HIDDEN, std=0.15))
+        w.update(linear(f"{p}.attention.self.value", HIDDEN, HIDDEN))
+        w.update(linear(f"{p}.attention.output.dense", HIDDEN, HIDDEN))
+        w.update(layer_norm(f"{p}.attention.output.LayerNorm"))
+        w.update(linear(f"{p}.intermediate.dense", INTER, HIDDEN))
+        w.update(linear(f"{p}.output.dense", HIDDEN, INTER))
+        w.update(layer_norm(f"{p}.output.LayerNorm"))
+    w.update(linear("pooler.dense", HIDDEN, HIDDEN))
+    return w
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help=f"folder to write {NAME}/ into")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = args.out / NAME
+    out.mkdir(parents=True, exist_ok=True)
+
+    vocab = vocabulary()
+    build_tokenizer(vocab).save(str(out / "tokenizer.json"))
+    (out / "vocab.txt").write_text("".join(f"{piece}\n" for piece in vocab))
+    write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": True,
+            "tokenize_chinese_chars": True,
+            "strip_accents": None,
+            "model_max_length": MAX_POS,
+            "clean_up_tokenization_spaces": True,
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
+    )
+    write_json(
+        out / "special_tokens_map.json",
+        {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    )
+
+    write_json(out / "config.json", config(len(vocab)))
+    mx.random.seed(args.seed)
+    mx.save_safetensors(str(out / "model.safetensors"), random_weights(len(vocab)), metadata={"format": "pt"})
+
+    # sentence-transformers' pipeline: the Transformer module at the folder root, then mean
+    # pooling over non-padding tokens, then L2 normalisation.
+    write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": MAX_POS, "do_lower_case": False})
+    write_json(
+        out / "1_Pooling/config.json",
+        {
+            "word_embedding_dimension": HIDDEN,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    print(f"wrote {out} (vocab {len(vocab)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+//! Sentence embeddings from BERT-style encoders (`bert`), as sentence-transformers defines
+//! them: the encoder's last hidden states, pooled (mean over real tokens, the `[CLS]` token,
+//! or the last token, from `1_Pooling/config.json`) and L2-normalised when `modules.json`
+//! lists a `Normalize` module. A batch of inputs runs as one forward pass, padded to its
+//! longest input with an attention mask.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{self, indexing::IndexOp};
+use mlx_rs::transforms::eval;
+use mlx_rs::{Array, Dtype};
+use opta_lmx_shared::model_dir::{self, Pooling};
+use serde::Deserialize;
+
+use crate::model::Linear;
+use crate::weights;
+
+use crate::model::Result;
+
+#[derive(Debug, Deserialize)]
+struct BertConfig {
+    hidden_size: i32,
+    num_hidden_layers: usize,
+    num_attention_heads: i32,
+    max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f32,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+}
+
+fn default_eps() -> f32 {
+    1e-12
+}
+
+struct LayerNorm {
+    weight: Array,
+    bias: Array,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+}
+
+/// Why an input cannot be embedded; `index` is its place in the request.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("input[{index}] has {tokens} tokens, more than the model's {limit}")]
+    TooLong {
+        index: usize,
+        tokens: usize,
+        limit: usize,
+    },
+    #[error("input[{index}] is empty")]
+    Empty { index: usize },
+    #[error("input[{index}]: token id {id} is outside the vocabulary ({vocab})")]
+    BadToken { index: usize, id: u32, vocab: usize },
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// One input: text (tokenized with the model's special tokens) or token ids as given.
+pub enum Input<'a> {
+    Text(&'a str),
+    Tokens(&'a [u32]),
+}
+
+/// A loaded encoder and its tokenizer.
+pub struct Encoder {
+    pub model_type: String,
+    word: Array,
+    position: Array,
+    token_type: Array,
+    embed_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: i32,
+    head_dim: i32,
+    pooling: Pooling,
+    normalize: bool,
+    pad_id: u32,
+    /// The longest input, in tokens.
+    pub max_tokens: usize,
+    pub vocab_size: usize,
+    pub num_layers: usize,
+    pub dims: usize,
+    pub weights_bytes: usize,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl Encoder {
+    /// Loads an encoder folder and runs one forward pass.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let raw = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
+        let config: BertConfig = serde_json::from_str(&raw).context("config.json")?;
+        let model_type = model_dir::read_config(dir)?.model_type;
+        let mut tensors = weights::load(dir)?.tensors;
+        // BertForMaskedLM and friends keep the encoder under `bert.`.
+        if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            tensors = tensors
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("bert.")?.to_string(), v)))
+                .collect();
+        }
+        let mut t = Tensors(tensors);
+        let eps = config.layer_norm_eps;
+        let word = t.take("embeddings.word_embeddings.weight")?;
+        let (vocab_size, dims) = (word.shape()[0] as usize, word.shape()[1] as usize);
+        anyhow::ensure!(
+            dims == config.hidden_size as usize,
+            "embeddings.word_embeddings.weight is {vocab_size}x{dims}, config.json says hidden_size {}",
+            config.hidden_size
+        );
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: t.linear(&format!("{p}.attention.self.query"))?,
+                key: t.linear(&format!("{p}.attention.self.key"))?,
+                value: t.linear(&format!("{p}.attention.self.value"))?,
+                attn_out: t.linear(&format!("{p}.attention.output.dense"))?,
+                attn_norm: t.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+                up: t.linear(&format!("{p}.intermediate.dense"))?,
+                down: t.linear(&format!("{p}.output.dense"))?,
+                out_norm: t.norm(&format!("{p}.output.LayerNorm"), eps)?,
+            });
+        }
+        let (pooling, normalize) =
+            model_dir::sentence_pooling(dir).unwrap_or((Pooling::Mean, false));
+        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let max_tokens = model_dir::max_seq_length(dir)
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        let encoder = Encoder {
+            model_type,
+            position: t.take("embeddings.position_embeddings.weight")?,
+            token_type: t.take("embeddings.token_type_embeddings.weight")?,
+            embed_norm: t.norm("embeddings.LayerNorm", eps)?,
+            word,
+            layers,
+            heads: config.num_attention_heads,
+            head_dim: config.hidden_size / config.num_attention_heads,
+            pooling,
+            normalize,
+            pad_id: config.pad_token_id.unwrap_or(0),
+            max_tokens,
+            vocab_size,
+            num_layers: config.num_hidden_layers,
+            dims,
+            weights_bytes: 0,
+            tokenizer,
+        };
+        let mut encoder = encoder;
+        encoder.weights_bytes = encoder.arrays().iter().map(|a| a.nbytes()).sum();
+        eval(encoder.arrays()).context("reading the weights")?;
+        let warm = encoder.forward(&[vec![encoder.pad_id]])?;
+        eval([&warm]).context("warm-up forward pass")?;
+        Ok(encoder)
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
+            if let Linear::Dense { weight, bias } = l {
+                out.push(weight);
+                out.extend(bias);
+            }
+        }
+        fn norm<'a>(n: &'a LayerNorm, out: &mut Vec<&'a Array>) {
+            out.extend([&n.weight, &n.bias]);
+        }
+        let mut out = vec![&self.word, &self.position, &self.token_type];
+        norm(&self.embed_norm, &mut out);
+        for l in &self.layers {
+            for linear in [&l.query, &l.key, &l.value, &l.attn_out, &l.up, &l.down] {
+                lin(linear, &mut out);
+            }
+            norm(&l.attn_norm, &mut out);
+            norm(&l.out_norm, &mut out);
+        }
+        out
+    }
+
+    /// The token ids of each input, checked against the model's limits.
+    pub fn tokenize(&self, inputs: &[Input]) -> std::result::Result<Vec<Vec<u32>>, EmbedError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            let ids = match input {
+                // Empty text is fine (its special tokens are embedded, as sentence-transformers
+                // does); no ids at all leave nothing to pool.
+                Input::Tokens([]) => return Err(EmbedError::Empty { index }),
+                Input::Text(text) => self
+                    .tokenizer
+                    .encode(*text, true)
+                    .map_err(|e| EmbedError::Engine(e.to_string()))?
+                    .get_ids()
+                    .to_vec(),
+                Input::Tokens(ids) => ids.to_vec(),
+            };
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+                return Err(EmbedError::BadToken {
+                    index,
+                    id,
+                    vocab: self.vocab_size,
+                });
+            }
+            if ids.len() > self.max_tokens {
+                return Err(EmbedError::TooLong {
+                    index,
+                    tokens: ids.len(),
+                    limit: self.max_tokens,
+                });
+            }
+            out.push(ids);
+        }
+        Ok(out)
+    }
+
+    /// One vector per input, in order.
+    pub fn embed(&self, batch: &[Vec<u32>]) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
+        let pooled = self
+            .forward(batch)
+            .map_err(|e| EmbedError::Engine(e.to_string()))?;
+        eval([&pooled]).map_err(|e| EmbedError::Engine(e.to_string()))?;
+        let flat: &[f32] = pooled.as_slice();
+        Ok(flat.chunks(self.dims).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Pooled (and normalised) embeddings, [batch, dims], for inputs padded to the longest.
+    fn forward(&self, batch: &[Vec<u32>]) -> Result<Array> {
+        let b = batch.len() as i32;
+        let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
+        let mut ids = Vec::with_capacity((b * l) as usize);
+        let mut keep = Vec::with_capacity((b * l) as usize);
+        for row in batch {
+            for j in 0..l as usize {
+                ids.push(row.get(j).copied().unwrap_or(self.pad_id) as i32);
+                keep.push(if j < row.len() { 1.0f32 } else { 0.0 });
+            }
+        }
+        let ids = Array::from_slice(&ids, &[b, l]);
+        let keep = Array::from_slice(&keep, &[b, l]);
+        let positions = self.position.index(..l);
+        // Every token is of segment 0, as for a single sentence.
+        let x = self
+            .word
+            .take_axis(&ids, 0)?
+            .add(&positions)?
+            .add(self.token_type.index(0))?;
+        let mut x = self.embed_norm.forward(&x)?;
+        // Padding keys get -inf-like scores; every real token attends to every real token.
+        let mask = ops::subtract(&keep, Array::from_f32(1.0))?
+            .multiply(Array::from_f32(1e9))?
+            .reshape(&[b, 1, 1, l])?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        for layer in &self.layers {
+            let heads = |y: Array| -> Result<Array> {
+                Ok(y.reshape(&[b, l, self.heads, self.head_dim])?
+                    .transpose_axes(&[0, 2, 1, 3])?)
+            };
+            let q = heads(layer.query.forward(&x)?)?;
+            let k = heads(layer.key.forward(&x)?)?;
+            let v = heads(layer.value.forward(&x)?)?;
+            let attn = fast::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                scale,
+                ScaledDotProductAttentionMask::Array(&mask),
+                None,
+            )?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, l, -1])?;
+            let h = layer
+                .attn_norm
+                .forward(&x.add(layer.attn_out.forward(&attn)?)?)?;
+            let ff = layer
+                .down
+                .forward(&mlx_rs::nn::gelu(layer.up.forward(&h)?)?)?;
+            x = layer.out_norm.forward(&h.add(ff)?)?;
+        }
+        let pooled = match self.pooling {
+            Pooling::Cls => x.index((.., 0)),
+            Pooling::Mean => {
+                let w = keep.expand_dims(-1)?;
+                x.multiply(&w)?
+                    .sum_axis(1, false)?
+                    .divide(w.sum_axis(1, false)?)?
+            }
+            Pooling::Last => {
+                let last: Vec<i32> = batch.iter().map(|r| r.len().max(1) as i32 - 1).collect();
+                let last = Array::from_slice(&last, &[b, 1, 1]);
+                ops::indexing::take_along_axis(&x, &last, 1)?.squeeze_axes(&[1])?
+            }
+        };
+        if !self.normalize {
+            return Ok(pooled.as_dtype(Dtype::Float32)?);
+        }
+        let norm = ops::maximum(
+            ops::sqrt(&pooled.square()?.sum_axis(-1, true)?)?,
+            Array::from_f32(1e-12),
+        )?;
+        Ok(pooled.divide(&norm)?.as_dtype(Dtype::Float32)?)
+    }
+}
+
+struct Tensors(HashMap<String, Array>);
+
+impl Tensors {
+    fn take(&mut self, name: &str) -> anyhow::Result<Array> {
+        self.0
+            .remove(name)
+            .with_context(|| format!("the weights lack {name}"))
+    }
+
+    fn linear(&mut self, module: &str) -> anyhow::Result<Linear> {
+        Ok(Linear::Dense {
+            weight: self.take(&format!("{module}.weight"))?,
+            bias: Some(self.take(&format!("{module}.bias"))?),
+        })
+    }
+
+    fn norm(&mut self, module: &str, eps: f32) -> anyhow::Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{module}.weight"))?,
+            bias: self.take(&format!("{module}.bias"))?,
+            eps,
+        })
+    }
+}
