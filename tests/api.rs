@@ -193,6 +193,11 @@ fn bad_requests_get_openai_shaped_errors_and_the_daemon_keeps_serving() {
     assert_eq!(code, 405, "{err}");
     assert_eq!(err["error"]["code"], "method_not_allowed", "{err}");
     assert_eq!(err["error"]["type"], "invalid_request_error");
+    // On Anthropic's routes, in Anthropic's shape.
+    let (code, err) = d.get("/v1/messages");
+    assert_eq!(code, 405, "{err}");
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
 
     // Unknown fields are ignored, and the daemon still answers.
     let mut body = ask(TINY, "Hello");

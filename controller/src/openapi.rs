@@ -37,8 +37,8 @@ fn build() -> Value {
             "description": "A local LLM server that answers as LM Studio's local server does: \
                 OpenAI's API under /v1, LM Studio's REST API under /api/v0 and /api/v1, and an \
                 admin API under /admin. Every error, also one inside a stream, is OpenAI-shaped \
-                (the Error schema); an unknown path answers 404 and a known path with another \
-                method 405 (code `method_not_allowed`) in that shape. Validation \
+                (the Error schema; AnthropicError on /v1/messages); an unknown path answers 404 and \
+                a known path with another method 405 (code `method_not_allowed`) in that shape. Validation \
                 failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
                 JSON: sent as application/json (or any +json type) or with no Content-Type; \
                 other types answer 415. Unknown fields are ignored and null reads as absent. \
@@ -710,9 +710,11 @@ fn common_schemas() -> Value {
                          "enum": ["invalid_request_error", "server_error", "rate_limit_error"]},
                 "param": nullable(json!({"type": "string"})),
                 "code": nullable(json!({"type": "string", "enum": [
-                    "model_not_found", "request_too_large", "rate_limit_exceeded",
-                    "model_loading", "insufficient_memory", "worker_crashed", "download_failed",
-                    "timeout", "internal_error"]})),
+                    "context_length_exceeded", "method_not_allowed", "invalid_api_key",
+                    "permission_denied", "host_not_allowed", "origin_not_allowed",
+                    "unsupported_media_type", "model_not_found", "request_too_large",
+                    "rate_limit_exceeded", "model_loading", "insufficient_memory",
+                    "worker_crashed", "download_failed", "timeout", "internal_error"]})),
             }),
         )})),
         "Usage": closed(

@@ -52,7 +52,12 @@ fn get<H: Handler<T, Arc<AppState>>, T: 'static>(
     path: &'static str,
     handler: H,
 ) -> Route {
-    route(Method::GET, path, access, on(MethodFilter::GET, handler))
+    route(
+        Method::GET,
+        path,
+        access,
+        on(MethodFilter::GET, handler).fallback(method_not_allowed),
+    )
 }
 
 fn post<H: Handler<T, Arc<AppState>>, T: 'static>(
@@ -60,7 +65,18 @@ fn post<H: Handler<T, Arc<AppState>>, T: 'static>(
     path: &'static str,
     handler: H,
 ) -> Route {
-    route(Method::POST, path, access, on(MethodFilter::POST, handler))
+    route(
+        Method::POST,
+        path,
+        access,
+        on(MethodFilter::POST, handler).fallback(method_not_allowed),
+    )
+}
+
+/// 405 for a known path and another method. Each route's own fallback, so that the route's
+/// layers (the guard, Anthropic's error shape) apply to it too.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
 }
 
 fn anthropic(route: Route) -> Route {
@@ -184,11 +200,6 @@ pub fn app(state: Arc<AppState>) -> Router {
     });
     let router = router
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
-        .method_not_allowed_fallback(
-            |method: axum::http::Method, uri: axum::http::Uri| async move {
-                ApiError::method_not_allowed(method.as_str(), uri.path())
-            },
-        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::metrics::count_requests))
         .layer(axum::middleware::from_fn(request_id::layer))

@@ -27,6 +27,9 @@ pub struct EmbeddingsRequest {
     /// LM Studio's idle TTL for a model this request loads.
     #[serde(default)]
     pub ttl: Option<u64>,
+    /// OpenAI's end-user id: read (so a wrong type is a 400), not used.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// How vectors are written in the answer.

@@ -32,6 +32,9 @@ pub struct MessagesRequest {
     /// `{"type": "enabled", "budget_tokens": N}` or `{"type": "disabled"}`.
     #[serde(default)]
     pub thinking: Option<Value>,
+    /// Anthropic's `{"user_id": ...}`: checked, not used.
+    #[serde(default)]
+    pub metadata: Option<Value>,
 }
 
 /// The body of `POST /v1/messages/count_tokens`: a request, without `max_tokens`.
@@ -116,6 +119,25 @@ impl super::Validate for MessagesRequest {
 impl MessagesRequest {
     /// The checks of a generation (`max_tokens` required) or of a token count.
     pub fn check(&self, generation: bool) -> Result<(), ApiError> {
+        super::expect_json(
+            "thinking",
+            self.thinking.as_ref(),
+            "an object",
+            Value::is_object,
+        )?;
+        super::expect_json(
+            "metadata",
+            self.metadata.as_ref(),
+            "an object",
+            Value::is_object,
+        )?;
+        if let Some(Content::Blocks(blocks)) = &self.system {
+            super::expect_objects("system", blocks)?;
+        }
+        super::expect_objects("tools", self.tools.as_deref().unwrap_or_default())?;
+        if self.max_tokens.is_some_and(|n| n < 0) {
+            return Err(invalid("max_tokens", "max_tokens: must not be negative"));
+        }
         if self.messages.is_empty() {
             return Err(invalid(
                 "messages",
@@ -331,7 +353,7 @@ pub struct Usage {
 /// Anthropic's error `type` for an HTTP status.
 pub fn error_type(status: u16) -> &'static str {
     match status {
-        400 | 413 | 415 | 422 => "invalid_request_error",
+        400 | 405 | 413 | 415 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -358,6 +380,29 @@ mod tests {
 
     fn req(v: Value) -> MessagesRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn raw_json_fields_must_have_their_documented_types() {
+        let msg = json!([{"role": "user", "content": "Hi"}]);
+        let param = |extra: Value| {
+            let mut body = json!({"max_tokens": 2, "messages": msg});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            req(body)
+                .validate()
+                .err()
+                .and_then(|e| e.param().map(str::to_string))
+        };
+        assert_eq!(param(json!({"thinking": 5})).as_deref(), Some("thinking"));
+        assert_eq!(param(json!({"metadata": "x"})).as_deref(), Some("metadata"));
+        assert_eq!(param(json!({"system": [1]})).as_deref(), Some("system[0]"));
+        assert_eq!(param(json!({"tools": [1]})).as_deref(), Some("tools[0]"));
+        assert_eq!(param(json!({"metadata": {"user_id": "u"}})), None);
+        let count: CountTokensRequest =
+            serde_json::from_value(json!({"max_tokens": -1, "messages": msg})).unwrap();
+        assert_eq!(count.validate().unwrap_err().param(), Some("max_tokens"));
     }
 
     #[test]

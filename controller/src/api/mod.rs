@@ -33,6 +33,33 @@ pub struct Generation<T> {
 }
 
 /// An API's own request body, with the checks serde cannot make.
+/// A field kept as raw JSON must still have its documented type: `Err` names it. `null`
+/// reads as absent.
+pub(crate) fn expect_json(
+    param: &str,
+    value: Option<&serde_json::Value>,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !v.is_null() && !ok(v) => Err(ApiError::invalid_param(
+            param,
+            format!("Invalid type for '{param}': expected {what}."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Every item of a list kept as raw JSON must be an object.
+pub(crate) fn expect_objects(param: &str, items: &[serde_json::Value]) -> Result<(), ApiError> {
+    for (i, item) in items.iter().enumerate() {
+        expect_json(&format!("{param}[{i}]"), Some(item), "an object", |v| {
+            v.is_object()
+        })?;
+    }
+    Ok(())
+}
+
 pub trait Validate {
     /// Checks every range and rule serde cannot, naming the field at fault.
     fn validate(&self) -> Result<(), ApiError>;

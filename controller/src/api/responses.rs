@@ -75,6 +75,22 @@ fn text_of(v: Option<&Value>) -> String {
 
 impl super::Validate for ResponsesRequest {
     fn validate(&self) -> Result<(), ApiError> {
+        use super::{expect_json, expect_objects};
+        let object = |v: &Value| v.is_object();
+        expect_json("metadata", self.metadata.as_ref(), "an object", object)?;
+        expect_json("text", self.text.as_ref(), "an object", object)?;
+        expect_json("reasoning", self.reasoning.as_ref(), "an object", object)?;
+        expect_json(
+            "tool_choice",
+            self.tool_choice.as_ref(),
+            "a string or an object",
+            |v| v.is_string() || v.is_object(),
+        )?;
+        expect_objects("tools", self.tools.as_deref().unwrap_or_default())?;
+        if let Some(Value::Array(items)) = &self.input {
+            // Items are objects; a string stands only for the whole input.
+            expect_objects("input", items)?;
+        }
         let items = match &self.input {
             None | Some(Value::Null) => {
                 return Err(invalid("input", "Missing required parameter: 'input'."))
@@ -429,6 +445,34 @@ mod tests {
 
     fn req(v: Value) -> ResponsesRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn raw_json_fields_must_have_their_documented_types() {
+        let param = |extra: Value| {
+            let mut body = json!({"input": "Hi"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            req(body)
+                .validate()
+                .err()
+                .and_then(|e| e.param().map(str::to_string))
+        };
+        assert_eq!(
+            param(json!({"metadata": [null]})).as_deref(),
+            Some("metadata")
+        );
+        assert_eq!(param(json!({"text": 5})).as_deref(), Some("text"));
+        assert_eq!(param(json!({"reasoning": 5})).as_deref(), Some("reasoning"));
+        assert_eq!(
+            param(json!({"tool_choice": 5})).as_deref(),
+            Some("tool_choice")
+        );
+        assert_eq!(param(json!({"tools": [1]})).as_deref(), Some("tools[0]"));
+        assert_eq!(param(json!({"input": ["x"]})).as_deref(), Some("input[0]"));
+        let fine = json!({"metadata": {"a": "b"}, "text": null, "tool_choice": "auto"});
+        assert_eq!(param(fine), None);
     }
 
     #[test]

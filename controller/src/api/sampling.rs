@@ -254,10 +254,18 @@ pub fn deserialize_stop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<St
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
+            let mut given = 0;
             while let Some(s) = seq.next_element::<String>()? {
+                given += 1;
                 if !s.is_empty() {
                     out.push(s);
                 }
+            }
+            // Counted as sent, empty ones too, as the documented maxItems counts them.
+            if given > MAX_STOP_SEQUENCES {
+                return Err(de::Error::custom(format!(
+                    "{given} sequences given, at most {MAX_STOP_SEQUENCES} are allowed"
+                )));
             }
             Ok(Some(out))
         }
