@@ -193,3 +193,35 @@ fn with_jit_off_a_crashed_model_still_restarts_on_its_next_request() {
     );
     assert_eq!(code, 404);
 }
+
+#[test]
+fn workers_that_come_and_go_leave_no_file_descriptors_in_the_controller() {
+    let d = Daemon::start("");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.child.id()))
+            .expect("the daemon's fds")
+            .count()
+    };
+    let cycle = || {
+        let (code, body) = d.post("/admin/models/load", &json!({"model_id": TINY}));
+        assert_eq!(code, 200, "{body}");
+        // Status reads each worker's memory, as the memory guard and /metrics do.
+        let (code, _) = d.get("/admin/status");
+        assert_eq!(code, 200);
+        let (code, body) = d.post("/admin/models/unload", &json!({"model_id": TINY}));
+        assert_eq!(code, 200, "{body}");
+        let (code, _) = d.get("/admin/status");
+        assert_eq!(code, 200);
+    };
+    // One cycle first, so that whatever the first load opens for good is open.
+    cycle();
+    let before = fds();
+    for _ in 0..10 {
+        cycle();
+    }
+    let after = fds();
+    assert!(
+        after <= before + 1,
+        "fds went {before} -> {after} over 10 load/unload cycles"
+    );
+}

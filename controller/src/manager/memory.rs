@@ -105,7 +105,10 @@ impl Memory {
             return HashMap::new();
         }
         let pids: Vec<Pid> = pids.iter().map(|p| Pid::from_u32(*p)).collect();
-        let mut sys = lock(&self.sys);
+        // A fresh System each time: a long-lived one keeps every process it ever saw (and an
+        // open /proc/<pid>/stat for it) unless that pid is asked for again, so each worker
+        // that came and went leaked a file descriptor.
+        let mut sys = System::new();
         sys.refresh_processes_specifics(
             ProcessesToUpdate::Some(&pids),
             true,
