@@ -50,14 +50,15 @@ pub(crate) fn expect_json(
     }
 }
 
-/// Every item of a list kept as raw JSON must be an object.
+/// Every item of a list kept as raw JSON must be an object (a null item too is refused).
 pub(crate) fn expect_objects(param: &str, items: &[serde_json::Value]) -> Result<(), ApiError> {
-    for (i, item) in items.iter().enumerate() {
-        expect_json(&format!("{param}[{i}]"), Some(item), "an object", |v| {
-            v.is_object()
-        })?;
+    match items.iter().position(|item| !item.is_object()) {
+        Some(i) => Err(ApiError::invalid_param(
+            format!("{param}[{i}]"),
+            format!("Invalid type for '{param}[{i}]': expected an object."),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 pub trait Validate {

@@ -83,8 +83,8 @@ impl super::Validate for ResponsesRequest {
         expect_json(
             "tool_choice",
             self.tool_choice.as_ref(),
-            "a string or an object",
-            |v| v.is_string() || v.is_object(),
+            "\"auto\", \"none\", \"required\" or an object",
+            |v| v.is_object() || matches!(v.as_str(), Some("auto" | "none" | "required")),
         )?;
         expect_objects("tools", self.tools.as_deref().unwrap_or_default())?;
         if let Some(Value::Array(items)) = &self.input {
