@@ -86,14 +86,16 @@ impl Guard {
         Ok(())
     }
 
-    /// IP addresses cannot be rebound, and `localhost` is this machine; any other name must be
-    /// configured, because a page can point its own domain at 127.0.0.1.
+    /// IP addresses cannot be rebound, `localhost` is this machine, and `host.docker.internal`
+    /// is how containers (Open WebUI's, say) name it, a name no web page's domain can be; any
+    /// other name must be configured, because a page can point its own domain at 127.0.0.1.
     fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host).trim_end_matches('.');
         let lower = name.to_ascii_lowercase();
         name.parse::<IpAddr>().is_ok()
             || lower == "localhost"
             || lower.ends_with(".localhost")
+            || lower == "host.docker.internal"
             || self
                 .allowed_hosts
                 .iter()
@@ -248,6 +250,7 @@ mod tests {
             "[::1]:1234",
             "192.168.1.20:1234",
             "app.localhost",
+            "host.docker.internal:1234",
         ] {
             let h = headers(&[("host", host)]);
             assert_eq!(code(g.check(INFERENCE, &Method::GET, &h)), None, "{host}");
