@@ -148,7 +148,7 @@ impl Encoder {
         let max_tokens = model_dir::max_seq_length(dir)
             .unwrap_or(config.max_position_embeddings)
             .min(config.max_position_embeddings);
-        let encoder = Encoder {
+        let mut encoder = Encoder {
             model_type,
             position: t.take("embeddings.position_embeddings.weight")?,
             token_type: t.take("embeddings.token_type_embeddings.weight")?,
@@ -164,10 +164,10 @@ impl Encoder {
             vocab_size,
             num_layers: config.num_hidden_layers,
             dims,
+            // Summed from the arrays below.
             weights_bytes: 0,
             tokenizer,
         };
-        let mut encoder = encoder;
         encoder.weights_bytes = encoder.arrays().iter().map(|a| a.nbytes()).sum();
         eval(encoder.arrays()).context("reading the weights")?;
         let warm = encoder.forward(&[vec![encoder.pad_id]])?;
