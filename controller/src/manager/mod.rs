@@ -508,14 +508,7 @@ impl ModelManager {
         model_id: &str,
         req: GenerateRequest,
     ) -> Result<GenerationStream, ManagerError> {
-        let not_loaded = || ManagerError::NotLoaded(model_id.to_string());
-        let handle = self.handle(model_id).ok_or_else(not_loaded)?;
-        self.ask(model_id, &handle, |reply| Command::Generate {
-            work: Box::new(Work::Generate(req)),
-            reply,
-        })
-        .await
-        .unwrap_or_else(|| Err(not_loaded()))
+        self.start(model_id, Work::Generate(req)).await
     }
 
     /// Starts an embedding request on a ready model; its stream's one event is
@@ -525,10 +518,14 @@ impl ModelManager {
         model_id: &str,
         req: EmbedRequest,
     ) -> Result<GenerationStream, ManagerError> {
+        self.start(model_id, Work::Embed(req)).await
+    }
+
+    async fn start(&self, model_id: &str, work: Work) -> Result<GenerationStream, ManagerError> {
         let not_loaded = || ManagerError::NotLoaded(model_id.to_string());
         let handle = self.handle(model_id).ok_or_else(not_loaded)?;
         self.ask(model_id, &handle, |reply| Command::Generate {
-            work: Box::new(Work::Embed(req)),
+            work: Box::new(work),
             reply,
         })
         .await
