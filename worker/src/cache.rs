@@ -1,39 +1,85 @@
 //! The per-layer key/value cache of one sequence. It grows in steps of 256 positions and is
 //! written in place, as mlx-lm's `KVCache` does, so a long generation does not copy the whole
 //! history on every token.
+//!
+//! A sliding-window layer (Gemma 3's local layers) only ever attends to its last `window`
+//! positions, so its cache drops older ones whenever it grows: it holds at most
+//! `window - 1 + SLACK` positions before the new ones. Unlike mlx-lm's `RotatingKVCache` it keeps
+//! them in order, so a slice of it is still a valid prefix state for the prompt cache, and the
+//! `SLACK` lets a later prompt that diverges near the end still reuse it.
 
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
 use mlx_rs::{ops, Array};
 
 const STEP: i32 = 256;
+/// Positions a windowed cache keeps beyond what its window needs (see the module comment).
+const SLACK: i32 = 256;
 
 #[derive(Default)]
 pub struct KvCache {
     keys: Option<Array>,
     values: Option<Array>,
+    /// Positions seen so far: the RoPE offset of the next token.
     offset: i32,
+    /// The position held at index 0 of the buffers (above 0 once a windowed cache trimmed).
+    start: i32,
+    /// The attention window of a sliding-window layer.
+    window: Option<i32>,
+}
+
+/// A cache's contents as the prompt cache keeps them.
+pub struct CacheState {
+    pub keys: Array,
+    pub values: Array,
+    pub start: i32,
+    pub window: Option<i32>,
+}
+
+impl CacheState {
+    /// The shortest prefix these states can serve: a windowed layer that trimmed must still
+    /// hold the `window - 1` positions before the first new token.
+    pub fn min_prefix(&self) -> usize {
+        match self.window {
+            Some(w) if self.start > 0 => (self.start + w - 1) as usize,
+            _ => 0,
+        }
+    }
 }
 
 impl KvCache {
-    /// A cache holding the first `len` positions of `keys`/`values` ([1, kv_heads, n,
-    /// head_dim], n >= len). The slices share storage with the originals; the first append
-    /// grows into a fresh buffer, so the originals are never written.
-    pub fn from_prefix(keys: &Array, values: &Array, len: i32) -> Self {
+    /// An empty cache; `window` for a sliding-window layer.
+    pub fn new(window: Option<i32>) -> Self {
         KvCache {
-            keys: Some(keys.index((.., .., ..len))),
-            values: Some(values.index((.., .., ..len))),
-            offset: len,
+            window,
+            ..KvCache::default()
         }
     }
 
-    /// The cached positions as (keys, values), without the unused capacity.
-    pub fn filled(&self) -> Option<(Array, Array)> {
+    /// A cache holding the first `len` positions of `state` (`len` at least
+    /// [`CacheState::min_prefix`]). The slices share storage with the originals; the first append
+    /// grows into a fresh buffer, so the originals are never written.
+    pub fn from_prefix(state: &CacheState, len: i32) -> Self {
+        let used = len - state.start;
+        KvCache {
+            keys: Some(state.keys.index((.., .., ..used))),
+            values: Some(state.values.index((.., .., ..used))),
+            offset: len,
+            start: state.start,
+            window: state.window,
+        }
+    }
+
+    /// The cached positions, without the unused capacity.
+    pub fn filled(&self) -> Option<CacheState> {
         let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
-        Some((
-            keys.index((.., .., ..self.offset)),
-            values.index((.., .., ..self.offset)),
-        ))
+        let used = self.offset - self.start;
+        Some(CacheState {
+            keys: keys.index((.., .., ..used)),
+            values: values.index((.., .., ..used)),
+            start: self.start,
+            window: self.window,
+        })
     }
 
     /// Positions already cached: the RoPE offset of the next token.
@@ -41,25 +87,40 @@ impl KvCache {
         self.offset
     }
 
-    /// Appends `k`/`v` ([batch, kv_heads, new, head_dim]) and returns the whole cached history.
-    pub fn update_and_fetch(&mut self, k: &Array, v: &Array) -> Result<(Array, Array), Exception> {
-        let prev = self.offset;
+    /// Appends `k`/`v` ([batch, kv_heads, new, head_dim]) and returns the cached history with
+    /// the position of its first entry: (keys, values, first).
+    pub fn update_and_fetch(
+        &mut self,
+        k: &Array,
+        v: &Array,
+    ) -> Result<(Array, Array, i32), Exception> {
         let new = k.shape()[2];
+        let used = self.offset - self.start;
         let capacity = self.keys.as_ref().map_or(0, |a| a.shape()[2]);
-        if prev + new > capacity {
+        if used + new > capacity {
+            // A windowed layer forgets what no future token can attend to (plus the slack).
+            let drop = match self.window {
+                Some(w) => (self.offset - (w - 1) - SLACK - self.start).max(0),
+                None => 0,
+            };
+            let kept = used - drop;
             let steps = (STEP + new - 1) / STEP;
-            self.keys = Some(grow(self.keys.take(), k, prev, steps * STEP)?);
-            self.values = Some(grow(self.values.take(), v, prev, steps * STEP)?);
+            self.keys = Some(grow(self.keys.take(), k, drop, kept, steps * STEP)?);
+            self.values = Some(grow(self.values.take(), v, drop, kept, steps * STEP)?);
+            self.start += drop;
         }
+        let at = self.offset - self.start;
         self.offset += new;
+        let end = self.offset - self.start;
         let (Some(keys), Some(values)) = (self.keys.as_mut(), self.values.as_mut()) else {
             unreachable!("allocated above");
         };
-        keys.try_index_mut((.., .., prev..self.offset), k)?;
-        values.try_index_mut((.., .., prev..self.offset), v)?;
+        keys.try_index_mut((.., .., at..end), k)?;
+        values.try_index_mut((.., .., at..end), v)?;
         Ok((
-            keys.index((.., .., ..self.offset)),
-            values.index((.., .., ..self.offset)),
+            keys.index((.., .., ..end)),
+            values.index((.., .., ..end)),
+            self.start,
         ))
     }
 
@@ -74,19 +135,84 @@ impl KvCache {
     }
 }
 
-/// A buffer with `extra` more positions than `old` holds up to `used`.
-fn grow(old: Option<Array>, like: &Array, used: i32, extra: i32) -> Result<Array, Exception> {
+/// A buffer holding `old`'s positions `drop..drop + kept` followed by `extra` free ones.
+fn grow(
+    old: Option<Array>,
+    like: &Array,
+    drop: i32,
+    kept: i32,
+    extra: i32,
+) -> Result<Array, Exception> {
     let s = like.shape();
     let fresh = ops::zeros_dtype(&[s[0], s[1], extra, s[3]], like.dtype())?;
     Ok(match old {
         None => fresh,
         Some(old) => {
-            let old = if old.shape()[2] != used {
-                old.index((.., .., ..used))
+            let old = if drop > 0 || old.shape()[2] != kept {
+                old.index((.., .., drop..drop + kept))
             } else {
                 old
             };
             ops::concatenate(&[old, fresh], 2)?
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positions(from: i32, n: i32) -> Array {
+        let data: Vec<f32> = (from..from + n).map(|i| i as f32).collect();
+        Array::from_slice(&data, &[1, 1, n, 1])
+    }
+
+    #[test]
+    fn windowed_cache_trims_in_order_and_keeps_what_the_window_needs() {
+        let w = 8;
+        let mut c = KvCache::new(Some(w));
+        let mut pos = 0;
+        // Long enough to trim several times, in single steps and in chunks.
+        for n in [300, 1, 1, 250, 7, 400] {
+            let (k, _, first) = c
+                .update_and_fetch(&positions(pos, n), &positions(pos, n))
+                .unwrap();
+            pos += n;
+            let got = k.as_slice::<f32>();
+            // In order, contiguous, ending at the newest position.
+            assert_eq!(got.len() as i32, pos - first);
+            assert!(got
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (first + i as i32) as f32));
+            // Every new token still sees its whole window.
+            assert!(first <= (pos - n - (w - 1)).max(0));
+        }
+        assert!(c.start > 0, "the cache never trimmed");
+        assert!(c.offset - c.start <= w - 1 + SLACK + 400 + STEP);
+        // Its state serves prefixes from min_prefix on, and reads back the same positions.
+        let state = c.filled().unwrap();
+        let min = state.min_prefix() as i32;
+        assert_eq!(min, state.start + w - 1);
+        let mut again = KvCache::from_prefix(&state, min);
+        let (k, _, first) = again
+            .update_and_fetch(&positions(min, 1), &positions(min, 1))
+            .unwrap();
+        assert_eq!(first, state.start);
+        assert_eq!(*k.as_slice::<f32>().last().unwrap(), min as f32);
+    }
+
+    #[test]
+    fn full_cache_never_trims() {
+        let mut c = KvCache::new(None);
+        let (_, _, first) = c
+            .update_and_fetch(&positions(0, 600), &positions(0, 600))
+            .unwrap();
+        assert_eq!(first, 0);
+        let (k, _, first) = c
+            .update_and_fetch(&positions(600, 1), &positions(600, 1))
+            .unwrap();
+        assert_eq!((first, k.shape()[2]), (0, 601));
+        assert_eq!(c.filled().unwrap().min_prefix(), 0);
+    }
 }

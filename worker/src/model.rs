@@ -1,7 +1,8 @@
-//! The transformer: one skeleton for the Llama family (llama, mistral, qwen2, qwen3). The
-//! architectures differ only in data (which biases and norms exist, how RoPE is scaled), so
-//! the differences live in `ArchSpec` and in which tensors the folder holds, not in copies of
-//! the forward pass. The arithmetic follows mlx-lm op for op, so that greedy output is
+//! The transformer: one skeleton for the Llama family (llama, mistral, qwen2, qwen3) and Gemma 3
+//! (gemma3_text, and the text part of gemma3). The architectures differ only in data (which
+//! biases and norms exist, the activation, how RoPE is scaled, which layers attend through a
+//! sliding window), so the differences live in `ArchSpec` and in which tensors the folder
+//! holds, not in copies of the forward pass. The arithmetic follows mlx-lm op for op, so that greedy output is
 //! token-identical on identical weights.
 
 use std::collections::HashMap;
@@ -18,8 +19,8 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3 (and bert \
-         for embeddings)"
+        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3, gemma3_text, \
+         gemma3 (its language model) and, for embeddings, bert"
     )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
@@ -86,29 +87,72 @@ impl LoadOptions {
     }
 }
 
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    /// SwiGLU (Llama, Qwen).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma).
+    GeluApprox,
+}
+
 /// How one supported architecture differs from plain Llama.
 #[derive(Debug, Clone, Copy)]
 struct ArchSpec {
     /// q/k/v projections carry biases (Qwen2).
     qkv_bias: bool,
-    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
     qk_norm: bool,
+    /// RMSNorm scales by `1 + w` (Gemma).
+    norm_offset: bool,
+    /// Norms after attention and around the MLP too: four per block (Gemma 2 and 3).
+    sandwich_norms: bool,
+    activation: Activation,
+    /// Embeddings multiplied by sqrt(hidden_size), rounded to bfloat16 as Gemma does.
+    scale_embeddings: bool,
+    /// Local layers with a sliding window and their own RoPE base, every
+    /// `sliding_window_pattern`-th layer global (Gemma 3).
+    local_layers: bool,
+    /// Tied embeddings exactly when the folder has no `lm_head` (mlx-lm's Gemma `sanitize`).
+    tie_by_presence: bool,
 }
+
+const LLAMA: ArchSpec = ArchSpec {
+    qkv_bias: false,
+    qk_norm: false,
+    norm_offset: false,
+    sandwich_norms: false,
+    activation: Activation::Silu,
+    scale_embeddings: false,
+    local_layers: false,
+    tie_by_presence: false,
+};
 
 fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
     let bias = config.attention_bias.unwrap_or(false);
     match config.model_type.as_str() {
         "llama" | "mistral" => Ok(ArchSpec {
             qkv_bias: bias,
-            qk_norm: false,
+            ..LLAMA
         }),
         "qwen2" => Ok(ArchSpec {
             qkv_bias: true,
-            qk_norm: false,
+            ..LLAMA
         }),
         "qwen3" => Ok(ArchSpec {
             qkv_bias: bias,
             qk_norm: true,
+            ..LLAMA
+        }),
+        "gemma3_text" | "gemma3" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: true,
+            norm_offset: true,
+            sandwich_norms: true,
+            activation: Activation::GeluApprox,
+            scale_embeddings: true,
+            local_layers: true,
+            tie_by_presence: true,
         }),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }
@@ -249,6 +293,16 @@ impl Rope {
         }
     }
 
+    /// Unscaled RoPE with its own base (Gemma 3's local layers).
+    fn plain(dims: i32, base: f32) -> Self {
+        Rope {
+            dims,
+            base,
+            scale: 1.0,
+            freqs: None,
+        }
+    }
+
     fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
         Ok(match &self.freqs {
             Some(freqs) => fast::rope(x, self.dims, false, None, 1.0, offset, freqs)?,
@@ -303,6 +357,9 @@ pub struct Attention {
     n_kv_heads: i32,
     scale: f32,
     rope: Rope,
+    /// A sliding-window layer's window: each token attends to itself and the `window - 1`
+    /// before it.
+    window: Option<i32>,
 }
 
 impl Attention {
@@ -346,9 +403,30 @@ impl Attention {
         let offset = cache.offset();
         let q = self.rope.forward(&heads(q)?, offset)?;
         let k = self.rope.forward(&heads(k)?, offset)?;
-        let (k, v) = cache.update_and_fetch(&k, &heads(v)?)?;
+        let (mut k, mut v, mut first) = cache.update_and_fetch(&k, &heads(v)?)?;
+        let window_mask;
         // One new token attends to everything before it: no mask needed.
-        let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let mut mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        if let Some(w) = self.window {
+            // Keys before the first new token's window are never attended: leave them out,
+            // as mlx-lm's rotating cache holds at most `window - 1` old positions.
+            let from = (offset - (w - 1)).max(first);
+            if from > first {
+                k = k.index((.., .., (from - first)..));
+                v = v.index((.., .., (from - first)..));
+                first = from;
+            }
+            // Several new tokens whose keys span more than one window need the window in
+            // the mask: key j is seen by query i when i - w < j <= i (mlx-lm's causal mask).
+            if l > 1 && offset + l - first > w {
+                let queries = ops::arange::<_, i32>(offset, offset + l, None)?.reshape(&[l, 1])?;
+                let keys = ops::arange::<_, i32>(first, offset + l, None)?.reshape(&[1, -1])?;
+                window_mask = queries
+                    .ge(&keys)?
+                    .logical_and(&queries.lt(&keys.add(Array::from_int(w))?)?)?;
+                mask = Some(ScaledDotProductAttentionMask::Array(&window_mask));
+            }
+        }
         let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
         Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, -1])?)
     }
@@ -358,16 +436,39 @@ pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: &Array) -> Result<Array> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        // swiglu: silu(gate) * up, with silu(x) = x * sigmoid(x) as in MLX.
-        let act = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
-        self.down_proj.forward(&act)
+        let act = match self.activation {
+            // swiglu: silu(gate) * up, with silu(x) = x * sigmoid(x) as in MLX.
+            Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
+            Activation::GeluApprox => gelu_approx(&gate)?,
+        };
+        self.down_proj.forward(&act.multiply(&up)?)
     }
+}
+
+/// MLX's `nn.gelu_approx`, op for op: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))),
+/// every constant in x's dtype.
+fn gelu_approx(x: &Array) -> Result<Array> {
+    let c = |v: f64| Array::from_f32(v as f32).as_dtype(x.dtype());
+    let cubic = ops::power(x, c(3.0)?)?.multiply(c(0.044715)?)?;
+    let inner = x
+        .add(&cubic)?
+        .multiply(c((2.0 / std::f64::consts::PI).sqrt())?)?;
+    let gate = ops::tanh(&inner)?.add(c(1.0)?)?;
+    Ok(x.multiply(c(0.5)?)?.multiply(&gate)?)
+}
+
+/// The two extra norms of a Gemma block: after attention (before the residual add) and
+/// before the MLP; the block's `post_attn_norm` then follows the MLP.
+pub struct SandwichNorms {
+    post_attn: RmsNorm,
+    pre_mlp: RmsNorm,
 }
 
 pub struct Block {
@@ -375,19 +476,45 @@ pub struct Block {
     mlp: Mlp,
     input_norm: RmsNorm,
     post_attn_norm: RmsNorm,
+    sandwich: Option<SandwichNorms>,
 }
 
 impl Block {
     fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
-        let h = x.add(self.attn.forward(&self.input_norm.forward(x)?, caches)?)?;
-        Ok(h.add(self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)?)
+        let r = self.attn.forward(&self.input_norm.forward(x)?, caches)?;
+        match &self.sandwich {
+            None => {
+                let h = x.add(r)?;
+                Ok(h.add(self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)?)
+            }
+            Some(n) => {
+                let h = residual(x, &n.post_attn.forward(&r)?)?;
+                let r = self.mlp.forward(&n.pre_mlp.forward(&h)?)?;
+                residual(&h, &self.post_attn_norm.forward(&r)?)
+            }
+        }
     }
+}
+
+/// Gemma's residual add: in float16 it is done in float32 and clipped to float16's range
+/// (mlx-lm's `clip_residual`), in any other dtype it is a plain add.
+fn residual(x: &Array, y: &Array) -> Result<Array> {
+    if x.dtype() != Dtype::Float16 {
+        return Ok(x.add(y)?);
+    }
+    let sum = x
+        .as_dtype(Dtype::Float32)?
+        .add(y.as_dtype(Dtype::Float32)?)?;
+    let bound = 65504.0; // float16's largest finite value
+    Ok(ops::clip(&sum, (-bound, bound))?.as_dtype(Dtype::Float16)?)
 }
 
 /// A loaded model, ready to run forward passes.
 pub struct Model {
     pub config: ModelConfig,
     embed: Embedding,
+    /// Gemma's embedding multiplier, in the embeddings' dtype.
+    embed_scale: Option<f32>,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
@@ -407,6 +534,7 @@ impl Model {
             tensors,
             config: &config,
             options,
+            norm_offset: spec.norm_offset,
             dequantize,
         };
         let hidden = config.hidden_size as i32;
@@ -420,19 +548,33 @@ impl Model {
         let embed = Embedding {
             table: w.linear("model.embed_tokens", vocab, hidden, false)?,
         };
+        let scale = match config.query_pre_attn_scalar {
+            Some(s) if spec.local_layers => s.powf(-0.5),
+            _ => (head_dim as f32).powf(-0.5),
+        };
+        let pattern = config.sliding_window_pattern.unwrap_or(6).max(1);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let norm = |w: &mut TensorSource, name: &str, dim: i32| {
+                w.norm(&format!("{p}.{name}"), dim, eps)
+            };
             let qk_norm = |w: &mut TensorSource, name: &str| -> Result<Option<RmsNorm>> {
                 if spec.qk_norm {
-                    Ok(Some(w.norm(
-                        &format!("{p}.self_attn.{name}"),
-                        head_dim,
-                        eps,
-                    )?))
+                    Ok(Some(norm(w, &format!("self_attn.{name}"), head_dim)?))
                 } else {
                     Ok(None)
                 }
+            };
+            // Gemma 3: every `pattern`-th layer is global; the others attend through a window
+            // with their own RoPE base.
+            let local = spec.local_layers && i % pattern != pattern - 1;
+            let (rope, window) = if local {
+                let base = config.rope_local_base_freq.unwrap_or(10_000.0);
+                let window = config.sliding_window.unwrap_or(512) as i32;
+                (Rope::plain(head_dim, base), Some(window))
+            } else {
+                (Rope::new(&config, head_dim)?, None)
             };
             let attn = Attention {
                 q_proj: w.linear(
@@ -463,34 +605,60 @@ impl Model {
                 k_norm: qk_norm(&mut w, "k_norm")?,
                 n_heads,
                 n_kv_heads: n_kv,
-                scale: (head_dim as f32).powf(-0.5),
-                rope: Rope::new(&config, head_dim)?,
+                scale,
+                rope,
+                window,
             };
             let mlp = Mlp {
                 gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, false)?,
                 up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, false)?,
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?,
+                activation: spec.activation,
+            };
+            let input_norm = norm(&mut w, "input_layernorm", hidden)?;
+            // Gemma's post_attention_layernorm is inside the attention residual; its last norm
+            // (post_feedforward_layernorm) takes the Llama post-attention norm's place.
+            let (post_attn_norm, sandwich) = if spec.sandwich_norms {
+                let sandwich = SandwichNorms {
+                    post_attn: norm(&mut w, "post_attention_layernorm", hidden)?,
+                    pre_mlp: norm(&mut w, "pre_feedforward_layernorm", hidden)?,
+                };
+                (
+                    norm(&mut w, "post_feedforward_layernorm", hidden)?,
+                    Some(sandwich),
+                )
+            } else {
+                (norm(&mut w, "post_attention_layernorm", hidden)?, None)
             };
             layers.push(Block {
                 attn,
                 mlp,
-                input_norm: w.norm(&format!("{p}.input_layernorm"), hidden, eps)?,
-                post_attn_norm: w.norm(&format!("{p}.post_attention_layernorm"), hidden, eps)?,
+                input_norm,
+                post_attn_norm,
+                sandwich,
             });
         }
         let norm = w.norm("model.norm", hidden, eps)?;
         // Tied embeddings unless the config says otherwise and an lm_head is present.
-        let tied = config
-            .tie_word_embeddings
-            .unwrap_or(!w.tensors.contains_key("lm_head.weight"));
+        let has_head = w.tensors.contains_key("lm_head.weight");
+        let tied = if spec.tie_by_presence {
+            !has_head
+        } else {
+            config.tie_word_embeddings.unwrap_or(!has_head)
+        };
         let lm_head = if tied {
             None
         } else {
             Some(w.linear("lm_head", vocab, hidden, false)?)
         };
+        // sqrt(hidden) rounded to bfloat16, then used in the embeddings' dtype (as mlx-lm).
+        let embed_scale = spec
+            .scale_embeddings
+            .then(|| round_to_bf16((hidden as f32).sqrt()));
         Ok(Model {
             config,
             embed,
+            embed_scale,
             layers,
             norm,
             lm_head,
@@ -499,7 +667,10 @@ impl Model {
 
     /// Fresh per-layer caches for one sequence.
     pub fn new_cache(&self) -> Vec<KvCache> {
-        (0..self.layers.len()).map(|_| KvCache::default()).collect()
+        self.layers
+            .iter()
+            .map(|l| KvCache::new(l.attn.window))
+            .collect()
     }
 
     /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
@@ -522,6 +693,9 @@ impl Model {
     /// `Attention::forward` for the two shapes).
     fn forward_rows(&self, ids: &Array, seqs: &mut [&mut [KvCache]]) -> Result<Array> {
         let mut h = self.embed.lookup(ids)?;
+        if let Some(scale) = self.embed_scale {
+            h = h.multiply(Array::from_f32(scale).as_dtype(h.dtype())?)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let mut caches: Vec<&mut KvCache> = seqs
                 .iter_mut()
@@ -589,6 +763,9 @@ impl Model {
             }
             out.push(&l.input_norm.weight);
             out.push(&l.post_attn_norm.weight);
+            if let Some(n) = &l.sandwich {
+                out.extend([&n.post_attn.weight, &n.pre_mlp.weight]);
+            }
             for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
                 out.push(&n.weight);
             }
@@ -602,6 +779,8 @@ struct TensorSource<'a> {
     tensors: HashMap<String, Array>,
     config: &'a ModelConfig,
     options: LoadOptions,
+    /// Norm weights are stored as offsets from 1 (Gemma).
+    norm_offset: bool,
     /// Expand quantized weights to float32 (see `LoadOptions::dequantize_up_to_bytes`).
     dequantize: bool,
 }
@@ -626,10 +805,12 @@ impl TensorSource<'_> {
     }
 
     fn norm(&mut self, module: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
-        Ok(RmsNorm {
-            weight: self.take_shaped(&format!("{module}.weight"), &[dim])?,
-            eps,
-        })
+        let mut weight = self.take_shaped(&format!("{module}.weight"), &[dim])?;
+        if self.norm_offset {
+            // 1 + w in w's dtype, as mlx-lm computes it on every call.
+            weight = weight.add(Array::from_f32(1.0).as_dtype(weight.dtype())?)?;
+        }
+        Ok(RmsNorm { weight, eps })
     }
 
     fn linear(&mut self, module: &str, out: i32, inp: i32, bias: bool) -> Result<Linear> {
@@ -680,6 +861,13 @@ impl TensorSource<'_> {
             }),
         }
     }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as a cast to bfloat16 rounds.
+fn round_to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
 }
 
 /// Bytes the quantized weights would take expanded to float32.

@@ -3,12 +3,14 @@
 //! system prompt) skips recomputing them. Bounded by a byte budget, least recently used first
 //! out.
 
-use crate::cache::KvCache;
+use crate::cache::{CacheState, KvCache};
 
 /// One finished sequence's states: `tokens[i]` produced position i of every layer's cache.
 struct Entry {
     tokens: Vec<u32>,
-    layers: Vec<(mlx_rs::Array, mlx_rs::Array)>,
+    layers: Vec<CacheState>,
+    /// The shortest prefix the states can serve (sliding-window layers forget old positions).
+    min_prefix: usize,
     bytes: usize,
 }
 
@@ -56,6 +58,7 @@ impl PrefixCache {
             .iter()
             .enumerate()
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
+            .filter(|&(i, len)| len >= self.entries[i].min_prefix)
             .max_by_key(|&(i, len)| (len, i))?;
         if len == 0 {
             return None;
@@ -64,7 +67,7 @@ impl PrefixCache {
         let caches = entry
             .layers
             .iter()
-            .map(|(k, v)| KvCache::from_prefix(k, v, len as i32))
+            .map(|state| KvCache::from_prefix(state, len as i32))
             .collect();
         self.entries.push(entry);
         self.hits += 1;
@@ -83,6 +86,7 @@ impl PrefixCache {
         }
         let layers: Option<Vec<_>> = caches.iter().map(KvCache::filled).collect();
         let Some(layers) = layers else { return };
+        let min_prefix = layers.iter().map(CacheState::min_prefix).max().unwrap_or(0);
         // The buffers behind the slices stay alive, so they are what the budget counts.
         let bytes = caches.iter().map(KvCache::nbytes).sum();
         if bytes > self.budget {
@@ -105,6 +109,7 @@ impl PrefixCache {
         self.entries.push(Entry {
             tokens,
             layers,
+            min_prefix,
             bytes,
         });
     }
@@ -117,6 +122,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
     use mlx_rs::Array;
 
     /// One layer's cache with `n` positions whose values are the position numbers.
@@ -126,6 +132,31 @@ mod tests {
         let mut c = KvCache::default();
         c.update_and_fetch(&k, &k).unwrap();
         vec![c]
+    }
+
+    #[test]
+    fn trimmed_window_states_serve_only_prefixes_they_still_cover() {
+        let (w, n) = (4, 700);
+        let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let k = Array::from_slice(&data, &[1, 1, n, 1]);
+        let mut c = KvCache::new(Some(w));
+        c.update_and_fetch(&k.index((.., .., ..300)), &k.index((.., .., ..300)))
+            .unwrap();
+        c.update_and_fetch(&k.index((.., .., 300..)), &k.index((.., .., 300..)))
+            .unwrap();
+        let min = c.filled().unwrap().min_prefix();
+        assert!(min > 0, "the window layer never trimmed");
+        let tokens: Vec<u32> = (0..n as u32).collect();
+        let mut pc = PrefixCache::new(1 << 30);
+        pc.insert(&tokens, &[c]);
+        // A prompt that diverges after the kept range can reuse it...
+        let mut prompt = tokens[..min + 10].to_vec();
+        prompt.push(9999);
+        assert_eq!(pc.lookup(&prompt).map(|(_, len)| len), Some(min + 10));
+        // ...one that diverges before it cannot.
+        let mut early = tokens[..min - 1].to_vec();
+        early.push(9999);
+        assert!(pc.lookup(&early).is_none());
     }
 
     #[test]
@@ -150,11 +181,11 @@ mod tests {
         let (mut c, len) = pc.lookup(&[1, 2, 3, 6, 6]).unwrap();
         assert_eq!(len, 3);
         let new = Array::from_slice(&[100.0f32], &[1, 1, 1, 1]);
-        let (k, _) = c[0].update_and_fetch(&new, &new).unwrap();
+        let (k, _, _) = c[0].update_and_fetch(&new, &new).unwrap();
         assert_eq!(k.as_slice::<f32>(), [0.0, 1.0, 2.0, 100.0]);
         // The entry still holds position 3 as it was.
         let (c2, _) = pc.lookup(&[1, 2, 3, 4, 9]).unwrap();
-        let (k2, _) = c2[0].filled().unwrap();
+        let k2 = c2[0].filled().unwrap().keys;
         assert_eq!(k2.as_slice::<f32>(), [0.0, 1.0, 2.0, 3.0]);
     }
 

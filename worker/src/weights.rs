@@ -38,6 +38,14 @@ pub fn load(dir: &Path) -> Result<Weights, LoadError> {
             message: e.to_string(),
         })?;
         for (name, array) in loaded {
+            // A vision-language wrapper (Gemma 3, Mistral 3): run its language model, leave
+            // the vision tower and projector unloaded.
+            if name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.") {
+                continue;
+            }
+            let name = name
+                .strip_prefix("language_model.")
+                .map_or(name.clone(), str::to_string);
             if let Some(first) = origin.insert(name.clone(), file.clone()) {
                 return Err(LoadError::Duplicate {
                     name,

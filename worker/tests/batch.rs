@@ -13,10 +13,76 @@ use opta_lmx_worker::scheduler::{generate, Admitted, Event, Scheduler, Scheduler
 use serde_json::{json, Value};
 
 fn engine() -> Engine {
+    load("SmolLM2-135M-Instruct-4bit")
+}
+
+fn load(name: &str) -> Engine {
     let dir = std::env::var_os("OPTA_LMX_TEST_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/models/opta"));
-    Engine::load(&dir.join("SmolLM2-135M-Instruct-4bit")).unwrap()
+    Engine::load(&dir.join(name)).unwrap()
+}
+
+fn run_all(sched: &mut Scheduler, log: &mut Log) {
+    let mut n = log.chunks.last().map_or(0, |c| c.1 + 1);
+    while !sched.is_empty() {
+        step(sched, log, n);
+        n += 1;
+    }
+}
+
+/// Gemma 3's sliding-window layers (window 8 in the tiny model) in the scheduler: prompts
+/// shorter and far longer than the window, one long enough that its local layers' caches
+/// drop old positions, batched together; then each conversation resent with a new turn, which
+/// must reuse its cached prefix (the trimmed one included) and still answer as alone.
+#[test]
+fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
+    let engine = load("tiny-random-gemma3");
+    let texts = [
+        "hi".to_string(),
+        "Write a haiku about the sea.".to_string(),
+        "The quick brown fox jumps over the lazy dog. ".repeat(70),
+    ];
+    let turns: Vec<Value> = texts.iter().map(|t| user(t)).collect();
+    let prompts: Vec<Vec<u32>> = turns.iter().map(|t| prompt(&engine, t)).collect();
+    assert!(prompts[2].len() > 600, "{} tokens", prompts[2].len());
+    let mut sched = Scheduler::new(&engine, config(8, 256));
+    let mut log = Log::default();
+    for (i, p) in prompts.iter().enumerate() {
+        sched
+            .add(i as u64, p.clone(), greedy(12), Instant::now())
+            .unwrap();
+    }
+    run_all(&mut sched, &mut log);
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(
+            log.ids[&(i as u64)],
+            alone(&engine, p, &greedy(12)),
+            "prompt {i}"
+        );
+    }
+    for (i, turn) in turns.iter().enumerate() {
+        let answer = engine.tokenizer.decode(&log.ids[&(i as u64)]).unwrap();
+        let mut next = turn.as_array().unwrap().clone();
+        next.push(json!({"role": "assistant", "content": answer}));
+        next.push(json!({"role": "user", "content": "And then?"}));
+        let p = prompt(&engine, &Value::Array(next));
+        let id = 10 + i as u64;
+        sched
+            .add(id, p.clone(), greedy(12), Instant::now())
+            .unwrap();
+        run_all(&mut sched, &mut log);
+        let cached = log.done[&id].usage.cached_prompt_tokens as usize;
+        assert!(
+            cached >= prompts[i].len(),
+            "prompt {i}: reused {cached} tokens"
+        );
+        assert_eq!(
+            log.ids[&id],
+            alone(&engine, &p, &greedy(12)),
+            "resent prompt {i}"
+        );
+    }
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {

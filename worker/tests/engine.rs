@@ -119,9 +119,19 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
         "tiny-random-llama-6bit-g128",
         "tiny-random-llama-8bit-g64",
         "tiny-random-llama-mixed",
+        "tiny-random-gemma3",
+        "tiny-random-gemma3-4bit",
+        "tiny-random-gemma3-vlm",
     ] {
         check_against_mlx_lm(variant);
     }
+}
+
+/// Google's Gemma 3 270M, dequantized from its GGUF: sliding-window layers, GeGLU, sandwich
+/// norms and its SentencePiece tokenizer, on real weights.
+#[test]
+fn gemma3_270m_greedy_output_matches_mlx_lm_token_for_token() {
+    check_against_mlx_lm("gemma-3-270m-f32");
 }
 
 #[test]

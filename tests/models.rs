@@ -1,0 +1,53 @@
+//! Model families beyond Llama through the real daemon and worker: Google's Gemma 3 270M answers
+//! a chat exactly as mlx-lm does (greedy, `tests/data/reference_ids.json`), and a Gemma 3
+//! vision-language folder serves its language model, its vision tower left unloaded.
+
+use opta_lmx_tests::{entry_where, model, workspace_root, Daemon};
+use serde_json::{json, Value};
+
+fn reference(variant: &str) -> Value {
+    let path = workspace_root().join("tests/data/reference_ids.json");
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("JSON");
+    all["models"][variant].clone()
+}
+
+/// A greedy chat completion of the first reference conversation, held to mlx-lm's.
+fn check_first_case(d: &Daemon, variant: &str) {
+    let r = reference(variant);
+    let case = &r["cases"][0];
+    let body = json!({
+        "model": format!("opta/{variant}"),
+        "messages": case["messages"],
+        "temperature": 0,
+        "max_tokens": r["max_tokens"],
+    });
+    let (code, out) = d.post("/v1/chat/completions", &body);
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        out["choices"][0]["message"]["content"], case["text"],
+        "{variant}"
+    );
+    let ids = |k: &str| case[k].as_array().expect("ids").len();
+    assert_eq!(
+        out["usage"]["prompt_tokens"],
+        ids("prompt_ids"),
+        "{variant}"
+    );
+    assert_eq!(out["usage"]["completion_tokens"], ids("ids"), "{variant}");
+}
+
+#[test]
+fn gemma3_answers_through_the_daemon_as_mlx_lm_does() {
+    assert!(model("gemma-3-270m-f32").join("config.json").exists());
+    let d = Daemon::start("");
+    check_first_case(&d, "gemma-3-270m-f32");
+    check_first_case(&d, "tiny-random-gemma3-vlm");
+    // Both are listed as the language models they are.
+    let (code, list) = d.get("/api/v0/models");
+    assert_eq!(code, 200);
+    for id in ["opta/gemma-3-270m-f32", "opta/tiny-random-gemma3-vlm"] {
+        let entry = entry_where(&list["data"], "id", id);
+        assert_eq!(entry["type"], "llm", "{entry}");
+    }
+}
