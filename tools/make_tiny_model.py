@@ -13,6 +13,11 @@ writes <out-dir>/tiny-random-{llama,qwen2,qwen3,gemma3} (float32) and quantized 
 tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mixed} (the last one with per-module
 overrides in config.json, as mlx-lm writes them).
 
+tiny-random-qwen3-moe is a Qwen3 MoE (8 experts, 2 per token, layer 0 sparse and layer 1 a
+dense MLP) in mlx-lm's stacked `switch_mlp` layout; tiny-random-qwen3-moe-4bit is it quantized
+(experts included), tiny-random-qwen3-moe-hf the same weights in Hugging Face's per-expert
+layout (`experts.{e}.*`), which loaders stack.
+
 tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
 that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
 it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
@@ -83,6 +88,44 @@ GEMMA3_TEXT = {
     "num_hidden_layers": 4,
     "hidden_activation": "gelu_pytorch_tanh",
 }
+
+
+MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64, "decoder_sparse_step": 1,
+       "mlp_only_layers": [1], "norm_topk_prob": True}
+
+
+def moe_config(src: dict) -> dict:
+    config = base_config(src, "qwen3")
+    config.update(MOE)
+    config.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe"})
+    return config
+
+
+def moe_weights(vocab: int) -> dict[str, mx.array]:
+    """Qwen3 weights whose layer-0 MLP is a router and stacked experts."""
+    w = random_weights("qwen3", vocab)
+    e, inter = MOE["num_experts"], MOE["moe_intermediate_size"]
+    p = "model.layers.0.mlp"
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        del w[f"{p}.{name}.weight"]
+    w[f"{p}.gate.weight"] = mx.random.normal((e, HIDDEN)) * 0.5
+    w[f"{p}.switch_mlp.gate_proj.weight"] = mx.random.normal((e, inter, HIDDEN)) * 0.1
+    w[f"{p}.switch_mlp.up_proj.weight"] = mx.random.normal((e, inter, HIDDEN)) * 0.1
+    w[f"{p}.switch_mlp.down_proj.weight"] = mx.random.normal((e, HIDDEN, inter)) * 0.1
+    return w
+
+
+def per_expert(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """The Hugging Face layout: one tensor per expert and projection."""
+    out = {}
+    for name, w in weights.items():
+        if ".switch_mlp." in name:
+            base, proj = name.split(".switch_mlp.")
+            for i in range(w.shape[0]):
+                out[f"{base}.experts.{i}.{proj}"] = w[i]
+        else:
+            out[name] = w
+    return out
 
 
 def gemma3_config(src: dict) -> dict:
@@ -158,7 +201,7 @@ def quantize(weights: dict[str, mx.array], default: dict, overrides: dict) -> di
     for name, w in weights.items():
         module = name[: -len(".weight")]
         q = overrides.get(module, default)
-        if name.endswith(".weight") and w.ndim == 2 and "norm" not in name and q and w.shape[-1] % q["group_size"] == 0:
+        if name.endswith(".weight") and w.ndim in (2, 3) and "norm" not in name and q and w.shape[-1] % q["group_size"] == 0:
             wq, scales, biases = mx.quantize(w, group_size=q["group_size"], bits=q["bits"])
             out[f"{module}.weight"], out[f"{module}.scales"], out[f"{module}.biases"] = wq, scales, biases
         else:
@@ -265,6 +308,14 @@ def main() -> None:
     wrapped["vision_tower.vision_model.embeddings.patch_embedding.weight"] = mx.zeros((16, 3, 2, 2))
     wrapped["multi_modal_projector.mm_input_projection_weight"] = mx.zeros((16, HIDDEN))
     write(args.out / "tiny-random-gemma3-vlm", args.source, wrapper, wrapped)
+
+    # New models draw their random weights after the older ones, which stay as they were.
+    moe = moe_weights(src["vocab_size"])
+    write(args.out / "tiny-random-qwen3-moe", args.source, moe_config(src), moe)
+    write(args.out / "tiny-random-qwen3-moe-hf", args.source, moe_config(src), per_expert(moe))
+    q = {"group_size": 32, "bits": 4, "mode": "affine"}
+    config = {**moe_config(src), "quantization": q, "quantization_config": dict(q)}
+    write(args.out / "tiny-random-qwen3-moe-4bit", args.source, config, quantize(moe, q, {}))
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

@@ -17,8 +17,23 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-from mlx_lm import load
-from mlx_lm.generate import generate_step
+
+# mlx-lm 0.32.2's QuantizedSwitchLinear passes `global_scale` (nvfp4 only) to gather_qmm, a
+# keyword MLX 0.32.2 does not take, so every quantized MoE fails there. Affine experts never set
+# it: drop the keyword when it is None, refuse it otherwise.
+_gather_qmm = mx.gather_qmm
+
+
+def _gather_qmm_without_global_scale(*args, global_scale=None, **kwargs):
+    if global_scale is not None:
+        raise NotImplementedError("global_scale needs an MLX newer than 0.32.2")
+    return _gather_qmm(*args, **kwargs)
+
+
+mx.gather_qmm = _gather_qmm_without_global_scale
+
+from mlx_lm import load  # noqa: E402  (after the shim, which it must see)
+from mlx_lm.generate import generate_step  # noqa: E402
 
 # model folder -> tokens to generate per conversation (the tiny random models check the
 # arithmetic of each architecture and quantization; two conversations each are enough).
@@ -40,6 +55,9 @@ MODELS = {
             "llama-6bit-g128",
             "llama-8bit-g64",
             "llama-mixed",
+            "qwen3-moe",
+            "qwen3-moe-4bit",
+            "qwen3-moe-hf",
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",

@@ -98,6 +98,22 @@ pub struct ModelConfig {
     /// Gemma 3: every `sliding_window_pattern`-th layer is global, the others local.
     #[serde(default)]
     pub sliding_window_pattern: Option<usize>,
+    /// Mixture of experts (Qwen3 MoE): experts per MoE layer, experts each token uses, and
+    /// their hidden size.
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    #[serde(default)]
+    pub num_experts_per_tok: Option<usize>,
+    #[serde(default)]
+    pub moe_intermediate_size: Option<usize>,
+    /// Renormalise the chosen experts' router weights to sum to one.
+    #[serde(default)]
+    pub norm_topk_prob: Option<bool>,
+    /// Every `decoder_sparse_step`-th layer is a MoE layer, except those in `mlp_only_layers`.
+    #[serde(default)]
+    pub decoder_sparse_step: Option<usize>,
+    #[serde(default)]
+    pub mlp_only_layers: Option<Vec<usize>>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }

@@ -19,8 +19,8 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3, gemma3_text, \
-         gemma3 (its language model) and, for embeddings, bert"
+        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3, qwen3_moe, \
+         gemma3_text, gemma3 (its language model) and, for embeddings, bert"
     )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
@@ -115,6 +115,8 @@ struct ArchSpec {
     local_layers: bool,
     /// Tied embeddings exactly when the folder has no `lm_head` (mlx-lm's Gemma `sanitize`).
     tie_by_presence: bool,
+    /// Mixture-of-experts MLPs where the config places them (Qwen3 MoE).
+    moe: bool,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -126,6 +128,7 @@ const LLAMA: ArchSpec = ArchSpec {
     scale_embeddings: false,
     local_layers: false,
     tie_by_presence: false,
+    moe: false,
 };
 
 fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
@@ -144,6 +147,12 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             qk_norm: true,
             ..LLAMA
         }),
+        "qwen3_moe" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: true,
+            moe: true,
+            ..LLAMA
+        }),
         "gemma3_text" | "gemma3" => Ok(ArchSpec {
             qkv_bias: bias,
             qk_norm: true,
@@ -153,6 +162,7 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             scale_embeddings: true,
             local_layers: true,
             tie_by_presence: true,
+            moe: false,
         }),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }
@@ -464,6 +474,134 @@ fn gelu_approx(x: &Array) -> Result<Array> {
     Ok(x.multiply(c(0.5)?)?.multiply(&gate)?)
 }
 
+/// A block's feed-forward part: one MLP, or a mixture of experts.
+pub enum FeedForward {
+    Dense(Mlp),
+    Experts(MoeBlock),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Experts(moe) => moe.forward(x),
+        }
+    }
+}
+
+/// One projection of every expert, stacked: [experts, out, in], dense or affine-quantized.
+pub enum ExpertLinear {
+    Dense {
+        weight: Array,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        group_size: i32,
+        bits: i32,
+    },
+}
+
+impl ExpertLinear {
+    /// `x` through expert `experts[...]` of each row (mlx-lm's `SwitchLinear`).
+    fn forward(&self, x: &Array, experts: &Array, sorted: bool) -> Result<Array> {
+        Ok(match self {
+            ExpertLinear::Dense { weight } => {
+                ops::gather_mm(x, weight.swap_axes(-1, -2)?, None, experts, sorted)?
+            }
+            ExpertLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+            } => ops::gather_qmm(
+                x,
+                weight,
+                scales,
+                biases,
+                None,
+                experts,
+                true,
+                *group_size,
+                *bits,
+                sorted,
+            )?,
+        })
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match self {
+            ExpertLinear::Dense { weight } => vec![weight],
+            ExpertLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                ..
+            } => vec![weight, scales, biases],
+        }
+    }
+}
+
+/// Qwen3 MoE's sparse block: a softmax router picks `top_k` experts per token, whose SwiGLU
+/// outputs are summed with the router's weights (optionally renormalised over the chosen).
+pub struct MoeBlock {
+    gate: Linear,
+    gate_proj: ExpertLinear,
+    up_proj: ExpertLinear,
+    down_proj: ExpertLinear,
+    top_k: i32,
+    norm_topk_prob: bool,
+}
+
+impl MoeBlock {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let gates = ops::softmax_axis(self.gate.forward(x)?, -1, true)?;
+        let experts = *gates.shape().last().unwrap_or(&0);
+        let k = self.top_k;
+        let chosen = ops::argpartition_axis(&gates, experts - k, -1)?;
+        let chosen = chosen.index((.., .., (experts - k)..));
+        let mut scores = gates.take_along_axis(&chosen, -1)?;
+        if self.norm_topk_prob {
+            scores = scores.divide(scores.sum_axis(-1, true)?)?;
+        }
+        let y = self.switch_glu(x, &chosen)?;
+        let weighted = y.multiply(scores.expand_dims(-1)?)?;
+        Ok(weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?)
+    }
+
+    /// Every token through its chosen experts: [1, n, k, hidden]. With many (token, expert)
+    /// pairs they are sorted by expert first, so each expert's weights are read in one run.
+    fn switch_glu(&self, x: &Array, chosen: &Array) -> Result<Array> {
+        let shape = chosen.shape().to_vec();
+        let x = x.expand_dims_axes(&[-2, -3])?;
+        let sort = chosen.size() >= 64;
+        let (x, idx, inverse) = if sort {
+            let k = *shape.last().unwrap_or(&1);
+            let flat = chosen.flatten(None, None)?;
+            let order = ops::argsort_axis(&flat, 0)?;
+            let inverse = ops::argsort_axis(&order, 0)?;
+            let rows = order.floor_divide(Array::from_int(k).as_dtype(order.dtype())?)?;
+            let x = x.flatten(0, -3)?.take_axis(&rows, 0)?;
+            (x, flat.take_axis(&order, 0)?, Some(inverse))
+        } else {
+            (x, chosen.clone(), None)
+        };
+        let up = self.up_proj.forward(&x, &idx, sort)?;
+        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let act = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
+        let mut out = self.down_proj.forward(&act, &idx, sort)?;
+        if let Some(inverse) = inverse {
+            let hidden = *out.shape().last().unwrap_or(&1);
+            out = out
+                .take_axis(&inverse, 0)?
+                .reshape(&[shape[0], shape[1], shape[2], 1, hidden])?;
+        }
+        Ok(out.squeeze_axes(&[-2])?)
+    }
+}
+
 /// The two extra norms of a Gemma block: after attention (before the residual add) and
 /// before the MLP; the block's `post_attn_norm` then follows the MLP.
 pub struct SandwichNorms {
@@ -473,7 +611,7 @@ pub struct SandwichNorms {
 
 pub struct Block {
     attn: Attention,
-    mlp: Mlp,
+    mlp: FeedForward,
     input_norm: RmsNorm,
     post_attn_norm: RmsNorm,
     sandwich: Option<SandwichNorms>,
@@ -609,11 +747,15 @@ impl Model {
                 rope,
                 window,
             };
-            let mlp = Mlp {
-                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, false)?,
-                up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, false)?,
-                down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?,
-                activation: spec.activation,
+            let mlp = if spec.moe && moe_layer(&config, i) {
+                FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)
+            } else {
+                FeedForward::Dense(Mlp {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, false)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, false)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?,
+                    activation: spec.activation,
+                })
             };
             let input_norm = norm(&mut w, "input_layernorm", hidden)?;
             // Gemma's post_attention_layernorm is inside the attention residual; its last norm
@@ -758,8 +900,18 @@ impl Model {
             for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
                 lin(x, &mut out);
             }
-            for x in [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj] {
-                lin(x, &mut out);
+            match &l.mlp {
+                FeedForward::Dense(m) => {
+                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
+                        lin(x, &mut out);
+                    }
+                }
+                FeedForward::Experts(m) => {
+                    lin(&m.gate, &mut out);
+                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
+                        out.extend(x.arrays());
+                    }
+                }
             }
             out.push(&l.input_norm.weight);
             out.push(&l.post_attn_norm.weight);
@@ -813,9 +965,77 @@ impl TensorSource<'_> {
         Ok(RmsNorm { weight, eps })
     }
 
+    /// A MoE block under `module` (`….mlp`): the router `gate` and the stacked experts, either
+    /// as mlx-lm stores them (`switch_mlp.*_proj`, [experts, out, in]) or as Hugging Face
+    /// does (`experts.{e}.*_proj`), stacked here as mlx-lm's `sanitize` stacks them.
+    fn moe(&mut self, module: &str, config: &ModelConfig) -> Result<MoeBlock> {
+        let hidden = config.hidden_size as i32;
+        let experts = config.num_experts.unwrap_or(0) as i32;
+        let inter = config
+            .moe_intermediate_size
+            .unwrap_or(config.intermediate_size) as i32;
+        let mut stacked = |name: &str, out: i32, inp: i32| -> Result<ExpertLinear> {
+            let first = format!("{module}.experts.0.{name}.weight");
+            if self.tensors.contains_key(&first) {
+                let parts = (0..experts)
+                    .map(|e| {
+                        self.take_shaped(
+                            &format!("{module}.experts.{e}.{name}.weight"),
+                            &[out, inp],
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let weight = ops::stack(&parts, 0)?;
+                return Ok(ExpertLinear::Dense { weight });
+            }
+            let base = format!("{module}.switch_mlp.{name}");
+            match self.linear_stacked(&base, &[experts], out, inp, false)? {
+                Linear::Dense { weight, .. } => Ok(ExpertLinear::Dense { weight }),
+                Linear::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    group_size,
+                    bits,
+                    ..
+                } => Ok(ExpertLinear::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    group_size,
+                    bits,
+                }),
+            }
+        };
+        Ok(MoeBlock {
+            gate_proj: stacked("gate_proj", inter, hidden)?,
+            up_proj: stacked("up_proj", inter, hidden)?,
+            down_proj: stacked("down_proj", hidden, inter)?,
+            gate: self.linear(&format!("{module}.gate"), experts, hidden, false)?,
+            top_k: config
+                .num_experts_per_tok
+                .unwrap_or(1)
+                .clamp(1, experts.max(1) as usize) as i32,
+            norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+        })
+    }
+
     fn linear(&mut self, module: &str, out: i32, inp: i32, bias: bool) -> Result<Linear> {
+        self.linear_stacked(module, &[], out, inp, bias)
+    }
+
+    /// A linear layer whose weights carry leading dimensions `lead` (stacked experts).
+    fn linear_stacked(
+        &mut self,
+        module: &str,
+        lead: &[i32],
+        out: i32,
+        inp: i32,
+        bias: bool,
+    ) -> Result<Linear> {
+        let shape = |last: &[i32]| [lead, last].concat();
         let bias = if bias {
-            Some(self.take_shaped(&format!("{module}.bias"), &[out])?)
+            Some(self.take_shaped(&format!("{module}.bias"), &shape(&[out]))?)
         } else {
             None
         };
@@ -824,7 +1044,8 @@ impl TensorSource<'_> {
         match quant {
             Some(Quantization { group_size, bits }) if self.tensors.contains_key(&scales_name) => {
                 let (g, b) = (group_size as i32, bits as i32);
-                let weight = self.take_shaped(&format!("{module}.weight"), &[out, inp * b / 32])?;
+                let packed = shape(&[out, inp * b / 32]);
+                let weight = self.take_shaped(&format!("{module}.weight"), &packed)?;
                 if weight.dtype() != Dtype::Uint32 {
                     return Err(ModelError::Shape {
                         name: format!(
@@ -832,11 +1053,12 @@ impl TensorSource<'_> {
                             weight.dtype()
                         ),
                         actual: weight.shape().to_vec(),
-                        expected: vec![out, inp * b / 32],
+                        expected: packed,
                     });
                 }
-                let mut scales = self.take_shaped(&scales_name, &[out, inp / g])?;
-                let mut biases = self.take_shaped(&format!("{module}.biases"), &[out, inp / g])?;
+                let groups = shape(&[out, inp / g]);
+                let mut scales = self.take_shaped(&scales_name, &groups)?;
+                let mut biases = self.take_shaped(&format!("{module}.biases"), &groups)?;
                 if self.options.float32_quant_params || self.dequantize {
                     scales = scales.as_dtype(Dtype::Float32)?;
                     biases = biases.as_dtype(Dtype::Float32)?;
@@ -856,11 +1078,18 @@ impl TensorSource<'_> {
                 })
             }
             _ => Ok(Linear::Dense {
-                weight: self.take_shaped(&format!("{module}.weight"), &[out, inp])?,
+                weight: self.take_shaped(&format!("{module}.weight"), &shape(&[out, inp]))?,
                 bias,
             }),
         }
     }
+}
+
+/// Whether layer `i` of a MoE model has experts (mlx-lm's rule for Qwen3 MoE).
+fn moe_layer(config: &ModelConfig, i: usize) -> bool {
+    let step = config.decoder_sparse_step.unwrap_or(1).max(1);
+    let dense = config.mlp_only_layers.as_deref().unwrap_or(&[]);
+    config.num_experts.unwrap_or(0) > 0 && !dense.contains(&i) && (i + 1) % step == 0
 }
 
 /// `x` rounded to the nearest bfloat16 (ties to even), as a cast to bfloat16 rounds.

@@ -31,6 +31,39 @@ fn run_all(sched: &mut Scheduler, log: &mut Log) {
     }
 }
 
+/// Qwen3 MoE's expert layers in the scheduler: prompts long enough that their (token, expert)
+/// pairs are sorted by expert, decoded together one token each, give what they give alone, as
+/// loaded by the server (quantized experts expanded on a CPU) and as stored (4-bit experts).
+#[test]
+fn expert_layers_batch_like_dense_ones() {
+    for name in ["tiny-random-qwen3-moe-4bit", "tiny-random-qwen3-moe"] {
+        let engine = load(name);
+        let prompts: Vec<Vec<u32>> = [
+            "hi",
+            "Write a haiku about the sea.",
+            "Name three colours of the rainbow.",
+        ]
+        .iter()
+        .map(|t| prompt(&engine, &user(t)))
+        .collect();
+        let mut sched = Scheduler::new(&engine, config(8, 0));
+        let mut log = Log::default();
+        for (i, p) in prompts.iter().enumerate() {
+            sched
+                .add(i as u64, p.clone(), greedy(12), Instant::now())
+                .unwrap();
+        }
+        run_all(&mut sched, &mut log);
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(
+                log.ids[&(i as u64)],
+                alone(&engine, p, &greedy(12)),
+                "{name}: {i}"
+            );
+        }
+    }
+}
+
 /// Gemma 3's sliding-window layers (window 8 in the tiny model) in the scheduler: prompts
 /// shorter and far longer than the window, one long enough that its local layers' caches
 /// drop old positions, batched together; then each conversation resent with a new turn, which
