@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
+import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
 from mlx_lm import load
 from mlx_lm.generate import generate_step
 

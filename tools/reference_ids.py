@@ -17,23 +17,9 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-
-# mlx-lm 0.32.2's QuantizedSwitchLinear passes `global_scale` (nvfp4 only) to gather_qmm, a
-# keyword MLX 0.32.2 does not take, so every quantized MoE fails there. Affine experts never set
-# it: drop the keyword when it is None, refuse it otherwise.
-_gather_qmm = mx.gather_qmm
-
-
-def _gather_qmm_without_global_scale(*args, global_scale=None, **kwargs):
-    if global_scale is not None:
-        raise NotImplementedError("global_scale needs an MLX newer than 0.32.2")
-    return _gather_qmm(*args, **kwargs)
-
-
-mx.gather_qmm = _gather_qmm_without_global_scale
-
-from mlx_lm import load  # noqa: E402  (after the shim, which it must see)
-from mlx_lm.generate import generate_step  # noqa: E402
+import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+from mlx_lm import load
+from mlx_lm.generate import generate_step
 
 # model folder -> tokens to generate per conversation (the tiny random models check the
 # arithmetic of each architecture and quantization; two conversations each are enough).

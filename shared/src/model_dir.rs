@@ -145,6 +145,71 @@ impl ModelConfig {
     }
 }
 
+/// A CPU worker expands quantized weights to float32 at load when, expanded, they take at most
+/// this many bytes (see the worker's `LoadOptions`); the memory guard counts them expanded.
+pub const CPU_DEQUANTIZE_LIMIT: u64 = 4 << 30;
+
+/// The quantized weights of `dir` as a CPU worker may expand them: (bytes expanded to float32,
+/// bytes as stored: packed weights, scales and biases). Read from the safetensors headers
+/// alone; (0, 0) for a dense model, and what is unreadable counts as nothing (the worker
+/// reports the real problem when it loads).
+pub fn quantized_footprint(dir: &Path, config: &ModelConfig) -> (u64, u64) {
+    let mut tensors: BTreeMap<String, (Vec<u64>, u64)> = BTreeMap::new();
+    for file in weight_files(dir).unwrap_or_default() {
+        tensors.extend(safetensors_header(&file).unwrap_or_default());
+    }
+    let size = |name: &str| tensors.get(name).map_or(0, |t| t.1);
+    let mut expanded = 0u64;
+    let mut stored = 0u64;
+    for (name, (shape, bytes)) in &tensors {
+        let Some(module) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        let scales = format!("{module}.scales");
+        let (Some(q), true) = (
+            config.quantization.for_module(module),
+            tensors.contains_key(&scales),
+        ) else {
+            continue;
+        };
+        let Some((&packed_cols, rows)) = shape.split_last() else {
+            continue;
+        };
+        let cols = packed_cols * 32 / u64::from(q.bits.max(1));
+        expanded += rows.iter().product::<u64>() * cols * 4;
+        stored += bytes + size(&scales) + size(&format!("{module}.biases"));
+    }
+    (expanded, stored)
+}
+
+/// Each tensor's shape and byte size from a safetensors file's JSON header.
+fn safetensors_header(path: &Path) -> Option<BTreeMap<String, (Vec<u64>, u64)>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // The format caps headers at 100 MB.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(len).ok()?];
+    file.read_exact(&mut header).ok()?;
+    let header: BTreeMap<String, Value> = serde_json::from_slice(&header).ok()?;
+    let tensors = header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .filter_map(|(name, t)| {
+            let shape = t.get("shape")?.as_array()?;
+            let shape: Option<Vec<u64>> = shape.iter().map(Value::as_u64).collect();
+            let offsets = t.get("data_offsets")?.as_array()?;
+            let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+            Some((name, (shape?, end.checked_sub(start)?)))
+        })
+        .collect();
+    Some(tensors)
+}
+
 /// Reads and checks `<dir>/config.json`.
 pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
     let path = dir.join("config.json");

@@ -56,8 +56,9 @@ pub struct LoadOptions {
     pub dequantize_up_to_bytes: usize,
 }
 
-/// The CPU default for [`LoadOptions::dequantize_up_to_bytes`].
-pub const CPU_DEQUANTIZE_LIMIT: usize = 4 << 30;
+/// The CPU default for [`LoadOptions::dequantize_up_to_bytes`] (shared with the controller's
+/// memory guard, which counts such weights expanded).
+pub const CPU_DEQUANTIZE_LIMIT: usize = opta_lmx_shared::model_dir::CPU_DEQUANTIZE_LIMIT as usize;
 
 impl LoadOptions {
     /// The same arithmetic as mlx-lm: the files' dtypes as they are.
@@ -1089,7 +1090,7 @@ impl TensorSource<'_> {
 fn moe_layer(config: &ModelConfig, i: usize) -> bool {
     let step = config.decoder_sparse_step.unwrap_or(1).max(1);
     let dense = config.mlp_only_layers.as_deref().unwrap_or(&[]);
-    config.num_experts.unwrap_or(0) > 0 && !dense.contains(&i) && (i + 1) % step == 0
+    config.num_experts.unwrap_or(0) > 0 && !dense.contains(&i) && (i + 1).is_multiple_of(step)
 }
 
 /// `x` rounded to the nearest bfloat16 (ties to even), as a cast to bfloat16 rounds.

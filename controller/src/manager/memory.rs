@@ -2,8 +2,9 @@
 //! (or evict least-recently-used idle models) when it would push the system past
 //! `memory.max_memory_percent`.
 //!
-//! Estimate: the folder's `*.safetensors` bytes (weights are loaded as stored) plus 10% of
-//! them for the KV cache and activations, plus a fixed 256 MiB for the worker process itself
+//! Estimate: the folder's `*.safetensors` bytes, with quantized weights counted as float32
+//! where a CPU worker expands them (up to `CPU_DEQUANTIZE_LIMIT`, as the worker does), plus
+//! 10% for the KV cache and activations, plus a fixed 256 MiB for the worker process itself
 //! (MLX, the tokenizer, buffers). "Used" is total minus available memory as the OS reports it
 //! (page cache that can be dropped does not count as used).
 
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use opta_lmx_shared::model_dir;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// Fixed per-worker allowance on top of the weights.
@@ -33,9 +35,30 @@ pub fn weights_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Whether this machine's workers run MLX on the CPU and so expand quantized weights: not on
+/// macOS (Metal) nor with an NVIDIA driver present (CUDA), nor with `OPTA_LMX_EXACT=1`, which
+/// workers inherit.
+pub fn workers_expand_weights() -> bool {
+    let exact = std::env::var("OPTA_LMX_EXACT").is_ok_and(|v| v == "1");
+    !cfg!(target_os = "macos") && !Path::new("/dev/nvidiactl").exists() && !exact
+}
+
 /// What loading the model in `dir` is expected to take.
 pub fn estimate_bytes(dir: &Path) -> u64 {
-    let weights = weights_bytes(dir);
+    estimate_bytes_for(dir, workers_expand_weights())
+}
+
+/// [`estimate_bytes`] for a worker that does (`expands`) or does not expand quantized weights.
+pub fn estimate_bytes_for(dir: &Path, expands: bool) -> u64 {
+    let mut weights = weights_bytes(dir);
+    if expands {
+        if let Ok(config) = model_dir::read_config(dir) {
+            let (expanded, stored) = model_dir::quantized_footprint(dir, &config);
+            if expanded <= model_dir::CPU_DEQUANTIZE_LIMIT {
+                weights = weights.saturating_sub(stored).saturating_add(expanded);
+            }
+        }
+    }
     weights
         .saturating_add(weights / KV_ALLOWANCE_DIVISOR)
         .saturating_add(WORKER_OVERHEAD_BYTES)
@@ -221,8 +244,46 @@ mod tests {
         std::fs::write(dir.join("model-00002.safetensors"), vec![0u8; 1000]).unwrap();
         std::fs::write(dir.join("tokenizer.json"), vec![0u8; 5000]).unwrap();
         assert_eq!(weights_bytes(&dir), 2000);
-        assert_eq!(estimate_bytes(&dir), 2000 + 200 + WORKER_OVERHEAD_BYTES);
+        assert_eq!(
+            estimate_bytes_for(&dir, false),
+            2000 + 200 + WORKER_OVERHEAD_BYTES
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(estimate_bytes(&dir), WORKER_OVERHEAD_BYTES);
+    }
+
+    /// A 4-bit [64, 256] layer: 8 KiB packed plus scales and biases as stored, 64 KiB as the
+    /// float32 a CPU worker expands it to.
+    #[test]
+    fn a_cpu_worker_is_counted_with_its_quantized_weights_expanded() {
+        let dir = std::env::temp_dir().join(format!("opta-lmx-memq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 1,
+                "intermediate_size": 64, "num_attention_heads": 4, "vocab_size": 64,
+                "quantization": {"group_size": 64, "bits": 4}}"#,
+        )
+        .unwrap();
+        let (packed, groups) = (64 * 32 * 4, 64 * 4 * 2);
+        let header = format!(
+            r#"{{"l.weight": {{"dtype": "U32", "shape": [64, 32], "data_offsets": [0, {packed}]}},
+                "l.scales": {{"dtype": "BF16", "shape": [64, 4], "data_offsets": [{packed}, {a}]}},
+                "l.biases": {{"dtype": "BF16", "shape": [64, 4], "data_offsets": [{a}, {b}]}},
+                "n.weight": {{"dtype": "F32", "shape": [256], "data_offsets": [{b}, {c}]}}}}"#,
+            a = packed + groups,
+            b = packed + 2 * groups,
+            c = packed + 2 * groups + 1024,
+        );
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend(header.as_bytes());
+        file.extend(vec![0u8; packed + 2 * groups + 1024]);
+        std::fs::write(dir.join("model.safetensors"), &file).unwrap();
+        let stored = file.len() as u64;
+        let expanded = stored - (packed + 2 * groups) as u64 + 64 * 256 * 4;
+        let allowances = |w: u64| w + w / KV_ALLOWANCE_DIVISOR + WORKER_OVERHEAD_BYTES;
+        assert_eq!(estimate_bytes_for(&dir, false), allowances(stored));
+        assert_eq!(estimate_bytes_for(&dir, true), allowances(expanded));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
