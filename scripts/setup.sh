@@ -188,9 +188,10 @@ if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; the
   "$deps/venv/bin/python" "$converter" "$gemma_gguf" "$models" --name gemma-3-270m --variants f32 \
     --sampling "$gemma_sampling"
   "$deps/venv/bin/python" "$root/tools/make_tiny_model.py" "$models/SmolLM2-135M-Instruct-bf16" "$models"
-  # A tiny BERT sentence embedder; tests/data/tiny_bert_reference.json holds its reference
-  # vectors, recorded from the same seed by tools/embedding_reference.py.
-  "$deps/venv/bin/python" "$root/tools/make_tiny_embedder.py" "$models"
+  # Tiny BERT and Qwen3-Embedding-style sentence embedders; tests/data/tiny_*_reference.json
+  # hold their reference vectors, recorded from the same seeds by tools/embedding_reference.py.
+  "$deps/venv/bin/python" "$root/tools/make_tiny_embedder.py" "$models" \
+    --decoder-tokenizer-from "$models/SmolLM2-135M-Instruct-bf16"
   printf '%s' "$want_models" >"$model_stamp"
 fi
 ls "$models"

@@ -1,16 +1,22 @@
-//! `/v1/embeddings` against the real daemon and worker on the tiny random BERT model, its
-//! vectors held to those mlx-embeddings computed (`tests/data/tiny_bert_reference.json`,
-//! recorded by `tools/embedding_reference.py`): each input alone, a padded batch, the token
-//! counts, the errors, and the model's type in the listings.
+//! `/v1/embeddings` against the real daemon and worker on the tiny random BERT model and the
+//! tiny random Qwen3-Embedding-style decoder, their vectors held to those mlx-embeddings
+//! computed (`tests/data/tiny_{bert,qwen3_embedding}_reference.json`, recorded by
+//! `tools/embedding_reference.py`): each input alone, a batch, the token counts, the errors,
+//! and the models' type in the listings.
 
 use opta_lmx_tests::{model, workspace_root, Daemon};
 use serde_json::{json, Value};
 
 const BERT: &str = "opta/tiny-random-bert";
+const QWEN3: &str = "opta/tiny-random-qwen3-embedding";
 const TINY: &str = "opta/tiny-random-llama";
 
 fn reference() -> Value {
-    let path = workspace_root().join("tests/data/tiny_bert_reference.json");
+    reference_of("tiny_bert_reference.json")
+}
+
+fn reference_of(file: &str) -> Value {
+    let path = workspace_root().join("tests/data").join(file);
     serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("JSON")
 }
 
@@ -76,6 +82,52 @@ fn vectors_match_mlx_embeddings_alone_and_in_a_padded_batch() {
         &vector(&first["embedding"]),
         "token ids",
     );
+}
+
+/// A decoder embedder (last-token pooling over a causal Qwen3): each reference text alone and
+/// the batch, within 1e-4 of mlx-embeddings; it is listed and refused as an embedding model.
+#[test]
+fn a_decoder_embedder_pools_its_last_token_as_mlx_embeddings_does() {
+    assert!(model("tiny-random-qwen3-embedding")
+        .join("modules.json")
+        .exists());
+    let d = Daemon::start("");
+    let r = reference_of("tiny_qwen3_embedding_reference.json");
+    assert_eq!(r["model"]["pooling"], "last");
+    for case in r["cases"].as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        let (code, body) = d.post("/v1/embeddings", &json!({"model": QWEN3, "input": text}));
+        assert_eq!(code, 200, "{body}");
+        let ids = case["token_ids"].as_array().expect("ids").len();
+        assert_eq!(body["usage"]["prompt_tokens"], ids, "{text:?}: tokens");
+        assert_close(
+            &vector(&body["data"][0]["embedding"]),
+            &vector(&case["embedding"]),
+            text,
+        );
+    }
+    let batch = &r["batch"];
+    let (code, body) = d.post(
+        "/api/v0/embeddings",
+        &json!({"model": QWEN3, "input": batch["texts"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let want = batch["embeddings"].as_array().expect("embeddings");
+    for (i, w) in want.iter().enumerate() {
+        assert_close(
+            &vector(&body["data"][i]["embedding"]),
+            &vector(w),
+            &format!("batch[{i}]"),
+        );
+    }
+    let (_, v0) = d.get("/api/v0/models");
+    let entry = opta_lmx_tests::entry_where(&v0["data"], "id", QWEN3);
+    assert_eq!(entry["type"], "embeddings", "{entry}");
+    let (code, err) = d.post(
+        "/v1/chat/completions",
+        &json!({"model": QWEN3, "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_eq!(code, 400, "{err}");
 }
 
 #[test]

@@ -7,9 +7,13 @@ Pooling -> Normalize), so the embeddings path is exercised on the real file form
 network is small enough to load and run in milliseconds. The vectors mean nothing by design:
 tests compare them against tools/embedding_reference.py, never judge their quality.
 
-  make_tiny_embedder.py <out-dir> [--seed N]
+  make_tiny_embedder.py <out-dir> [--seed N] [--decoder-tokenizer-from <model-dir>]
 
-writes <out-dir>/tiny-random-bert (float32). The output is the same for the same seed.
+writes <out-dir>/tiny-random-bert (float32). With --decoder-tokenizer-from it also writes
+<out-dir>/tiny-random-qwen3-embedding: a 2-layer Qwen3 decoder laid out as Qwen3-Embedding is
+(bare `Qwen3Model` tensor names, last-token pooling, Normalize, the tokenizer appending
+`<|endoftext|>`), with the byte-level BPE tokenizer of the given model folder. The output is the
+same for the same seed.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help=f"folder to write {NAME}/ into")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decoder-tokenizer-from", type=Path, help="a model folder with a byte-level BPE tokenizer.json")
     args = ap.parse_args()
     out = args.out / NAME
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +193,83 @@ def main() -> None:
     )
     (out / "2_Normalize").mkdir(exist_ok=True)
     print(f"wrote {out} (vocab {len(vocab)})")
+    if args.decoder_tokenizer_from:
+        write_decoder_embedder(args.out / DECODER_NAME, args.decoder_tokenizer_from, args.seed + 1)
+
+
+DECODER_NAME = "tiny-random-qwen3-embedding"
+D_HIDDEN, D_INTER, D_LAYERS, D_HEADS, D_KV_HEADS, D_MAX = 64, 128, 2, 4, 2, 512
+
+
+def write_decoder_embedder(out: Path, source: Path, seed: int) -> None:
+    """A tiny Qwen3-Embedding: Qwen3Model's tensors, last-token pooling and Normalize."""
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_file(str(source / "tokenizer.json"))
+    end = "<|endoftext|>"
+    end_id = tok.token_to_id(end)
+    assert end_id is not None, f"{source} has no {end}"
+    # As Qwen3-Embedding's tokenizer: every text ends with <|endoftext|>, whose state is pooled.
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {end}", pair=f"$A {end} $B:1 {end}:1", special_tokens=[(end, end_id)])
+    tok.save(str(out / "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    write_json(
+        out / "tokenizer_config.json",
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": D_MAX, "pad_token": end, "eos_token": end,
+         "padding_side": "right", "clean_up_tokenization_spaces": False},
+    )
+    head_dim = D_HIDDEN // D_HEADS
+    write_json(
+        out / "config.json",
+        {
+            "architectures": ["Qwen3Model"], "model_type": "qwen3", "hidden_size": D_HIDDEN,
+            "intermediate_size": D_INTER, "num_hidden_layers": D_LAYERS, "num_attention_heads": D_HEADS,
+            "num_key_value_heads": D_KV_HEADS, "head_dim": head_dim, "max_position_embeddings": D_MAX,
+            "vocab_size": vocab, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+            "hidden_act": "silu", "attention_bias": False, "pad_token_id": end_id, "eos_token_id": end_id,
+            "torch_dtype": "float32",
+        },
+    )
+    mx.random.seed(seed)
+
+    def normal(*shape: int, std: float = 0.1) -> mx.array:
+        return mx.random.normal(shape) * std
+
+    w = {"embed_tokens.weight": normal(vocab, D_HIDDEN, std=0.5), "norm.weight": 1.0 + normal(D_HIDDEN)}
+    for i in range(D_LAYERS):
+        p = f"layers.{i}"
+        w.update(
+            {
+                f"{p}.input_layernorm.weight": 1.0 + normal(D_HIDDEN),
+                f"{p}.post_attention_layernorm.weight": 1.0 + normal(D_HIDDEN),
+                f"{p}.self_attn.q_proj.weight": normal(D_HEADS * head_dim, D_HIDDEN, std=0.3),
+                f"{p}.self_attn.k_proj.weight": normal(D_KV_HEADS * head_dim, D_HIDDEN, std=0.3),
+                f"{p}.self_attn.v_proj.weight": normal(D_KV_HEADS * head_dim, D_HIDDEN),
+                f"{p}.self_attn.o_proj.weight": normal(D_HIDDEN, D_HEADS * head_dim),
+                f"{p}.self_attn.q_norm.weight": 1.0 + normal(head_dim),
+                f"{p}.self_attn.k_norm.weight": 1.0 + normal(head_dim),
+                f"{p}.mlp.gate_proj.weight": normal(D_INTER, D_HIDDEN),
+                f"{p}.mlp.up_proj.weight": normal(D_INTER, D_HIDDEN),
+                f"{p}.mlp.down_proj.weight": normal(D_HIDDEN, D_INTER),
+            }
+        )
+    mx.save_safetensors(str(out / "model.safetensors"), w, metadata={"format": "pt"})
+    write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": D_MAX, "do_lower_case": False})
+    write_json(
+        out / "1_Pooling/config.json",
+        {"word_embedding_dimension": D_HIDDEN, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+         "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True},
+    )
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    print(f"wrote {out} (vocab {vocab})")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ impl ModelEntry {
             .sum();
         Some(ModelEntry {
             id,
-            kind: ModelKind::of(&config),
+            kind: ModelKind::of(&dir, &config),
             generation: GenerationConfig::read(&dir),
             dir,
             config,

@@ -399,19 +399,27 @@ impl GenerationConfig {
 /// Model types that are encoders: they embed text and generate nothing.
 pub const ENCODER_TYPES: &[&str] = &["bert"];
 
+/// Decoder architectures that serve embeddings when the folder is a sentence-transformers
+/// model (a `modules.json` with a Pooling module), as Qwen3-Embedding is.
+pub const DECODER_EMBEDDER_TYPES: &[&str] = &["qwen3"];
+
 /// What a model folder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     /// Text generation (chat and completions).
     Generation,
-    /// Embeddings only: an encoder. (Decoder embedders such as Qwen3-Embedding are not
-    /// served as such yet: they load as the generation models they also are.)
+    /// Embeddings only: an encoder, or a decoder in sentence-transformers' layout
+    /// (Qwen3-Embedding).
     Embedding,
 }
 
 impl ModelKind {
-    pub fn of(config: &ModelConfig) -> ModelKind {
-        if ENCODER_TYPES.contains(&config.model_type.as_str()) {
+    /// What the folder `dir`, whose config is `config`, serves.
+    pub fn of(dir: &Path, config: &ModelConfig) -> ModelKind {
+        let t = config.model_type.as_str();
+        let decoder_embedder =
+            DECODER_EMBEDDER_TYPES.contains(&t) && sentence_pooling(dir).is_some();
+        if ENCODER_TYPES.contains(&t) || decoder_embedder {
             ModelKind::Embedding
         } else {
             ModelKind::Generation

@@ -1,8 +1,9 @@
-//! Sentence embeddings from BERT-style encoders (`bert`), as sentence-transformers defines
-//! them: the encoder's last hidden states, pooled (mean over real tokens, the `[CLS]` token,
-//! or the last token, from `1_Pooling/config.json`) and L2-normalised when `modules.json`
-//! lists a `Normalize` module. A batch of inputs runs as one forward pass, padded to its
-//! longest input with an attention mask.
+//! Sentence embeddings as sentence-transformers defines them: a network's last hidden states,
+//! pooled (mean over real tokens, the `[CLS]` token, or the last token, from
+//! `1_Pooling/config.json`) and L2-normalised when `modules.json` lists a `Normalize` module.
+//! The network is a BERT-style encoder (`bert`), whose batch runs as one forward pass padded to
+//! its longest input with an attention mask, or a decoder of our own transformer
+//! (Qwen3-Embedding), which reads each input causally on its own, with no padding.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +16,7 @@ use mlx_rs::{Array, Dtype};
 use opta_lmx_shared::model_dir::{self, Pooling};
 use serde::Deserialize;
 
-use crate::model::Linear;
+use crate::model::{Linear, LoadOptions};
 use crate::weights;
 
 use crate::model::Result;
@@ -82,9 +83,8 @@ pub enum Input<'a> {
     Tokens(&'a [u32]),
 }
 
-/// A loaded encoder and its tokenizer.
-pub struct Encoder {
-    pub model_type: String,
+/// A BERT-style encoder's weights.
+struct Bert {
     word: Array,
     position: Array,
     token_type: Array,
@@ -92,9 +92,21 @@ pub struct Encoder {
     layers: Vec<Layer>,
     heads: i32,
     head_dim: i32,
+    pad_id: u32,
+}
+
+/// The network whose hidden states are pooled.
+enum Network {
+    Bert(Bert),
+    Decoder(Box<crate::model::Model>),
+}
+
+/// A loaded embedding model and its tokenizer.
+pub struct Encoder {
+    pub model_type: String,
+    network: Network,
     pooling: Pooling,
     normalize: bool,
-    pad_id: u32,
     /// The longest input, in tokens.
     pub max_tokens: usize,
     pub vocab_size: usize,
@@ -105,64 +117,50 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads an encoder folder and runs one forward pass.
+    /// Loads an embedding model's folder and runs one forward pass.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let raw = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
-        let config: BertConfig = serde_json::from_str(&raw).context("config.json")?;
         let model_type = model_dir::read_config(dir)?.model_type;
-        let mut tensors = weights::load(dir)?.tensors;
-        // BertForMaskedLM and friends keep the encoder under `bert.`.
-        if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-            tensors = tensors
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("bert.")?.to_string(), v)))
-                .collect();
-        }
-        let mut t = Tensors(tensors);
-        let eps = config.layer_norm_eps;
-        let word = t.take("embeddings.word_embeddings.weight")?;
-        let (vocab_size, dims) = (word.shape()[0] as usize, word.shape()[1] as usize);
-        anyhow::ensure!(
-            dims == config.hidden_size as usize,
-            "embeddings.word_embeddings.weight is {vocab_size}x{dims}, config.json says hidden_size {}",
-            config.hidden_size
-        );
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: t.linear(&format!("{p}.attention.self.query"))?,
-                key: t.linear(&format!("{p}.attention.self.key"))?,
-                value: t.linear(&format!("{p}.attention.self.value"))?,
-                attn_out: t.linear(&format!("{p}.attention.output.dense"))?,
-                attn_norm: t.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
-                up: t.linear(&format!("{p}.intermediate.dense"))?,
-                down: t.linear(&format!("{p}.output.dense"))?,
-                out_norm: t.norm(&format!("{p}.output.LayerNorm"), eps)?,
-            });
-        }
         let (pooling, normalize) =
             model_dir::sentence_pooling(dir).unwrap_or((Pooling::Mean, false));
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let (network, vocab_size, dims, num_layers, context) =
+            if model_dir::ENCODER_TYPES.contains(&model_type.as_str()) {
+                let (bert, config) = Bert::load(dir)?;
+                let vocab = bert.word.shape()[0] as usize;
+                let layers = bert.layers.len();
+                let context = config.max_position_embeddings;
+                (
+                    Network::Bert(bert),
+                    vocab,
+                    config.hidden_size as usize,
+                    layers,
+                    context,
+                )
+            } else {
+                let model = crate::model::load_embedder(dir, LoadOptions::for_this_machine())?;
+                let c = &model.config;
+                let facts = (c.vocab_size, c.hidden_size, c.num_hidden_layers);
+                let context = c.max_position_embeddings.unwrap_or(usize::MAX);
+                (
+                    Network::Decoder(Box::new(model)),
+                    facts.0,
+                    facts.1,
+                    facts.2,
+                    context,
+                )
+            };
         let max_tokens = model_dir::max_seq_length(dir)
-            .unwrap_or(config.max_position_embeddings)
-            .min(config.max_position_embeddings);
+            .unwrap_or(context)
+            .min(context);
         let mut encoder = Encoder {
             model_type,
-            position: t.take("embeddings.position_embeddings.weight")?,
-            token_type: t.take("embeddings.token_type_embeddings.weight")?,
-            embed_norm: t.norm("embeddings.LayerNorm", eps)?,
-            word,
-            layers,
-            heads: config.num_attention_heads,
-            head_dim: config.hidden_size / config.num_attention_heads,
+            network,
             pooling,
             normalize,
-            pad_id: config.pad_token_id.unwrap_or(0),
             max_tokens,
             vocab_size,
-            num_layers: config.num_hidden_layers,
+            num_layers,
             dims,
             // Summed from the arrays below.
             weights_bytes: 0,
@@ -170,31 +168,16 @@ impl Encoder {
         };
         encoder.weights_bytes = encoder.arrays().iter().map(|a| a.nbytes()).sum();
         eval(encoder.arrays()).context("reading the weights")?;
-        let warm = encoder.forward(&[vec![encoder.pad_id]])?;
+        let warm = encoder.forward(&[vec![0]])?;
         eval([&warm]).context("warm-up forward pass")?;
         Ok(encoder)
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
-            if let Linear::Dense { weight, bias } = l {
-                out.push(weight);
-                out.extend(bias);
-            }
+        match &self.network {
+            Network::Bert(bert) => bert.arrays(),
+            Network::Decoder(model) => model.arrays(),
         }
-        fn norm<'a>(n: &'a LayerNorm, out: &mut Vec<&'a Array>) {
-            out.extend([&n.weight, &n.bias]);
-        }
-        let mut out = vec![&self.word, &self.position, &self.token_type];
-        norm(&self.embed_norm, &mut out);
-        for l in &self.layers {
-            for linear in [&l.query, &l.key, &l.value, &l.attn_out, &l.up, &l.down] {
-                lin(linear, &mut out);
-            }
-            norm(&l.attn_norm, &mut out);
-            norm(&l.out_norm, &mut out);
-        }
-        out
     }
 
     /// The token ids of each input, checked against the model's limits.
@@ -242,8 +225,133 @@ impl Encoder {
         Ok(flat.chunks(self.dims).map(<[f32]>::to_vec).collect())
     }
 
-    /// Pooled (and normalised) embeddings, [batch, dims], for inputs padded to the longest.
+    /// Pooled (and normalised) embeddings, [batch, dims].
     fn forward(&self, batch: &[Vec<u32>]) -> Result<Array> {
+        let pooled = match &self.network {
+            Network::Bert(bert) => {
+                let (hidden, keep) = bert.forward(batch)?;
+                pool(&hidden, &keep, batch, self.pooling)?
+            }
+            // One causal pass per input: nothing to pad, so each is pooled whole.
+            Network::Decoder(model) => {
+                let mut rows = Vec::with_capacity(batch.len());
+                for ids in batch {
+                    let n = ids.len().max(1) as i32;
+                    let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+                    let ids = Array::from_slice(&ids, &[1, n]);
+                    let hidden = model.forward_hidden(&ids, &mut model.new_cache())?;
+                    let keep = ops::ones::<f32>(&[1, n])?;
+                    let row = vec![0; n as usize];
+                    rows.push(pool(&hidden, &keep, &[row], self.pooling)?);
+                }
+                ops::concatenate(&rows, 0)?
+            }
+        };
+        if !self.normalize {
+            return Ok(pooled.as_dtype(Dtype::Float32)?);
+        }
+        let norm = ops::maximum(
+            ops::sqrt(&pooled.square()?.sum_axis(-1, true)?)?,
+            Array::from_f32(1e-12),
+        )?;
+        Ok(pooled.divide(&norm)?.as_dtype(Dtype::Float32)?)
+    }
+}
+
+/// `hidden` ([b, l, dims]) pooled per row into [b, dims]; `keep` ([b, l]) marks real tokens,
+/// `batch` gives each row's length.
+fn pool(hidden: &Array, keep: &Array, batch: &[Vec<u32>], pooling: Pooling) -> Result<Array> {
+    let b = batch.len() as i32;
+    Ok(match pooling {
+        Pooling::Cls => hidden.index((.., 0)),
+        Pooling::Mean => {
+            let w = keep.expand_dims(-1)?.as_dtype(hidden.dtype())?;
+            hidden
+                .multiply(&w)?
+                .sum_axis(1, false)?
+                .divide(w.sum_axis(1, false)?)?
+        }
+        Pooling::Last => {
+            let last: Vec<i32> = batch.iter().map(|r| r.len().max(1) as i32 - 1).collect();
+            let last = Array::from_slice(&last, &[b, 1, 1]);
+            ops::indexing::take_along_axis(hidden, &last, 1)?.squeeze_axes(&[1])?
+        }
+    })
+}
+
+impl Bert {
+    fn load(dir: &Path) -> anyhow::Result<(Self, BertConfig)> {
+        let raw = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
+        let config: BertConfig = serde_json::from_str(&raw).context("config.json")?;
+        let mut tensors = weights::load(dir)?.tensors;
+        // BertForMaskedLM and friends keep the encoder under `bert.`.
+        if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            tensors = tensors
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("bert.")?.to_string(), v)))
+                .collect();
+        }
+        let mut t = Tensors(tensors);
+        let eps = config.layer_norm_eps;
+        let word = t.take("embeddings.word_embeddings.weight")?;
+        let (vocab_size, dims) = (word.shape()[0] as usize, word.shape()[1] as usize);
+        anyhow::ensure!(
+            dims == config.hidden_size as usize,
+            "embeddings.word_embeddings.weight is {vocab_size}x{dims}, config.json says hidden_size {}",
+            config.hidden_size
+        );
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: t.linear(&format!("{p}.attention.self.query"))?,
+                key: t.linear(&format!("{p}.attention.self.key"))?,
+                value: t.linear(&format!("{p}.attention.self.value"))?,
+                attn_out: t.linear(&format!("{p}.attention.output.dense"))?,
+                attn_norm: t.norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+                up: t.linear(&format!("{p}.intermediate.dense"))?,
+                down: t.linear(&format!("{p}.output.dense"))?,
+                out_norm: t.norm(&format!("{p}.output.LayerNorm"), eps)?,
+            });
+        }
+        let bert = Bert {
+            position: t.take("embeddings.position_embeddings.weight")?,
+            token_type: t.take("embeddings.token_type_embeddings.weight")?,
+            embed_norm: t.norm("embeddings.LayerNorm", eps)?,
+            word,
+            layers,
+            heads: config.num_attention_heads,
+            head_dim: config.hidden_size / config.num_attention_heads,
+            pad_id: config.pad_token_id.unwrap_or(0),
+        };
+        Ok((bert, config))
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
+            if let Linear::Dense { weight, bias } = l {
+                out.push(weight);
+                out.extend(bias);
+            }
+        }
+        fn norm<'a>(n: &'a LayerNorm, out: &mut Vec<&'a Array>) {
+            out.extend([&n.weight, &n.bias]);
+        }
+        let mut out = vec![&self.word, &self.position, &self.token_type];
+        norm(&self.embed_norm, &mut out);
+        for l in &self.layers {
+            for linear in [&l.query, &l.key, &l.value, &l.attn_out, &l.up, &l.down] {
+                lin(linear, &mut out);
+            }
+            norm(&l.attn_norm, &mut out);
+            norm(&l.out_norm, &mut out);
+        }
+        out
+    }
+
+    /// The last hidden states ([b, l, dims]) of inputs padded to the longest, and which
+    /// positions are real tokens ([b, l]).
+    fn forward(&self, batch: &[Vec<u32>]) -> Result<(Array, Array)> {
         let b = batch.len() as i32;
         let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
         let mut ids = Vec::with_capacity((b * l) as usize);
@@ -295,28 +403,7 @@ impl Encoder {
                 .forward(&mlx_rs::nn::gelu(layer.up.forward(&h)?)?)?;
             x = layer.out_norm.forward(&h.add(ff)?)?;
         }
-        let pooled = match self.pooling {
-            Pooling::Cls => x.index((.., 0)),
-            Pooling::Mean => {
-                let w = keep.expand_dims(-1)?;
-                x.multiply(&w)?
-                    .sum_axis(1, false)?
-                    .divide(w.sum_axis(1, false)?)?
-            }
-            Pooling::Last => {
-                let last: Vec<i32> = batch.iter().map(|r| r.len().max(1) as i32 - 1).collect();
-                let last = Array::from_slice(&last, &[b, 1, 1]);
-                ops::indexing::take_along_axis(&x, &last, 1)?.squeeze_axes(&[1])?
-            }
-        };
-        if !self.normalize {
-            return Ok(pooled.as_dtype(Dtype::Float32)?);
-        }
-        let norm = ops::maximum(
-            ops::sqrt(&pooled.square()?.sum_axis(-1, true)?)?,
-            Array::from_f32(1e-12),
-        )?;
-        Ok(pooled.divide(&norm)?.as_dtype(Dtype::Float32)?)
+        Ok((x, keep))
     }
 }
 

@@ -1125,3 +1125,22 @@ pub fn load(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
     let weights = crate::weights::load(dir)?;
     Ok(Model::from_weights(config, weights.tensors, options)?)
 }
+
+/// Loads a decoder that serves embeddings (Qwen3-Embedding): its hidden states are what is
+/// used, so it needs no output projection, and its tensors may be saved as the bare
+/// transformer (`layers.0…` rather than `model.layers.0…`, as `Qwen3Model` saves them).
+pub fn load_embedder(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
+    let mut config = opta_lmx_shared::model_dir::read_config(dir)?;
+    arch_spec(&config)?;
+    let mut tensors = crate::weights::load(dir)?.tensors;
+    if !tensors.keys().any(|k| k.starts_with("model.")) {
+        tensors = tensors
+            .into_iter()
+            .map(|(k, v)| (format!("model.{k}"), v))
+            .collect();
+    }
+    if !tensors.contains_key("lm_head.weight") {
+        config.tie_word_embeddings = Some(true);
+    }
+    Ok(Model::from_weights(config, tensors, options)?)
+}

@@ -219,8 +219,8 @@ fn arm_shutdown_deadline() {
 
 fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) -> ExitCode {
     log!("loading {}", dir.display());
-    let encoder = opta_lmx_shared::model_dir::read_config(dir)
-        .is_ok_and(|c| opta_lmx_shared::model_dir::ENCODER_TYPES.contains(&c.model_type.as_str()));
+    use opta_lmx_shared::model_dir::{read_config, ModelKind};
+    let encoder = read_config(dir).is_ok_and(|c| ModelKind::of(dir, &c) == ModelKind::Embedding);
     if encoder {
         return encoder_main(link, rx, dir);
     }
