@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 
 const BERT: &str = "opta/tiny-random-bert";
 const QWEN3: &str = "opta/tiny-random-qwen3-embedding";
+const GEMMA: &str = "opta/tiny-random-embeddinggemma";
+const XLMR: &str = "opta/tiny-random-xlm-roberta";
 const TINY: &str = "opta/tiny-random-llama";
 
 fn reference() -> Value {
@@ -84,32 +86,37 @@ fn vectors_match_mlx_embeddings_alone_and_in_a_padded_batch() {
     );
 }
 
-/// A decoder embedder (last-token pooling over a causal Qwen3): each reference text alone and
-/// the batch, within 1e-4 of mlx-embeddings; it is listed and refused as an embedding model.
+/// The other families: XLM-RoBERTa (BERT with positions from pad_token_id + 1 and a Unigram
+/// tokenizer), Qwen3-Embedding's last-token pooling over a causal Qwen3, and EmbeddingGemma's
+/// mean pooling over a bidirectional Gemma 3 followed by two Dense modules. Each reference text
+/// alone and the batch, within 1e-4 of mlx-embeddings; each is listed and refused as an
+/// embedding model.
 #[test]
-fn a_decoder_embedder_pools_its_last_token_as_mlx_embeddings_does() {
-    assert!(model("tiny-random-qwen3-embedding")
-        .join("modules.json")
-        .exists());
+fn every_other_family_matches_mlx_embeddings() {
     let d = Daemon::start("");
-    let r = reference_of("tiny_qwen3_embedding_reference.json");
-    assert_eq!(r["model"]["pooling"], "last");
+    check_embedder(&d, XLMR, "tiny_xlm_roberta_reference.json", "mean");
+    check_embedder(&d, QWEN3, "tiny_qwen3_embedding_reference.json", "last");
+    check_embedder(&d, GEMMA, "tiny_embeddinggemma_reference.json", "mean");
+}
+
+fn check_embedder(d: &Daemon, id: &str, file: &str, pooling: &str) {
+    let folder = id.trim_start_matches("opta/");
+    assert!(model(folder).join("modules.json").exists());
+    let r = reference_of(file);
+    assert_eq!(r["model"]["pooling"], pooling);
     for case in r["cases"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
-        let (code, body) = d.post("/v1/embeddings", &json!({"model": QWEN3, "input": text}));
+        let (code, body) = d.post("/v1/embeddings", &json!({"model": id, "input": text}));
         assert_eq!(code, 200, "{body}");
         let ids = case["token_ids"].as_array().expect("ids").len();
-        assert_eq!(body["usage"]["prompt_tokens"], ids, "{text:?}: tokens");
-        assert_close(
-            &vector(&body["data"][0]["embedding"]),
-            &vector(&case["embedding"]),
-            text,
-        );
+        assert_eq!(body["usage"]["prompt_tokens"], ids, "{id} {text:?}: tokens");
+        let want = vector(&case["embedding"]);
+        assert_close(&vector(&body["data"][0]["embedding"]), &want, text);
     }
     let batch = &r["batch"];
     let (code, body) = d.post(
         "/api/v0/embeddings",
-        &json!({"model": QWEN3, "input": batch["texts"]}),
+        &json!({"model": id, "input": batch["texts"]}),
     );
     assert_eq!(code, 200, "{body}");
     let want = batch["embeddings"].as_array().expect("embeddings");
@@ -117,15 +124,15 @@ fn a_decoder_embedder_pools_its_last_token_as_mlx_embeddings_does() {
         assert_close(
             &vector(&body["data"][i]["embedding"]),
             &vector(w),
-            &format!("batch[{i}]"),
+            &format!("{id} batch[{i}]"),
         );
     }
     let (_, v0) = d.get("/api/v0/models");
-    let entry = opta_lmx_tests::entry_where(&v0["data"], "id", QWEN3);
+    let entry = opta_lmx_tests::entry_where(&v0["data"], "id", id);
     assert_eq!(entry["type"], "embeddings", "{entry}");
     let (code, err) = d.post(
         "/v1/chat/completions",
-        &json!({"model": QWEN3, "messages": [{"role": "user", "content": "Hi"}]}),
+        &json!({"model": id, "messages": [{"role": "user", "content": "Hi"}]}),
     );
     assert_eq!(code, 400, "{err}");
 }

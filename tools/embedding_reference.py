@@ -59,8 +59,14 @@ SIMILAR = [("the cat sat on the mat", "the cat sat on a mat", "unbelievable embe
 
 
 def embed(model, tokenizer, texts: list[str]) -> tuple[dict, list[list[float]], list[float]]:
-    out = mlx_embeddings.generate(model, tokenizer, texts=texts, padding=True)
     mask = tokenizer(texts, padding=True)["attention_mask"]
+    if getattr(model, "model_type", None) == "gemma3_text":
+        # mlx-embeddings 0.1.0's generate() passes `input_ids=`, which its Gemma 3 model does not
+        # take: the same tokenization, handed to the model directly.
+        ids = tokenizer(texts, padding=True)["input_ids"]
+        out = model(mx.array(ids), attention_mask=mx.array(mask))
+    else:
+        out = mlx_embeddings.generate(model, tokenizer, texts=texts, padding=True)
     pooled = mean_pooling(out.last_hidden_state, mx.array(mask))  # before Normalize, for the record
     return out, out.text_embeds.tolist(), mx.linalg.norm(pooled, axis=-1).tolist()
 
@@ -81,8 +87,10 @@ def main() -> None:
     pooling = json.loads((args.model / "1_Pooling/config.json").read_text())
     st_config = json.loads((args.model / "sentence_bert_config.json").read_text())
     mode = "last" if pooling.get("pooling_mode_lasttoken") else "mean"
-    assert (pooling["pooling_mode_mean_tokens"] or mode == "last") and (args.model / "2_Normalize").is_dir(), (
-        "mean or last-token pooling, then Normalize"
+    modules = json.loads((args.model / "modules.json").read_text())
+    normalized = modules[-1]["type"].endswith(".Normalize")
+    assert (pooling["pooling_mode_mean_tokens"] or mode == "last") and normalized, (
+        "mean or last-token pooling, then (Dense modules and) Normalize"
     )
     bert = config["model_type"] == "bert"
 
@@ -103,7 +111,8 @@ def main() -> None:
     padded = tokenizer(BATCH, padding=True)
     for text, vector, ids, mask in zip(BATCH, vectors, padded["input_ids"], padded["attention_mask"]):
         single = by_text[text]
-        assert ids[: sum(mask)] == single["token_ids"] and not any(ids[sum(mask) :]), text
+        pads = ids[sum(mask) :]
+        assert ids[: sum(mask)] == single["token_ids"] and all(i == tokenizer.pad_token_id for i in pads), text
         err = max(abs(x - y) for x, y in zip(vector, single["embedding"]))
         assert err < 1e-5, (text, err)
     batch = {

@@ -12,8 +12,10 @@ tests compare them against tools/embedding_reference.py, never judge their quali
 writes <out-dir>/tiny-random-bert (float32). With --decoder-tokenizer-from it also writes
 <out-dir>/tiny-random-qwen3-embedding: a 2-layer Qwen3 decoder laid out as Qwen3-Embedding is
 (bare `Qwen3Model` tensor names, last-token pooling, Normalize, the tokenizer appending
-`<|endoftext|>`), with the byte-level BPE tokenizer of the given model folder. The output is the
-same for the same seed.
+`<|endoftext|>`), with the byte-level BPE tokenizer of the given model folder, and
+<out-dir>/tiny-random-embeddinggemma: a 4-layer Gemma 3 laid out as EmbeddingGemma is
+(bidirectional, mean pooling, two Dense modules, Normalize). The output is the same for the same
+seed.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def config(vocab_size: int) -> dict:
     }
 
 
-def random_weights(vocab_size: int) -> dict[str, mx.array]:
+def random_weights(vocab_size: int, max_pos: int = MAX_POS, type_vocab: int = TYPE_VOCAB) -> dict[str, mx.array]:
     def normal(*shape: int, std: float = 0.05) -> mx.array:
         return mx.random.normal(shape) * std
 
@@ -105,8 +107,8 @@ def random_weights(vocab_size: int) -> dict[str, mx.array]:
 
     w = {
         "embeddings.word_embeddings.weight": normal(vocab_size, HIDDEN, std=0.1),
-        "embeddings.position_embeddings.weight": normal(MAX_POS, HIDDEN, std=0.1),
-        "embeddings.token_type_embeddings.weight": normal(TYPE_VOCAB, HIDDEN, std=0.1),
+        "embeddings.position_embeddings.weight": normal(max_pos, HIDDEN, std=0.1),
+        "embeddings.token_type_embeddings.weight": normal(type_vocab, HIDDEN, std=0.1),
         **layer_norm("embeddings.LayerNorm"),
     }
     for i in range(LAYERS):
@@ -195,15 +197,65 @@ def main() -> None:
     print(f"wrote {out} (vocab {len(vocab)})")
     if args.decoder_tokenizer_from:
         write_decoder_embedder(args.out / DECODER_NAME, args.decoder_tokenizer_from, args.seed + 1)
+        write_gemma_embedder(args.out / GEMMA_NAME, args.decoder_tokenizer_from, args.seed + 2)
+    write_xlm_roberta(args.out / XLMR_NAME, args.seed + 3)
+
+
+XLMR_NAME = "tiny-random-xlm-roberta"
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # XLM-R's ids: <pad> is 1
+
+
+def write_xlm_roberta(out: Path, seed: int) -> None:
+    """A tiny XLM-RoBERTa: BERT's layout with positions counted from pad_token_id + 1, one
+    token type, and a SentencePiece-style Unigram tokenizer (`▁` word starts, `<s> … </s>`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pieces = [f"\u2581{w}" for w in WORDS] + list(string.ascii_lowercase + string.digits + string.punctuation) + ["\u2581"]
+    pieces = list(dict.fromkeys(pieces))
+    vocab = [(t, 0.0) for t in XLMR_SPECIALS] + [(p, -float(len(p) < 3) - 1.0 / len(p)) for p in pieces]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.add_special_tokens(XLMR_SPECIALS)
+    tok.save(str(out / "tokenizer.json"))
+    write_json(
+        out / "tokenizer_config.json",
+        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": MAX_POS, "bos_token": "<s>", "eos_token": "</s>",
+         "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>", "clean_up_tokenization_spaces": True},
+    )
+    c = config(len(vocab))
+    c.update({"architectures": ["XLMRobertaModel"], "model_type": "xlm_roberta", "pad_token_id": 1, "bos_token_id": 0,
+              "eos_token_id": 2, "max_position_embeddings": MAX_POS + 2, "type_vocab_size": 1, "layer_norm_eps": 1e-5})
+    write_json(out / "config.json", c)
+    mx.random.seed(seed)
+    mx.save_safetensors(str(out / "model.safetensors"), random_weights(len(vocab), MAX_POS + 2, 1), metadata={"format": "pt"})
+    write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": MAX_POS, "do_lower_case": False})
+    modes = ["cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken"]
+    write_json(
+        out / "1_Pooling/config.json",
+        {"word_embedding_dimension": HIDDEN, **{f"pooling_mode_{m}": m == "mean_tokens" for m in modes}, "include_prompt": True},
+    )
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    print(f"wrote {out} (vocab {len(vocab)})")
 
 
 DECODER_NAME = "tiny-random-qwen3-embedding"
 D_HIDDEN, D_INTER, D_LAYERS, D_HEADS, D_KV_HEADS, D_MAX = 64, 128, 2, 4, 2, 512
 
 
-def write_decoder_embedder(out: Path, source: Path, seed: int) -> None:
-    """A tiny Qwen3-Embedding: Qwen3Model's tensors, last-token pooling and Normalize."""
-    out.mkdir(parents=True, exist_ok=True)
+def decoder_tokenizer(out: Path, source: Path) -> tuple[int, int]:
+    """`source`'s tokenizer, ending every text with <|endoftext|>: (vocabulary size, its id)."""
     tok = Tokenizer.from_file(str(source / "tokenizer.json"))
     end = "<|endoftext|>"
     end_id = tok.token_to_id(end)
@@ -211,12 +263,95 @@ def write_decoder_embedder(out: Path, source: Path, seed: int) -> None:
     # As Qwen3-Embedding's tokenizer: every text ends with <|endoftext|>, whose state is pooled.
     tok.post_processor = processors.TemplateProcessing(single=f"$A {end}", pair=f"$A {end} $B:1 {end}:1", special_tokens=[(end, end_id)])
     tok.save(str(out / "tokenizer.json"))
-    vocab = tok.get_vocab_size()
     write_json(
         out / "tokenizer_config.json",
         {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": D_MAX, "pad_token": end, "eos_token": end,
          "padding_side": "right", "clean_up_tokenization_spaces": False},
     )
+    return tok.get_vocab_size(), end_id
+
+
+def sentence_modules(out: Path, pooling: str, dense: list[tuple[int, int]]) -> None:
+    """modules.json: Transformer, Pooling (`mean` or `lasttoken`), Dense modules, Normalize."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    for i, (inp, outp) in enumerate(dense):
+        path = f"{i + 2}_Dense"
+        modules.append({"idx": i + 2, "name": str(i + 2), "path": path, "type": "sentence_transformers.models.Dense"})
+        write_json(
+            out / path / "config.json",
+            {"in_features": inp, "out_features": outp, "bias": False,
+             "activation_function": "torch.nn.modules.linear.Identity"},
+        )
+        w = mx.random.normal((outp, inp)) * (1.0 / inp**0.5)
+        mx.save_safetensors(str(out / path / "model.safetensors"), {"linear.weight": w}, metadata={"format": "pt"})
+    n = len(modules)
+    modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out / f"{n}_Normalize").mkdir(parents=True, exist_ok=True)
+    write_json(out / "modules.json", modules)
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": D_MAX, "do_lower_case": False})
+    modes = ["cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken"]
+    write_json(
+        out / "1_Pooling/config.json",
+        {"word_embedding_dimension": D_HIDDEN, **{f"pooling_mode_{m}": m == pooling for m in modes}, "include_prompt": True},
+    )
+
+
+GEMMA_NAME = "tiny-random-embeddinggemma"
+
+
+def write_gemma_embedder(out: Path, source: Path, seed: int) -> None:
+    """A tiny EmbeddingGemma: Gemma 3's bare tensors (norms as offsets from 1), local layers
+    with a window of 8, bidirectional attention, mean pooling, Dense 64 -> 256 -> 64."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, end_id = decoder_tokenizer(out, source)
+    head_dim, layers = D_HIDDEN // D_HEADS, 4
+    write_json(
+        out / "config.json",
+        {
+            "architectures": ["Gemma3TextModel"], "model_type": "gemma3_text", "hidden_size": D_HIDDEN,
+            "intermediate_size": D_INTER, "num_hidden_layers": layers, "num_attention_heads": D_HEADS,
+            "num_key_value_heads": D_KV_HEADS, "head_dim": head_dim, "max_position_embeddings": D_MAX,
+            "vocab_size": vocab, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+            "query_pre_attn_scalar": head_dim, "sliding_window": 8, "sliding_window_pattern": 2,
+            "use_bidirectional_attention": True, "hidden_activation": "gelu_pytorch_tanh",
+            "pad_token_id": end_id, "eos_token_id": end_id, "torch_dtype": "float32",
+        },
+    )
+    mx.random.seed(seed)
+
+    def normal(*shape: int, std: float = 0.1) -> mx.array:
+        return mx.random.normal(shape) * std
+
+    w = {"embed_tokens.weight": normal(vocab, D_HIDDEN, std=0.1), "norm.weight": normal(D_HIDDEN)}
+    for i in range(layers):
+        p = f"layers.{i}"
+        for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            w[f"{p}.{norm}.weight"] = normal(D_HIDDEN)
+        w.update(
+            {
+                f"{p}.self_attn.q_norm.weight": normal(head_dim),
+                f"{p}.self_attn.k_norm.weight": normal(head_dim),
+                f"{p}.self_attn.q_proj.weight": normal(D_HEADS * head_dim, D_HIDDEN, std=0.3),
+                f"{p}.self_attn.k_proj.weight": normal(D_KV_HEADS * head_dim, D_HIDDEN, std=0.3),
+                f"{p}.self_attn.v_proj.weight": normal(D_KV_HEADS * head_dim, D_HIDDEN),
+                f"{p}.self_attn.o_proj.weight": normal(D_HIDDEN, D_HEADS * head_dim),
+                f"{p}.mlp.gate_proj.weight": normal(D_INTER, D_HIDDEN),
+                f"{p}.mlp.up_proj.weight": normal(D_INTER, D_HIDDEN),
+                f"{p}.mlp.down_proj.weight": normal(D_HIDDEN, D_INTER),
+            }
+        )
+    mx.save_safetensors(str(out / "model.safetensors"), w, metadata={"format": "pt"})
+    sentence_modules(out, "mean_tokens", [(D_HIDDEN, 4 * D_HIDDEN), (4 * D_HIDDEN, D_HIDDEN)])
+    print(f"wrote {out} (vocab {vocab})")
+
+
+def write_decoder_embedder(out: Path, source: Path, seed: int) -> None:
+    """A tiny Qwen3-Embedding: Qwen3Model's tensors, last-token pooling and Normalize."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, end_id = decoder_tokenizer(out, source)
     head_dim = D_HIDDEN // D_HEADS
     write_json(
         out / "config.json",
@@ -253,22 +388,7 @@ def write_decoder_embedder(out: Path, source: Path, seed: int) -> None:
             }
         )
     mx.save_safetensors(str(out / "model.safetensors"), w, metadata={"format": "pt"})
-    write_json(
-        out / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ],
-    )
-    write_json(out / "sentence_bert_config.json", {"max_seq_length": D_MAX, "do_lower_case": False})
-    write_json(
-        out / "1_Pooling/config.json",
-        {"word_embedding_dimension": D_HIDDEN, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
-         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-         "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True},
-    )
-    (out / "2_Normalize").mkdir(exist_ok=True)
+    sentence_modules(out, "lasttoken", [])
     print(f"wrote {out} (vocab {vocab})")
 
 

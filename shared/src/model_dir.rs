@@ -397,11 +397,53 @@ impl GenerationConfig {
 }
 
 /// Model types that are encoders: they embed text and generate nothing.
-pub const ENCODER_TYPES: &[&str] = &["bert"];
+pub const ENCODER_TYPES: &[&str] = &["bert", "xlm_roberta"];
 
 /// Decoder architectures that serve embeddings when the folder is a sentence-transformers
-/// model (a `modules.json` with a Pooling module), as Qwen3-Embedding is.
-pub const DECODER_EMBEDDER_TYPES: &[&str] = &["qwen3"];
+/// model (a `modules.json` with a Pooling module), as Qwen3-Embedding and EmbeddingGemma are.
+pub const DECODER_EMBEDDER_TYPES: &[&str] = &["qwen3", "gemma3_text"];
+
+/// A sentence-transformers `Dense` module after pooling: its folder, and whether its
+/// activation is tanh (sentence-transformers' default) rather than the identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenseModule {
+    pub path: PathBuf,
+    pub tanh: bool,
+}
+
+/// The `Dense` modules of a sentence-transformers folder, in pipeline order. An activation
+/// other than identity or tanh is an error naming the module.
+pub fn sentence_dense_modules(dir: &Path) -> Result<Vec<DenseModule>, ModelDirError> {
+    let Ok(modules) = read_json(&dir.join("modules.json")) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for m in modules.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let kind = m.get("type").and_then(Value::as_str).unwrap_or("");
+        if !kind.ends_with(".Dense") {
+            continue;
+        }
+        let folder = dir.join(m.get("path").and_then(Value::as_str).unwrap_or(""));
+        let config_path = folder.join("config.json");
+        let config = read_json(&config_path)?;
+        let activation = config
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("torch.nn.modules.activation.Tanh");
+        let tanh = match activation.rsplit('.').next() {
+            Some("Identity") => false,
+            Some("Tanh") => true,
+            _ => {
+                return Err(ModelDirError::Invalid {
+                    path: config_path,
+                    message: format!("unsupported activation_function {activation:?}"),
+                })
+            }
+        };
+        out.push(DenseModule { path: folder, tanh });
+    }
+    Ok(out)
+}
 
 /// What a model folder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

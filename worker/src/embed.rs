@@ -93,6 +93,8 @@ struct Bert {
     heads: i32,
     head_dim: i32,
     pad_id: u32,
+    /// The position of the first token: XLM-RoBERTa counts from `pad_token_id + 1`.
+    first_position: i32,
 }
 
 /// The network whose hidden states are pooled.
@@ -101,11 +103,18 @@ enum Network {
     Decoder(Box<crate::model::Model>),
 }
 
+/// A sentence-transformers `Dense` module applied after pooling.
+struct Dense {
+    linear: Linear,
+    tanh: bool,
+}
+
 /// A loaded embedding model and its tokenizer.
 pub struct Encoder {
     pub model_type: String,
     network: Network,
     pooling: Pooling,
+    dense: Vec<Dense>,
     normalize: bool,
     /// The longest input, in tokens.
     pub max_tokens: usize,
@@ -129,7 +138,9 @@ impl Encoder {
                 let (bert, config) = Bert::load(dir)?;
                 let vocab = bert.word.shape()[0] as usize;
                 let layers = bert.layers.len();
-                let context = config.max_position_embeddings;
+                let context = config
+                    .max_position_embeddings
+                    .saturating_sub(bert.first_position as usize);
                 (
                     Network::Bert(bert),
                     vocab,
@@ -153,10 +164,26 @@ impl Encoder {
         let max_tokens = model_dir::max_seq_length(dir)
             .unwrap_or(context)
             .min(context);
+        let mut dense = Vec::new();
+        for module in model_dir::sentence_dense_modules(dir)? {
+            let mut t = Tensors(weights::load(&module.path)?.tensors);
+            let weight = t.take("linear.weight")?;
+            let bias = t.0.remove("linear.bias");
+            dense.push(Dense {
+                linear: Linear::Dense { weight, bias },
+                tanh: module.tanh,
+            });
+        }
+        // The vectors have the last Dense module's width.
+        let dims = match dense.last().map(|d| &d.linear) {
+            Some(Linear::Dense { weight, .. }) => weight.shape()[0] as usize,
+            _ => dims,
+        };
         let mut encoder = Encoder {
             model_type,
             network,
             pooling,
+            dense,
             normalize,
             max_tokens,
             vocab_size,
@@ -174,10 +201,17 @@ impl Encoder {
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        match &self.network {
+        let mut out = match &self.network {
             Network::Bert(bert) => bert.arrays(),
             Network::Decoder(model) => model.arrays(),
+        };
+        for d in &self.dense {
+            if let Linear::Dense { weight, bias } = &d.linear {
+                out.push(weight);
+                out.extend(bias);
+            }
         }
+        out
     }
 
     /// The token ids of each input, checked against the model's limits.
@@ -247,6 +281,14 @@ impl Encoder {
                 ops::concatenate(&rows, 0)?
             }
         };
+        // sentence-transformers' Dense modules come between pooling and Normalize.
+        let mut pooled = pooled;
+        for d in &self.dense {
+            pooled = d.linear.forward(&pooled)?;
+            if d.tanh {
+                pooled = ops::tanh(&pooled)?;
+            }
+        }
         if !self.normalize {
             return Ok(pooled.as_dtype(Dtype::Float32)?);
         }
@@ -284,13 +326,17 @@ impl Bert {
         let raw = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
         let config: BertConfig = serde_json::from_str(&raw).context("config.json")?;
         let mut tensors = weights::load(dir)?.tensors;
-        // BertForMaskedLM and friends keep the encoder under `bert.`.
-        if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-            tensors = tensors
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("bert.")?.to_string(), v)))
-                .collect();
+        // BertForMaskedLM and friends keep the encoder under `bert.` (`roberta.` for
+        // XLM-RoBERTa's).
+        for prefix in ["bert.", "roberta."] {
+            if tensors.contains_key(&format!("{prefix}embeddings.word_embeddings.weight")) {
+                tensors = tensors
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v)))
+                    .collect();
+            }
         }
+        let xlm_roberta = model_dir::read_config(dir)?.model_type == "xlm_roberta";
         let mut t = Tensors(tensors);
         let eps = config.layer_norm_eps;
         let word = t.take("embeddings.word_embeddings.weight")?;
@@ -323,6 +369,13 @@ impl Bert {
             heads: config.num_attention_heads,
             head_dim: config.hidden_size / config.num_attention_heads,
             pad_id: config.pad_token_id.unwrap_or(0),
+            // Real tokens are numbered from pad_token_id + 1 (padding keeps pad_token_id's
+            // position, which the mask hides anyway).
+            first_position: if xlm_roberta {
+                config.pad_token_id.unwrap_or(1) as i32 + 1
+            } else {
+                0
+            },
         };
         Ok((bert, config))
     }
@@ -364,7 +417,9 @@ impl Bert {
         }
         let ids = Array::from_slice(&ids, &[b, l]);
         let keep = Array::from_slice(&keep, &[b, l]);
-        let positions = self.position.index(..l);
+        let positions = self
+            .position
+            .index(self.first_position..self.first_position + l);
         // Every token is of segment 0, as for a single sentence.
         let x = self
             .word

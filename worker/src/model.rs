@@ -371,6 +371,8 @@ pub struct Attention {
     /// A sliding-window layer's window: each token attends to itself and the `window - 1`
     /// before it.
     window: Option<i32>,
+    /// Each token attends only to those before it; off for bidirectional embedders.
+    causal: bool,
 }
 
 impl Attention {
@@ -417,7 +419,7 @@ impl Attention {
         let (mut k, mut v, mut first) = cache.update_and_fetch(&k, &heads(v)?)?;
         let window_mask;
         // One new token attends to everything before it: no mask needed.
-        let mut mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let mut mask = (l > 1 && self.causal).then_some(ScaledDotProductAttentionMask::Causal);
         if let Some(w) = self.window {
             // Keys before the first new token's window are never attended: leave them out,
             // as mlx-lm's rotating cache holds at most `window - 1` old positions.
@@ -747,6 +749,7 @@ impl Model {
                 scale,
                 rope,
                 window,
+                causal: true,
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)
@@ -806,6 +809,20 @@ impl Model {
             norm,
             lm_head,
         })
+    }
+
+    /// Every token attends to every other in all layers, windows included (EmbeddingGemma as
+    /// mlx-embeddings runs it); the embedding scale is sqrt(hidden) in the weights' dtype,
+    /// unrounded to bfloat16 as mlx-embeddings computes it. For embedders only: generation
+    /// stays causal.
+    pub fn make_bidirectional(&mut self) {
+        for layer in &mut self.layers {
+            layer.attn.causal = false;
+            layer.attn.window = None;
+        }
+        if self.embed_scale.is_some() {
+            self.embed_scale = Some((self.config.hidden_size as f32).sqrt());
+        }
     }
 
     /// Fresh per-layer caches for one sequence.
@@ -1126,7 +1143,7 @@ pub fn load(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
     Ok(Model::from_weights(config, weights.tensors, options)?)
 }
 
-/// Loads a decoder that serves embeddings (Qwen3-Embedding): its hidden states are what is
+/// Loads a decoder that serves embeddings (Qwen3-Embedding, EmbeddingGemma): its hidden states are what is
 /// used, so it needs no output projection, and its tensors may be saved as the bare
 /// transformer (`layers.0…` rather than `model.layers.0…`, as `Qwen3Model` saves them).
 pub fn load_embedder(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
@@ -1142,5 +1159,11 @@ pub fn load_embedder(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> 
     if !tensors.contains_key("lm_head.weight") {
         config.tie_word_embeddings = Some(true);
     }
-    Ok(Model::from_weights(config, tensors, options)?)
+    let bidirectional = arch_spec(&config)?.local_layers;
+    let mut model = Model::from_weights(config, tensors, options)?;
+    // EmbeddingGemma attends both ways; Qwen3-Embedding reads causally.
+    if bidirectional {
+        model.make_bidirectional();
+    }
+    Ok(model)
 }
