@@ -18,6 +18,9 @@ dense MLP) in mlx-lm's stacked `switch_mlp` layout; tiny-random-qwen3-moe-4bit i
 (experts included), tiny-random-qwen3-moe-hf the same weights in Hugging Face's per-expert
 layout (`experts.{e}.*`), which loaders stack.
 
+tiny-random-granite is Llama's layout with Granite's four multipliers (embeddings, attention
+scores, residual branches, logits), each far from 1 so that a missing one shows.
+
 tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
 that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
 it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
@@ -316,6 +319,20 @@ def main() -> None:
     q = {"group_size": 32, "bits": 4, "mode": "affine"}
     config = {**moe_config(src), "quantization": q, "quantization_config": dict(q)}
     write(args.out / "tiny-random-qwen3-moe-4bit", args.source, config, quantize(moe, q, {}))
+
+    granite = base_config(src, "llama")
+    granite.update(
+        {
+            "architectures": ["GraniteForCausalLM"],
+            "model_type": "granite",
+            "rope_scaling": None,
+            "embedding_multiplier": 2.0,
+            "attention_multiplier": 0.3,
+            "residual_multiplier": 1.7,
+            "logits_scaling": 8.0,
+        }
+    )
+    write(args.out / "tiny-random-granite", args.source, granite, random_weights("llama", src["vocab_size"]))
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

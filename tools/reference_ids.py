@@ -44,6 +44,7 @@ MODELS = {
             "qwen3-moe",
             "qwen3-moe-4bit",
             "qwen3-moe-hf",
+            "granite",
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",

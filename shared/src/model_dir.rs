@@ -98,6 +98,19 @@ pub struct ModelConfig {
     /// Gemma 3: every `sliding_window_pattern`-th layer is global, the others local.
     #[serde(default)]
     pub sliding_window_pattern: Option<usize>,
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
+    /// Granite's scalars: embeddings times `embedding_multiplier`, attention scores scaled by
+    /// `attention_multiplier`, residual branches times `residual_multiplier`, logits divided
+    /// by `logits_scaling`.
+    #[serde(default)]
+    pub embedding_multiplier: Option<f32>,
+    #[serde(default)]
+    pub attention_multiplier: Option<f32>,
+    #[serde(default)]
+    pub residual_multiplier: Option<f32>,
+    #[serde(default)]
+    pub logits_scaling: Option<f32>,
     /// Mixture of experts (Qwen3 MoE): experts per MoE layer, experts each token uses, and
     /// their hidden size.
     #[serde(default)]

@@ -19,8 +19,9 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, qwen2, qwen3, qwen3_moe, \
-         gemma3_text, gemma3 (its language model) and, for embeddings, bert"
+        "unsupported model_type {0:?}: supported are llama, mistral, granite, qwen2, qwen3, \
+         qwen3_moe, gemma3_text, gemma3 (its language model) and, for embeddings, bert and \
+         xlm_roberta"
     )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
@@ -100,8 +101,15 @@ enum Activation {
 /// How one supported architecture differs from plain Llama.
 #[derive(Debug, Clone, Copy)]
 struct ArchSpec {
-    /// q/k/v projections carry biases (Qwen2).
+    /// q/k/v projections carry biases (Qwen2; Llama and Granite when `attention_bias`).
     qkv_bias: bool,
+    /// So does the output projection (Llama and Granite when `attention_bias`, not Qwen2).
+    o_bias: bool,
+    /// The MLP's projections carry biases (`mlp_bias`).
+    mlp_bias: bool,
+    /// Granite's scalars: embeddings, attention scores, residual branches and logits each
+    /// scaled by a config value.
+    multipliers: bool,
     /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
     qk_norm: bool,
     /// RMSNorm scales by `1 + w` (Gemma).
@@ -122,6 +130,9 @@ struct ArchSpec {
 
 const LLAMA: ArchSpec = ArchSpec {
     qkv_bias: false,
+    o_bias: false,
+    mlp_bias: false,
+    multipliers: false,
     qk_norm: false,
     norm_offset: false,
     sandwich_norms: false,
@@ -132,30 +143,36 @@ const LLAMA: ArchSpec = ArchSpec {
     moe: false,
 };
 
+/// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
+/// take no biases whatever `attention_bias` says).
 fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
     let bias = config.attention_bias.unwrap_or(false);
+    let llama = ArchSpec {
+        qkv_bias: bias,
+        o_bias: bias,
+        mlp_bias: config.mlp_bias.unwrap_or(false),
+        ..LLAMA
+    };
     match config.model_type.as_str() {
-        "llama" | "mistral" => Ok(ArchSpec {
-            qkv_bias: bias,
-            ..LLAMA
+        "llama" | "mistral" => Ok(llama),
+        "granite" => Ok(ArchSpec {
+            multipliers: true,
+            ..llama
         }),
         "qwen2" => Ok(ArchSpec {
             qkv_bias: true,
             ..LLAMA
         }),
         "qwen3" => Ok(ArchSpec {
-            qkv_bias: bias,
             qk_norm: true,
             ..LLAMA
         }),
         "qwen3_moe" => Ok(ArchSpec {
-            qkv_bias: bias,
             qk_norm: true,
             moe: true,
             ..LLAMA
         }),
         "gemma3_text" | "gemma3" => Ok(ArchSpec {
-            qkv_bias: bias,
             qk_norm: true,
             norm_offset: true,
             sandwich_norms: true,
@@ -163,7 +180,7 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             scale_embeddings: true,
             local_layers: true,
             tie_by_presence: true,
-            moe: false,
+            ..LLAMA
         }),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }
@@ -618,15 +635,24 @@ pub struct Block {
     input_norm: RmsNorm,
     post_attn_norm: RmsNorm,
     sandwich: Option<SandwichNorms>,
+    /// Granite scales each residual branch before adding it.
+    residual_scale: Option<f32>,
 }
 
 impl Block {
     fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
         let r = self.attn.forward(&self.input_norm.forward(x)?, caches)?;
+        let scaled = |r: Array| -> Result<Array> {
+            match self.residual_scale {
+                Some(m) => Ok(r.multiply(Array::from_f32(m).as_dtype(r.dtype())?)?),
+                None => Ok(r),
+            }
+        };
         match &self.sandwich {
             None => {
-                let h = x.add(r)?;
-                Ok(h.add(self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)?)
+                let h = x.add(scaled(r)?)?;
+                let r = self.mlp.forward(&self.post_attn_norm.forward(&h)?)?;
+                Ok(h.add(scaled(r)?)?)
             }
             Some(n) => {
                 let h = residual(x, &n.post_attn.forward(&r)?)?;
@@ -654,8 +680,10 @@ fn residual(x: &Array, y: &Array) -> Result<Array> {
 pub struct Model {
     pub config: ModelConfig,
     embed: Embedding,
-    /// Gemma's embedding multiplier, in the embeddings' dtype.
+    /// Gemma's (and Granite's) embedding multiplier, in the embeddings' dtype.
     embed_scale: Option<f32>,
+    /// Granite divides the logits by this.
+    logits_scaling: Option<f32>,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
@@ -689,10 +717,12 @@ impl Model {
         let embed = Embedding {
             table: w.linear("model.embed_tokens", vocab, hidden, false)?,
         };
-        let scale = match config.query_pre_attn_scalar {
-            Some(s) if spec.local_layers => s.powf(-0.5),
+        let scale = match (config.query_pre_attn_scalar, config.attention_multiplier) {
+            (Some(s), _) if spec.local_layers => s.powf(-0.5),
+            (_, Some(m)) if spec.multipliers => m,
             _ => (head_dim as f32).powf(-0.5),
         };
+        let residual_scale = config.residual_multiplier.filter(|_| spec.multipliers);
         let pattern = config.sliding_window_pattern.unwrap_or(6).max(1);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -740,7 +770,7 @@ impl Model {
                     &format!("{p}.self_attn.o_proj"),
                     hidden,
                     n_heads * head_dim,
-                    false,
+                    spec.o_bias,
                 )?,
                 q_norm: qk_norm(&mut w, "q_norm")?,
                 k_norm: qk_norm(&mut w, "k_norm")?,
@@ -754,10 +784,11 @@ impl Model {
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)
             } else {
+                let b = spec.mlp_bias;
                 FeedForward::Dense(Mlp {
-                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, false)?,
-                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, false)?,
-                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?,
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, b)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, b)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, b)?,
                     activation: spec.activation,
                 })
             };
@@ -782,6 +813,7 @@ impl Model {
                 input_norm,
                 post_attn_norm,
                 sandwich,
+                residual_scale,
             });
         }
         let norm = w.norm("model.norm", hidden, eps)?;
@@ -798,13 +830,17 @@ impl Model {
             Some(w.linear("lm_head", vocab, hidden, false)?)
         };
         // sqrt(hidden) rounded to bfloat16, then used in the embeddings' dtype (as mlx-lm).
-        let embed_scale = spec
-            .scale_embeddings
-            .then(|| round_to_bf16((hidden as f32).sqrt()));
+        let embed_scale = if spec.scale_embeddings {
+            Some(round_to_bf16((hidden as f32).sqrt()))
+        } else {
+            config.embedding_multiplier.filter(|_| spec.multipliers)
+        };
+        let logits_scaling = config.logits_scaling.filter(|_| spec.multipliers);
         Ok(Model {
             config,
             embed,
             embed_scale,
+            logits_scaling,
             layers,
             norm,
             lm_head,
@@ -868,9 +904,13 @@ impl Model {
 
     /// Vocabulary logits for hidden states.
     pub fn logits(&self, hidden: &Array) -> Result<Array> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => self.embed.as_linear(hidden),
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => self.embed.as_linear(hidden)?,
+        };
+        match self.logits_scaling {
+            Some(s) => Ok(logits.divide(Array::from_f32(s).as_dtype(logits.dtype())?)?),
+            None => Ok(logits),
         }
     }
 
