@@ -21,6 +21,10 @@ layout (`experts.{e}.*`), which loaders stack.
 tiny-random-granite is Llama's layout with Granite's four multipliers (embeddings, attention
 scores, residual branches, logits), each far from 1 so that a missing one shows.
 
+tiny-random-phi3 is Phi-3's layout (fused `qkv_proj` and `gate_up_proj`) with Phi-4-mini's
+partial rotary factor (0.75) and LongRoPE (`longrope` long and short factors, 8192 positions
+extended from 2048).
+
 tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
 that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
 it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
@@ -333,6 +337,33 @@ def main() -> None:
         }
     )
     write(args.out / "tiny-random-granite", args.source, granite, random_weights("llama", src["vocab_size"]))
+
+    phi3 = base_config(src, "llama")
+    rotated = int(HEAD_DIM * 0.75)
+    phi3.update(
+        {
+            "architectures": ["Phi3ForCausalLM"],
+            "model_type": "phi3",
+            "partial_rotary_factor": 0.75,
+            "max_position_embeddings": 8192,
+            "original_max_position_embeddings": 2048,
+            "rope_scaling": {
+                "type": "longrope",
+                "long_factor": [1.0 + 0.5 * i for i in range(rotated // 2)],
+                "short_factor": [1.0] * (rotated // 2),
+            },
+        }
+    )
+    del phi3["head_dim"]
+    w = random_weights("llama", src["vocab_size"])
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        # Sharper attention than the other tiny models', so that positions (and so the RoPE
+        # variant) decide the output.
+        q, k, v = (w.pop(f"{p}.self_attn.{n}_proj.weight") for n in "qkv")
+        w[f"{p}.self_attn.qkv_proj.weight"] = mx.concatenate([q * 4, k * 4, v])
+        w[f"{p}.mlp.gate_up_proj.weight"] = mx.concatenate([w.pop(f"{p}.mlp.{n}_proj.weight") for n in ("gate", "up")])
+    write(args.out / "tiny-random-phi3", args.source, phi3, w)
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

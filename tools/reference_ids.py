@@ -45,6 +45,7 @@ MODELS = {
             "qwen3-moe-4bit",
             "qwen3-moe-hf",
             "granite",
+            "phi3",
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",

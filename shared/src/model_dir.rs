@@ -100,6 +100,12 @@ pub struct ModelConfig {
     pub sliding_window_pattern: Option<usize>,
     #[serde(default)]
     pub mlp_bias: Option<bool>,
+    /// Phi-3.5/4: the share of each head that RoPE rotates.
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f32>,
+    /// Phi-3's LongRoPE: the context it was trained with before the extension.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
     /// Granite's scalars: embeddings times `embedding_multiplier`, attention scores scaled by
     /// `attention_multiplier`, residual branches times `residual_multiplier`, logits divided
     /// by `logits_scaling`.

@@ -19,7 +19,7 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, granite, qwen2, qwen3, \
+        "unsupported model_type {0:?}: supported are llama, mistral, phi3, granite, qwen2, qwen3, \
          qwen3_moe, gemma3_text, gemma3 (its language model) and, for embeddings, bert and \
          xlm_roberta"
     )]
@@ -154,7 +154,7 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         ..LLAMA
     };
     match config.model_type.as_str() {
-        "llama" | "mistral" => Ok(llama),
+        "llama" | "mistral" | "phi3" => Ok(llama),
         "granite" => Ok(ArchSpec {
             multipliers: true,
             ..llama
@@ -277,6 +277,8 @@ pub struct Rope {
     base: f32,
     scale: f32,
     freqs: Option<Array>,
+    /// Phi-3's long-context RoPE also scales the rotated part of its input.
+    input_scale: Option<f32>,
 }
 
 impl Rope {
@@ -286,6 +288,7 @@ impl Rope {
             base: config.rope_theta,
             scale: 1.0,
             freqs: None,
+            input_scale: None,
         };
         let Some(scaling) = config.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
             return Ok(plain);
@@ -317,6 +320,39 @@ impl Rope {
                     ..plain
                 })
             }
+            // Phi-3's LongRoPE as mlx-lm's SuScaledRoPE applies it: the long factors always,
+            // and the input scaled by sqrt(1 + ln(factor) / ln(original context)).
+            ("longrope" | "su", _) => {
+                let long = scaling
+                    .get("long_factor")
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32))
+                    .map(Iterator::collect::<Vec<f32>>)
+                    .ok_or_else(|| ModelError::RopeScaling(scaling.to_string()))?;
+                if long.len() as i32 != dims / 2 {
+                    return Err(ModelError::RopeScaling(format!(
+                        "long_factor has {} entries for {dims} rotated dimensions",
+                        long.len()
+                    )));
+                }
+                let exps =
+                    ops::arange::<_, f32>(0, dims, 2)?.divide(Array::from_f32(dims as f32))?;
+                let freqs = ops::power(Array::from_f32(config.rope_theta), &exps)?;
+                let freqs = Array::from_slice(&long, &[dims / 2]).multiply(&freqs)?;
+                let original = config.original_max_position_embeddings.unwrap_or(4096) as f64;
+                let factor = config.max_position_embeddings.unwrap_or(131_072) as f64 / original;
+                let long_mscale = scaling.get("long_mscale").and_then(|v| v.as_f64());
+                let input_scale = long_mscale.unwrap_or(if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / original.ln()).sqrt()
+                });
+                Ok(Rope {
+                    freqs: Some(freqs),
+                    input_scale: Some(input_scale as f32),
+                    ..plain
+                })
+            }
             _ => Err(ModelError::RopeScaling(scaling.to_string())),
         }
     }
@@ -328,10 +364,26 @@ impl Rope {
             base,
             scale: 1.0,
             freqs: None,
+            input_scale: None,
         }
     }
 
     fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        let scaled;
+        let x = match self.input_scale {
+            None => x,
+            Some(s) => {
+                let s = Array::from_f32(s).as_dtype(x.dtype())?;
+                let full = *x.shape().last().unwrap_or(&0);
+                scaled = if self.dims >= full {
+                    x.multiply(&s)?
+                } else {
+                    let rotated = x.index((.., .., .., ..self.dims)).multiply(&s)?;
+                    ops::concatenate(&[rotated, x.index((.., .., .., self.dims..))], -1)?
+                };
+                &scaled
+            }
+        };
         Ok(match &self.freqs {
             Some(freqs) => fast::rope(x, self.dims, false, None, 1.0, offset, freqs)?,
             None => fast::rope(x, self.dims, false, self.base, self.scale, offset, None)?,
@@ -740,13 +792,25 @@ impl Model {
             // Gemma 3: every `pattern`-th layer is global; the others attend through a window
             // with their own RoPE base.
             let local = spec.local_layers && i % pattern != pattern - 1;
+            // Phi-3.5/4 rotate only a leading part of each head.
+            let rope_dims = (head_dim as f32 * config.partial_rotary_factor.unwrap_or(1.0)) as i32;
             let (rope, window) = if local {
                 let base = config.rope_local_base_freq.unwrap_or(10_000.0);
                 let window = config.sliding_window.unwrap_or(512) as i32;
                 (Rope::plain(head_dim, base), Some(window))
             } else {
-                (Rope::new(&config, head_dim)?, None)
+                (Rope::new(&config, rope_dims)?, None)
             };
+            // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
+            let (q_rows, kv_rows) = (n_heads * head_dim, n_kv * head_dim);
+            w.split_rows(
+                &format!("{p}.self_attn.qkv_proj"),
+                &[("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)],
+            )?;
+            w.split_rows(
+                &format!("{p}.mlp.gate_up_proj"),
+                &[("gate_proj", inter), ("up_proj", inter)],
+            )?;
             let attn = Attention {
                 q_proj: w.linear(
                     &format!("{p}.self_attn.q_proj"),
@@ -1021,6 +1085,36 @@ impl TensorSource<'_> {
             weight = weight.add(Array::from_f32(1.0).as_dtype(weight.dtype())?)?;
         }
         Ok(RmsNorm { weight, eps })
+    }
+
+    /// Splits the fused projection `module` (e.g. `….self_attn.qkv_proj`), when the folder has
+    /// it, into sibling modules of `parts` (name, output rows) in order, for every tensor it
+    /// has (weight, and a quantized one's scales and biases: all split along the output rows).
+    fn split_rows(&mut self, module: &str, parts: &[(&str, i32)]) -> Result<()> {
+        let Some((parent, _)) = module.rsplit_once('.') else {
+            return Ok(());
+        };
+        for suffix in ["weight", "scales", "biases", "bias"] {
+            let Some(fused) = self.tensors.remove(&format!("{module}.{suffix}")) else {
+                continue;
+            };
+            let total: i32 = parts.iter().map(|p| p.1).sum();
+            if fused.shape().first() != Some(&total) {
+                return Err(ModelError::Shape {
+                    name: format!("{module}.{suffix}"),
+                    actual: fused.shape().to_vec(),
+                    expected: vec![total],
+                });
+            }
+            let mut at = 0;
+            for (name, rows) in parts {
+                let part = fused.index(at..at + rows);
+                self.tensors
+                    .insert(format!("{parent}.{name}.{suffix}"), part);
+                at += rows;
+            }
+        }
+        Ok(())
     }
 
     /// A MoE block under `module` (`….mlp`): the router `gate` and the stacked experts, either
