@@ -25,6 +25,12 @@ tiny-random-phi3 is Phi-3's layout (fused `qkv_proj` and `gate_up_proj`) with Ph
 partial rotary factor (0.75) and LongRoPE (`longrope` long and short factors, 8192 positions
 extended from 2048).
 
+tiny-random-ministral3 is Ministral 3's text model: YaRN RoPE and the position-dependent query
+scale (`llama_4_scaling_beta`) from `rope_parameters`, whose original context is set to 16 so
+that both matter within the test prompts, and a sliding-window (8) first layer;
+tiny-random-mistral3-vlm is it inside Mistral 3's vision-language wrapper, in transformers 5's
+tensor layout (`model.language_model.*`, a stand-in `model.vision_tower.*`).
+
 tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
 that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
 it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
@@ -364,6 +370,45 @@ def main() -> None:
         w[f"{p}.self_attn.qkv_proj.weight"] = mx.concatenate([q * 4, k * 4, v])
         w[f"{p}.mlp.gate_up_proj.weight"] = mx.concatenate([w.pop(f"{p}.mlp.{n}_proj.weight") for n in ("gate", "up")])
     write(args.out / "tiny-random-phi3", args.source, phi3, w)
+
+    ministral = base_config(src, "llama")
+    ministral.update(
+        {
+            "architectures": ["Ministral3ForCausalLM"],
+            "model_type": "ministral3",
+            "rope_scaling": None,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "type": "yarn",
+                "rope_theta": 1000000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.5,
+                "llama_4_scaling_beta": 0.1,
+            },
+            "layer_types": ["sliding_attention", "full_attention"],
+            "sliding_window": 8,
+            "tie_word_embeddings": False,
+        }
+    )
+    del ministral["rope_theta"]
+    w = random_weights("llama", src["vocab_size"])
+    w["lm_head.weight"] = mx.random.normal((src["vocab_size"], HIDDEN)) * 0.5
+    write(args.out / "tiny-random-ministral3", args.source, ministral, w)
+    wrapper = {
+        "architectures": ["Mistral3ForConditionalGeneration"],
+        "model_type": "mistral3",
+        "text_config": ministral,
+        "vision_config": {"model_type": "pixtral", "hidden_size": 16},
+        "torch_dtype": "float32",
+    }
+    wrapped = {k.replace("model.", "model.language_model.", 1): v for k, v in w.items()}
+    wrapped["model.vision_tower.patch_conv.weight"] = mx.zeros((16, 3, 2, 2))
+    wrapped["model.multi_modal_projector.linear_1.weight"] = mx.zeros((16, HIDDEN))
+    write(args.out / "tiny-random-mistral3-vlm", args.source, wrapper, wrapped)
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

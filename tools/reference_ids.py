@@ -46,6 +46,8 @@ MODELS = {
             "qwen3-moe-hf",
             "granite",
             "phi3",
+            "ministral3",
+            "mistral3-vlm",
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",

@@ -100,6 +100,15 @@ pub struct ModelConfig {
     pub sliding_window_pattern: Option<usize>,
     #[serde(default)]
     pub mlp_bias: Option<bool>,
+    /// Transformers 5's home for RoPE settings (`rope_theta`, `rope_type`, YaRN's factors,
+    /// Ministral 3's `llama_4_scaling_beta`); read into `rope_theta` and `rope_scaling` when
+    /// those are absent.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    /// Per-layer attention kind (`full_attention`, `sliding_attention`), Ministral 3's way
+    /// of placing sliding-window layers.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     /// Phi-3.5/4: the share of each head that RoPE rotates.
     #[serde(default)]
     pub partial_rotary_factor: Option<f32>,
@@ -244,6 +253,15 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
             message,
         })?;
     }
+    if let Some(params) = config.rope_parameters.clone() {
+        let declared = raw.get("rope_theta").is_some_and(|v| !v.is_null());
+        if let (false, Some(theta)) = (declared, params.get("rope_theta").and_then(Value::as_f64)) {
+            config.rope_theta = theta as f32;
+        }
+        if config.rope_scaling.as_ref().is_none_or(Value::is_null) {
+            config.rope_scaling = Some(params);
+        }
+    }
     if config.num_attention_heads == 0 || config.hidden_size == 0 {
         return Err(ModelDirError::Invalid {
             path,
@@ -261,8 +279,27 @@ fn text_part(raw: Value) -> Value {
     let Some(Value::Object(text)) = top.get("text_config") else {
         return raw;
     };
-    if top.get("model_type").and_then(Value::as_str) != Some("gemma3") {
-        return raw;
+    match top.get("model_type").and_then(Value::as_str) {
+        Some("gemma3") => {}
+        // Mistral 3 (Small 3.x, Ministral 3): the text model's own config, untied unless it
+        // says otherwise (mlx-lm's mistral3 wrapper).
+        Some("mistral3") => {
+            let mut text = text.clone();
+            text.entry("tie_word_embeddings").or_insert(false.into());
+            for key in [
+                "quantization",
+                "eos_token_id",
+                "bos_token_id",
+                "torch_dtype",
+            ] {
+                if let (Some(v), false) = (top.get(key), text.contains_key(key)) {
+                    text.insert(key.to_string(), v.clone());
+                }
+            }
+            text.entry("model_type").or_insert("mistral".into());
+            return Value::Object(text);
+        }
+        _ => return raw,
     }
     // mlx-lm's gemma3_text defaults, then the wrapper's own (gemma3.py's ModelArgs).
     let mut merged = serde_json::json!({

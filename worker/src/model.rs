@@ -19,7 +19,8 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, phi3, granite, qwen2, qwen3, \
+        "unsupported model_type {0:?}: supported are llama, mistral, ministral3, mistral3 (its \
+         language model), phi3, granite, qwen2, qwen3, \
          qwen3_moe, gemma3_text, gemma3 (its language model) and, for embeddings, bert and \
          xlm_roberta"
     )]
@@ -126,6 +127,9 @@ struct ArchSpec {
     tie_by_presence: bool,
     /// Mixture-of-experts MLPs where the config places them (Qwen3 MoE).
     moe: bool,
+    /// Ministral 3: queries scaled by 1 + beta * ln(1 + floor(position / original context))
+    /// (`llama_4_scaling_beta`), and sliding-window layers where `layer_types` says.
+    ministral: bool,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -141,6 +145,7 @@ const LLAMA: ArchSpec = ArchSpec {
     local_layers: false,
     tie_by_presence: false,
     moe: false,
+    ministral: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -155,6 +160,10 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
     };
     match config.model_type.as_str() {
         "llama" | "mistral" | "phi3" => Ok(llama),
+        "ministral3" => Ok(ArchSpec {
+            ministral: true,
+            ..LLAMA
+        }),
         "granite" => Ok(ArchSpec {
             multipliers: true,
             ..llama
@@ -320,6 +329,24 @@ impl Rope {
                     ..plain
                 })
             }
+            ("yarn" | "deepseek_yarn", Some(f)) => {
+                let get = |k: &str, d: f64| scaling.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+                let (freqs, mscale) = yarn_freqs(
+                    dims,
+                    config.rope_theta as f64,
+                    f,
+                    get("original_max_position_embeddings", 4096.0),
+                    get("beta_fast", 32.0),
+                    get("beta_slow", 1.0),
+                    get("mscale", 1.0),
+                    get("mscale_all_dim", 0.0),
+                )?;
+                Ok(Rope {
+                    freqs: Some(freqs),
+                    input_scale: (mscale != 1.0).then_some(mscale as f32),
+                    ..plain
+                })
+            }
             // Phi-3's LongRoPE as mlx-lm's SuScaledRoPE applies it: the long factors always,
             // and the input scaled by sqrt(1 + ln(factor) / ln(original context)).
             ("longrope" | "su", _) => {
@@ -391,6 +418,50 @@ impl Rope {
     }
 }
 
+/// YaRN's frequencies and input scale, as mlx-lm's `YarnRoPE` computes them (float32 MLX ops
+/// for the table, f64 for the correction range and the scale).
+#[allow(clippy::too_many_arguments)]
+fn yarn_freqs(
+    dims: i32,
+    base: f64,
+    factor: f64,
+    original: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+    mscale: f64,
+    mscale_all_dim: f64,
+) -> Result<(Array, f64)> {
+    let correction = |rotations: f64| {
+        dims as f64 * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let low = correction(beta_fast).floor().max(0.0);
+    let high = correction(beta_slow).ceil().min(dims as f64 - 1.0);
+    let high = if low == high { high + 0.001 } else { high };
+    let get_mscale = |m: f64| {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * factor.ln() + 1.0
+        }
+    };
+    let scale = get_mscale(mscale) / get_mscale(mscale_all_dim);
+    let f32c = |v: f64| Array::from_f32(v as f32);
+    let exps = ops::arange::<_, f32>(0, dims, 2)?.divide(f32c(dims as f64))?;
+    let extra = ops::power(f32c(base), &exps)?;
+    let inter = extra.multiply(f32c(factor))?;
+    let ramp = ops::arange::<_, f32>(0, dims / 2, None)?
+        .subtract(f32c(low))?
+        .divide(f32c(high - low))?;
+    let ramp = ops::clip(&ramp, (0.0f32, 1.0f32))?;
+    let mask = f32c(1.0).subtract(&ramp)?;
+    let freqs = inter.multiply(&extra)?.divide(
+        inter
+            .multiply(&mask)?
+            .add(extra.multiply(f32c(1.0).subtract(&mask)?)?)?,
+    )?;
+    Ok((freqs, scale))
+}
+
 /// Llama 3's frequency-dependent RoPE scaling, computed with MLX in float32 as mlx-lm does.
 fn llama3_freqs(
     dims: i32,
@@ -442,6 +513,8 @@ pub struct Attention {
     window: Option<i32>,
     /// Each token attends only to those before it; off for bidirectional embedders.
     causal: bool,
+    /// Ministral 3's position-dependent query scale: (beta, original context).
+    query_scale: Option<(f32, f32)>,
 }
 
 impl Attention {
@@ -483,8 +556,20 @@ impl Attention {
         let l = q.shape()[1];
         let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let offset = cache.offset();
-        let q = self.rope.forward(&heads(q)?, offset)?;
+        let mut q = self.rope.forward(&heads(q)?, offset)?;
         let k = self.rope.forward(&heads(k)?, offset)?;
+        if let Some((beta, original)) = self.query_scale {
+            // 1 + beta * ln(1 + floor(position / original)), per new token, in float32 as
+            // mlx-lm computes it, then in the queries' dtype.
+            let positions = ops::arange::<_, i32>(offset, offset + l, None)?;
+            let steps = ops::floor(&positions.divide(Array::from_f32(original))?)?;
+            let scale = ops::log(&steps.add(Array::from_f32(1.0))?)?
+                .multiply(Array::from_f32(beta))?
+                .add(Array::from_f32(1.0))?
+                .as_dtype(q.dtype())?
+                .reshape(&[l, 1])?;
+            q = q.multiply(&scale)?;
+        }
         let (mut k, mut v, mut first) = cache.update_and_fetch(&k, &heads(v)?)?;
         let window_mask;
         // One new token attends to everything before it: no mask needed.
@@ -775,6 +860,19 @@ impl Model {
             _ => (head_dim as f32).powf(-0.5),
         };
         let residual_scale = config.residual_multiplier.filter(|_| spec.multipliers);
+        let query_scale = if spec.ministral {
+            let params = config.rope_scaling.as_ref();
+            let get = |k: &str| params.and_then(|p| p.get(k)).and_then(|v| v.as_f64());
+            match (
+                get("llama_4_scaling_beta"),
+                get("original_max_position_embeddings"),
+            ) {
+                (Some(beta), Some(original)) => Some((beta as f32, original as f32)),
+                _ => None,
+            }
+        } else {
+            None
+        };
         let pattern = config.sliding_window_pattern.unwrap_or(6).max(1);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -794,13 +892,19 @@ impl Model {
             let local = spec.local_layers && i % pattern != pattern - 1;
             // Phi-3.5/4 rotate only a leading part of each head.
             let rope_dims = (head_dim as f32 * config.partial_rotary_factor.unwrap_or(1.0)) as i32;
-            let (rope, window) = if local {
+            let (rope, mut window) = if local {
                 let base = config.rope_local_base_freq.unwrap_or(10_000.0);
                 let window = config.sliding_window.unwrap_or(512) as i32;
                 (Rope::plain(head_dim, base), Some(window))
             } else {
                 (Rope::new(&config, rope_dims)?, None)
             };
+            if spec.ministral {
+                let kind = config.layer_types.as_ref().and_then(|t| t.get(i));
+                if kind.is_some_and(|k| k == "sliding_attention") {
+                    window = config.sliding_window.map(|w| w as i32);
+                }
+            }
             // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
             let (q_rows, kv_rows) = (n_heads * head_dim, n_kv * head_dim);
             w.split_rows(
@@ -844,6 +948,7 @@ impl Model {
                 rope,
                 window,
                 causal: true,
+                query_scale,
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)

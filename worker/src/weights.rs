@@ -40,12 +40,15 @@ pub fn load(dir: &Path) -> Result<Weights, LoadError> {
         for (name, array) in loaded {
             // A vision-language wrapper (Gemma 3, Mistral 3): run its language model, leave
             // the vision tower and projector unloaded.
-            if name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.") {
+            if name.contains("vision_tower") || name.contains("multi_modal_projector") {
                 continue;
             }
-            let name = name
-                .strip_prefix("language_model.")
-                .map_or(name.clone(), str::to_string);
+            let name = if let Some(rest) = name.strip_prefix("model.language_model.") {
+                format!("model.{rest}")
+            } else {
+                name.strip_prefix("language_model.")
+                    .map_or(name.clone(), str::to_string)
+            };
             if let Some(first) = origin.insert(name.clone(), file.clone()) {
                 return Err(LoadError::Duplicate {
                     name,
