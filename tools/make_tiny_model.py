@@ -31,6 +31,12 @@ that both matter within the test prompts, and a sliding-window (8) first layer;
 tiny-random-mistral3-vlm is it inside Mistral 3's vision-language wrapper, in transformers 5's
 tensor layout (`model.language_model.*`, a stand-in `model.vision_tower.*`).
 
+tiny-random-glm4-moe is GLM-4.5's layout: q/k/v biases and q/k norms, half-rotary RoPE, a
+dense first layer (`first_k_dense_replace`), then 8 routed experts behind a grouped sigmoid
+router with a correction bias (4 groups, the best 2 kept, 2 experts per token, weights scaled by
+2.5) and a shared expert; tiny-random-glm4-moe-4bit is it quantized (the router stays dense,
+as mlx-lm's MoEGate is no Linear).
+
 tiny-random-gemma3 is a gemma3_text model whose local layers have a window of 8 positions, so
 that the reference prompts cross it both in prefill and in decoding; tiny-random-gemma3-4bit is
 it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3's
@@ -409,6 +415,52 @@ def main() -> None:
     wrapped["model.vision_tower.patch_conv.weight"] = mx.zeros((16, 3, 2, 2))
     wrapped["model.multi_modal_projector.linear_1.weight"] = mx.zeros((16, HIDDEN))
     write(args.out / "tiny-random-mistral3-vlm", args.source, wrapper, wrapped)
+
+    glm = base_config(src, "qwen3")
+    glm.update(
+        {
+            "architectures": ["Glm4MoeForCausalLM"],
+            "model_type": "glm4_moe",
+            "attention_bias": True,
+            "use_qk_norm": True,
+            "partial_rotary_factor": 0.5,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 4,
+            "topk_group": 2,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 1,
+            "moe_intermediate_size": 64,
+            "norm_topk_prob": True,
+            "scoring_func": "sigmoid",
+            "topk_method": "noaux_tc",
+            "tie_word_embeddings": False,
+        }
+    )
+    w = random_weights("qwen2", src["vocab_size"])  # q/k/v biases
+    w["lm_head.weight"] = mx.random.normal((src["vocab_size"], HIDDEN)) * 0.5
+    e, inter = 8, 64
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        w[f"{p}.self_attn.q_norm.weight"] = 1.0 + mx.random.normal((HEAD_DIM,)) * 0.1
+        w[f"{p}.self_attn.k_norm.weight"] = 1.0 + mx.random.normal((HEAD_DIM,)) * 0.1
+    p = "model.layers.1.mlp"
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        del w[f"{p}.{name}.weight"]
+    w[f"{p}.gate.weight"] = mx.random.normal((e, HIDDEN)) * 0.5
+    w[f"{p}.gate.e_score_correction_bias"] = mx.random.normal((e,)) * 0.5
+    w[f"{p}.switch_mlp.gate_proj.weight"] = mx.random.normal((e, inter, HIDDEN)) * 0.1
+    w[f"{p}.switch_mlp.up_proj.weight"] = mx.random.normal((e, inter, HIDDEN)) * 0.1
+    w[f"{p}.switch_mlp.down_proj.weight"] = mx.random.normal((e, HIDDEN, inter)) * 0.1
+    w[f"{p}.shared_experts.gate_proj.weight"] = mx.random.normal((inter, HIDDEN)) * 0.1
+    w[f"{p}.shared_experts.up_proj.weight"] = mx.random.normal((inter, HIDDEN)) * 0.1
+    w[f"{p}.shared_experts.down_proj.weight"] = mx.random.normal((HIDDEN, inter)) * 0.1
+    write(args.out / "tiny-random-glm4-moe", args.source, glm, w)
+    q = {"group_size": 32, "bits": 4, "mode": "affine"}
+    overrides = {f"{p}.gate": False}
+    config = {**glm, "quantization": {**q, **overrides}, "quantization_config": {**q, **overrides}}
+    write(args.out / "tiny-random-glm4-moe-4bit", args.source, config, quantize(w, q, overrides))
 
     variants = {
         "2bit-g32": ({"group_size": 32, "bits": 2}, {}),

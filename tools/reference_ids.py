@@ -48,6 +48,8 @@ MODELS = {
             "phi3",
             "ministral3",
             "mistral3-vlm",
+            "glm4-moe",
+            "glm4-moe-4bit",
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",

@@ -137,6 +137,23 @@ pub struct ModelConfig {
     /// Renormalise the chosen experts' router weights to sum to one.
     #[serde(default)]
     pub norm_topk_prob: Option<bool>,
+    /// GLM-4.5's MoE: routed experts (its name for `num_experts`), shared experts, the
+    /// grouped sigmoid router's groups, and the number of dense layers first.
+    #[serde(default)]
+    pub n_routed_experts: Option<usize>,
+    #[serde(default)]
+    pub n_shared_experts: Option<usize>,
+    #[serde(default)]
+    pub n_group: Option<usize>,
+    #[serde(default)]
+    pub topk_group: Option<usize>,
+    #[serde(default)]
+    pub routed_scaling_factor: Option<f32>,
+    #[serde(default)]
+    pub first_k_dense_replace: Option<usize>,
+    /// GLM-4.5: per-head q/k RMSNorm.
+    #[serde(default)]
+    pub use_qk_norm: Option<bool>,
     /// Every `decoder_sparse_step`-th layer is a MoE layer, except those in `mlp_only_layers`.
     #[serde(default)]
     pub decoder_sparse_step: Option<usize>,
@@ -157,6 +174,11 @@ fn default_rope_theta() -> f32 {
 impl ModelConfig {
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Routed experts per MoE layer (0: a dense model).
+    pub fn experts(&self) -> usize {
+        self.num_experts.or(self.n_routed_experts).unwrap_or(0)
     }
 
     pub fn head_dim(&self) -> usize {

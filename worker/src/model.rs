@@ -20,8 +20,7 @@ use crate::cache::KvCache;
 pub enum ModelError {
     #[error(
         "unsupported model_type {0:?}: supported are llama, mistral, ministral3, mistral3 (its \
-         language model), phi3, granite, qwen2, qwen3, \
-         qwen3_moe, gemma3_text, gemma3 (its language model) and, for embeddings, bert and \
+         language model), phi3, granite, qwen2, qwen3, qwen3_moe, glm4_moe, gemma3_text, gemma3 (its language model) and, for embeddings, bert and \
          xlm_roberta"
     )]
     UnsupportedArch(String),
@@ -127,6 +126,8 @@ struct ArchSpec {
     tie_by_presence: bool,
     /// Mixture-of-experts MLPs where the config places them (Qwen3 MoE).
     moe: bool,
+    /// RoPE from `rope_theta` alone, whatever `rope_scaling` says (mlx-lm's GLM-4.5).
+    plain_rope: bool,
     /// Ministral 3: queries scaled by 1 + beta * ln(1 + floor(position / original context))
     /// (`llama_4_scaling_beta`), and sliding-window layers where `layer_types` says.
     ministral: bool,
@@ -145,6 +146,7 @@ const LLAMA: ArchSpec = ArchSpec {
     local_layers: false,
     tie_by_presence: false,
     moe: false,
+    plain_rope: false,
     ministral: false,
 };
 
@@ -160,6 +162,13 @@ fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
     };
     match config.model_type.as_str() {
         "llama" | "mistral" | "phi3" => Ok(llama),
+        "glm4_moe" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: config.use_qk_norm.unwrap_or(false),
+            moe: true,
+            plain_rope: true,
+            ..LLAMA
+        }),
         "ministral3" => Ok(ArchSpec {
             ministral: true,
             ..LLAMA
@@ -705,27 +714,84 @@ impl ExpertLinear {
 /// outputs are summed with the router's weights (optionally renormalised over the chosen).
 pub struct MoeBlock {
     gate: Linear,
+    router: Router,
     gate_proj: ExpertLinear,
     up_proj: ExpertLinear,
     down_proj: ExpertLinear,
     top_k: i32,
     norm_topk_prob: bool,
+    /// Experts every token uses, added after the routed ones (GLM-4.5).
+    shared: Option<Mlp>,
+}
+
+/// How a MoE block's router turns its logits into experts and weights.
+pub enum Router {
+    /// Qwen3 MoE: softmax over all experts, the top k (optionally renormalised).
+    Softmax,
+    /// GLM-4.5 (`noaux_tc`): sigmoid scores; the choice adds a per-expert correction bias and
+    /// keeps only the `topk_group` best of `n_group` groups (each scored by its best two), the
+    /// weights are the uncorrected scores of the chosen, renormalised, times `scale`.
+    SigmoidGrouped {
+        correction: Array,
+        n_group: i32,
+        topk_group: i32,
+        scale: f32,
+    },
 }
 
 impl MoeBlock {
     fn forward(&self, x: &Array) -> Result<Array> {
-        let gates = ops::softmax_axis(self.gate.forward(x)?, -1, true)?;
-        let experts = *gates.shape().last().unwrap_or(&0);
+        let logits = self.gate.forward(x)?;
+        let experts = *logits.shape().last().unwrap_or(&0);
         let k = self.top_k;
-        let chosen = ops::argpartition_axis(&gates, experts - k, -1)?;
-        let chosen = chosen.index((.., .., (experts - k)..));
-        let mut scores = gates.take_along_axis(&chosen, -1)?;
-        if self.norm_topk_prob {
-            scores = scores.divide(scores.sum_axis(-1, true)?)?;
-        }
+        let (chosen, scores) =
+            match &self.router {
+                Router::Softmax => {
+                    let gates = ops::softmax_axis(&logits, -1, true)?;
+                    let chosen = ops::argpartition_axis(&gates, experts - k, -1)?;
+                    let chosen = chosen.index((.., .., (experts - k)..));
+                    let mut scores = gates.take_along_axis(&chosen, -1)?;
+                    if self.norm_topk_prob {
+                        scores = scores.divide(scores.sum_axis(-1, true)?)?;
+                    }
+                    (chosen, scores)
+                }
+                Router::SigmoidGrouped {
+                    correction,
+                    n_group,
+                    topk_group,
+                    scale,
+                } => {
+                    let original = ops::sigmoid(logits.as_dtype(Dtype::Float32)?)?;
+                    let mut scores = original.add(correction)?;
+                    if *n_group > 1 {
+                        let shape = scores.shape().to_vec();
+                        let grouped = scores.reshape(&[shape[0], shape[1], *n_group, -1])?;
+                        let best_two = ops::indexing::topk_axis(&grouped, 2, -1)?;
+                        let group_scores = best_two.sum_axis(-1, true)?;
+                        let dropped = n_group - topk_group;
+                        let worst = ops::argpartition_axis(&group_scores, dropped - 1, -2)?
+                            .index((.., .., ..dropped, ..));
+                        let zero = Array::from_f32(0.0);
+                        scores = ops::indexing::put_along_axis(&grouped, &worst, &zero, -2)?
+                            .reshape(&[shape[0], shape[1], -1])?;
+                    }
+                    let chosen =
+                        ops::argpartition_axis(scores.negative()?, k - 1, -1)?.index((.., .., ..k));
+                    let mut weights = original.take_along_axis(&chosen, -1)?;
+                    if k > 1 && self.norm_topk_prob {
+                        weights = weights.divide(weights.sum_axis(-1, true)?)?;
+                    }
+                    (chosen, weights.multiply(Array::from_f32(*scale))?)
+                }
+            };
         let y = self.switch_glu(x, &chosen)?;
         let weighted = y.multiply(scores.expand_dims(-1)?)?;
-        Ok(weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?)
+        let routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
+        match &self.shared {
+            Some(mlp) => Ok(routed.add(mlp.forward(x)?)?),
+            None => Ok(routed),
+        }
     }
 
     /// Every token through its chosen experts: [1, n, k, hidden]. With many (token, expert)
@@ -896,6 +962,8 @@ impl Model {
                 let base = config.rope_local_base_freq.unwrap_or(10_000.0);
                 let window = config.sliding_window.unwrap_or(512) as i32;
                 (Rope::plain(head_dim, base), Some(window))
+            } else if spec.plain_rope {
+                (Rope::plain(rope_dims, config.rope_theta), None)
             } else {
                 (Rope::new(&config, rope_dims)?, None)
             };
@@ -1227,25 +1295,62 @@ impl TensorSource<'_> {
     /// does (`experts.{e}.*_proj`), stacked here as mlx-lm's `sanitize` stacks them.
     fn moe(&mut self, module: &str, config: &ModelConfig) -> Result<MoeBlock> {
         let hidden = config.hidden_size as i32;
-        let experts = config.num_experts.unwrap_or(0) as i32;
+        let experts = config.experts() as i32;
         let inter = config
             .moe_intermediate_size
             .unwrap_or(config.intermediate_size) as i32;
-        let mut stacked = |name: &str, out: i32, inp: i32| -> Result<ExpertLinear> {
-            let first = format!("{module}.experts.0.{name}.weight");
-            if self.tensors.contains_key(&first) {
-                let parts = (0..experts)
-                    .map(|e| {
-                        self.take_shaped(
-                            &format!("{module}.experts.{e}.{name}.weight"),
-                            &[out, inp],
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let weight = ops::stack(&parts, 0)?;
-                return Ok(ExpertLinear::Dense { weight });
+        let router = if config.n_group.is_some() || config.routed_scaling_factor.is_some() {
+            Router::SigmoidGrouped {
+                correction: self.take_shaped(
+                    &format!("{module}.gate.e_score_correction_bias"),
+                    &[experts],
+                )?,
+                n_group: config.n_group.unwrap_or(1).max(1) as i32,
+                topk_group: config.topk_group.unwrap_or(1).max(1) as i32,
+                scale: config.routed_scaling_factor.unwrap_or(1.0),
             }
+        } else {
+            Router::Softmax
+        };
+        let shared = match config.n_shared_experts.filter(|&n| n > 0) {
+            Some(n) => {
+                let shared_inter = inter * n as i32;
+                let p = format!("{module}.shared_experts");
+                Some(Mlp {
+                    gate_proj: self.linear(
+                        &format!("{p}.gate_proj"),
+                        shared_inter,
+                        hidden,
+                        false,
+                    )?,
+                    up_proj: self.linear(&format!("{p}.up_proj"), shared_inter, hidden, false)?,
+                    down_proj: self.linear(
+                        &format!("{p}.down_proj"),
+                        hidden,
+                        shared_inter,
+                        false,
+                    )?,
+                    activation: Activation::Silu,
+                })
+            }
+            None => None,
+        };
+        let mut stacked = |name: &str, out: i32, inp: i32| -> Result<ExpertLinear> {
             let base = format!("{module}.switch_mlp.{name}");
+            // Hugging Face's per-expert tensors (dense or quantized) are stacked first.
+            for suffix in ["weight", "scales", "biases"] {
+                if !self
+                    .tensors
+                    .contains_key(&format!("{module}.experts.0.{name}.{suffix}"))
+                {
+                    continue;
+                }
+                let parts = (0..experts)
+                    .map(|e| self.take(&format!("{module}.experts.{e}.{name}.{suffix}")))
+                    .collect::<Result<Vec<_>>>()?;
+                self.tensors
+                    .insert(format!("{base}.{suffix}"), ops::stack(&parts, 0)?);
+            }
             match self.linear_stacked(&base, &[experts], out, inp, false)? {
                 Linear::Dense { weight, .. } => Ok(ExpertLinear::Dense { weight }),
                 Linear::Quantized {
@@ -1269,6 +1374,8 @@ impl TensorSource<'_> {
             up_proj: stacked("up_proj", inter, hidden)?,
             down_proj: stacked("down_proj", hidden, inter)?,
             gate: self.linear(&format!("{module}.gate"), experts, hidden, false)?,
+            router,
+            shared,
             top_k: config
                 .num_experts_per_tok
                 .unwrap_or(1)
@@ -1342,11 +1449,13 @@ impl TensorSource<'_> {
     }
 }
 
-/// Whether layer `i` of a MoE model has experts (mlx-lm's rule for Qwen3 MoE).
+/// Whether layer `i` of a MoE model has experts (mlx-lm's rules for Qwen3 MoE and GLM-4.5).
 fn moe_layer(config: &ModelConfig, i: usize) -> bool {
     let step = config.decoder_sparse_step.unwrap_or(1).max(1);
     let dense = config.mlp_only_layers.as_deref().unwrap_or(&[]);
-    config.num_experts.unwrap_or(0) > 0 && !dense.contains(&i) && (i + 1).is_multiple_of(step)
+    // GLM-4.5: the first `first_k_dense_replace` layers are dense.
+    let first_sparse = config.first_k_dense_replace.unwrap_or(0);
+    config.experts() > 0 && i >= first_sparse && !dense.contains(&i) && (i + 1).is_multiple_of(step)
 }
 
 /// `x` rounded to the nearest bfloat16 (ties to even), as a cast to bfloat16 rounds.

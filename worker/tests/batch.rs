@@ -31,12 +31,16 @@ fn run_all(sched: &mut Scheduler, log: &mut Log) {
     }
 }
 
-/// Qwen3 MoE's expert layers in the scheduler: prompts long enough that their (token, expert)
-/// pairs are sorted by expert, decoded together one token each, give what they give alone, as
-/// loaded by the server (quantized experts expanded on a CPU) and as stored (4-bit experts).
+/// Qwen3 MoE and GLM-4.5 expert layers in the scheduler: prompts long enough that their
+/// (token, expert) pairs are sorted by expert, decoded together one token each, give what they
+/// give alone, as loaded by the server (quantized experts expanded on a CPU).
 #[test]
 fn expert_layers_batch_like_dense_ones() {
-    for name in ["tiny-random-qwen3-moe-4bit", "tiny-random-qwen3-moe"] {
+    for name in [
+        "tiny-random-qwen3-moe-4bit",
+        "tiny-random-qwen3-moe",
+        "tiny-random-glm4-moe",
+    ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
             "hi",

@@ -126,6 +126,8 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
         "tiny-random-phi3",
         "tiny-random-ministral3",
         "tiny-random-mistral3-vlm",
+        "tiny-random-glm4-moe",
+        "tiny-random-glm4-moe-4bit",
         "tiny-random-gemma3",
         "tiny-random-gemma3-4bit",
         "tiny-random-gemma3-vlm",
