@@ -1,0 +1,121 @@
+//! What differs per family, as data: one `ArchSpec` per `model_type`, following mlx-lm's class
+//! for it (biases, norms, activation, RoPE kind, windows, experts, scalars).
+
+use opta_lmx_shared::model_dir::ModelConfig;
+
+use super::*;
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// SwiGLU (Llama, Qwen).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma).
+    GeluApprox,
+}
+
+/// How one supported architecture differs from plain Llama.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ArchSpec {
+    /// q/k/v projections carry biases (Qwen2; Llama and Granite when `attention_bias`).
+    pub(crate) qkv_bias: bool,
+    /// So does the output projection (Llama and Granite when `attention_bias`, not Qwen2).
+    pub(crate) o_bias: bool,
+    /// The MLP's projections carry biases (`mlp_bias`).
+    pub(crate) mlp_bias: bool,
+    /// Granite's scalars: embeddings, attention scores, residual branches and logits each
+    /// scaled by a config value.
+    pub(crate) multipliers: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
+    pub(crate) qk_norm: bool,
+    /// RMSNorm scales by `1 + w` (Gemma).
+    pub(crate) norm_offset: bool,
+    /// Norms after attention and around the MLP too: four per block (Gemma 2 and 3).
+    pub(crate) sandwich_norms: bool,
+    pub(crate) activation: Activation,
+    /// Embeddings multiplied by sqrt(hidden_size), rounded to bfloat16 as Gemma does.
+    pub(crate) scale_embeddings: bool,
+    /// Local layers with a sliding window and their own RoPE base, every
+    /// `sliding_window_pattern`-th layer global (Gemma 3).
+    pub(crate) local_layers: bool,
+    /// Tied embeddings exactly when the folder has no `lm_head` (mlx-lm's Gemma `sanitize`).
+    pub(crate) tie_by_presence: bool,
+    /// Mixture-of-experts MLPs where the config places them (Qwen3 MoE).
+    pub(crate) moe: bool,
+    /// RoPE from `rope_theta` alone, whatever `rope_scaling` says (mlx-lm's GLM-4.5).
+    pub(crate) plain_rope: bool,
+    /// Ministral 3: queries scaled by 1 + beta * ln(1 + floor(position / original context))
+    /// (`llama_4_scaling_beta`), and sliding-window layers where `layer_types` says.
+    pub(crate) ministral: bool,
+}
+
+pub(crate) const LLAMA: ArchSpec = ArchSpec {
+    qkv_bias: false,
+    o_bias: false,
+    mlp_bias: false,
+    multipliers: false,
+    qk_norm: false,
+    norm_offset: false,
+    sandwich_norms: false,
+    activation: Activation::Silu,
+    scale_embeddings: false,
+    local_layers: false,
+    tie_by_presence: false,
+    moe: false,
+    plain_rope: false,
+    ministral: false,
+};
+
+/// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
+/// take no biases whatever `attention_bias` says).
+pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
+    let bias = config.attention_bias.unwrap_or(false);
+    let llama = ArchSpec {
+        qkv_bias: bias,
+        o_bias: bias,
+        mlp_bias: config.mlp_bias.unwrap_or(false),
+        ..LLAMA
+    };
+    match config.model_type.as_str() {
+        "llama" | "mistral" | "phi3" => Ok(llama),
+        "glm4_moe" => Ok(ArchSpec {
+            qkv_bias: bias,
+            qk_norm: config.use_qk_norm.unwrap_or(false),
+            moe: true,
+            plain_rope: true,
+            ..LLAMA
+        }),
+        "ministral3" => Ok(ArchSpec {
+            ministral: true,
+            ..LLAMA
+        }),
+        "granite" => Ok(ArchSpec {
+            multipliers: true,
+            ..llama
+        }),
+        "qwen2" => Ok(ArchSpec {
+            qkv_bias: true,
+            ..LLAMA
+        }),
+        "qwen3" => Ok(ArchSpec {
+            qk_norm: true,
+            ..LLAMA
+        }),
+        "qwen3_moe" => Ok(ArchSpec {
+            qk_norm: true,
+            moe: true,
+            ..LLAMA
+        }),
+        "gemma3_text" | "gemma3" => Ok(ArchSpec {
+            qk_norm: true,
+            norm_offset: true,
+            sandwich_norms: true,
+            activation: Activation::GeluApprox,
+            scale_embeddings: true,
+            local_layers: true,
+            tie_by_presence: true,
+            ..LLAMA
+        }),
+        other => Err(ModelError::UnsupportedArch(other.to_string())),
+    }
+}

@@ -1,0 +1,309 @@
+//! The shared layers: linear (dense or affine-quantized), embedding, RMSNorm, attention (with
+//! sliding windows and per-family query scales), the gated MLP, and the transformer block.
+
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{self, indexing::IndexOp};
+use mlx_rs::{Array, Dtype};
+
+use super::*;
+
+/// A linear layer, dense or MLX affine-quantized.
+pub enum Linear {
+    Dense {
+        weight: Array,
+        bias: Option<Array>,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        bias: Option<Array>,
+        group_size: i32,
+        bits: i32,
+    },
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(match self {
+            // mlx.nn.Linear: addmm when there is a bias, a plain matmul otherwise.
+            Linear::Dense { weight, bias: None } => ops::matmul(x, weight.t())?,
+            Linear::Dense {
+                weight,
+                bias: Some(b),
+            } => ops::addmm(b, x, weight.t(), None, None)?,
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => {
+                let y = ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?;
+                match bias {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                }
+            }
+        })
+    }
+}
+
+/// Token embedding; with tied weights it doubles as the output projection.
+pub struct Embedding {
+    pub(crate) table: Linear,
+}
+
+impl Embedding {
+    pub(crate) fn lookup(&self, ids: &Array) -> Result<Array> {
+        Ok(match &self.table {
+            Linear::Dense { weight, .. } => weight.take_axis(ids, 0)?,
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                ..
+            } => ops::dequantize(
+                weight.take_axis(ids, 0)?,
+                scales.take_axis(ids, 0)?,
+                &biases.take_axis(ids, 0)?,
+                *group_size,
+                *bits,
+            )?,
+        })
+    }
+
+    pub(crate) fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.table.forward(x)
+    }
+}
+
+pub struct RmsNorm {
+    pub(crate) weight: Array,
+    pub(crate) eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}
+
+pub struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
+    pub(crate) n_heads: i32,
+    pub(crate) n_kv_heads: i32,
+    pub(crate) scale: f32,
+    pub(crate) rope: Rope,
+    /// A sliding-window layer's window: each token attends to itself and the `window - 1`
+    /// before it.
+    pub(crate) window: Option<i32>,
+    /// Each token attends only to those before it; off for bidirectional embedders.
+    pub(crate) causal: bool,
+    /// Ministral 3's position-dependent query scale: (beta, original context).
+    pub(crate) query_scale: Option<(f32, f32)>,
+}
+
+impl Attention {
+    /// `x` is [1, n, hidden]: n tokens of one sequence when `caches` holds one cache, or one
+    /// token from each of n sequences when it holds n. The projections run once over all n
+    /// rows (where batching pays); RoPE, the cache and attention run per sequence, so each
+    /// keeps its own length and no padding or mask is needed.
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
+        let l = x.shape()[1];
+        let split = |y: Array, n: i32| y.reshape(&[1, l, n, -1]);
+        let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        // Qwen3 normalises each head before attention.
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k)?;
+        }
+        let out = match caches {
+            [cache] => self.attend(&q, &k, &v, cache)?,
+            _ => {
+                let mut rows = Vec::with_capacity(caches.len());
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let i = i as i32;
+                    let row = |a: &Array| a.index((.., i..i + 1));
+                    rows.push(self.attend(&row(&q), &row(&k), &row(&v), cache)?);
+                }
+                ops::concatenate(&rows, 1)?
+            }
+        };
+        self.o_proj.forward(&out)
+    }
+
+    /// Attention of one sequence's new tokens (`q`, `k`, `v`: [1, l, heads, head_dim]) over
+    /// its cached history; returns [1, l, heads * head_dim].
+    pub(crate) fn attend(
+        &self,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        cache: &mut KvCache,
+    ) -> Result<Array> {
+        let l = q.shape()[1];
+        let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
+        let offset = cache.offset();
+        let mut q = self.rope.forward(&heads(q)?, offset)?;
+        let k = self.rope.forward(&heads(k)?, offset)?;
+        if let Some((beta, original)) = self.query_scale {
+            // 1 + beta * ln(1 + floor(position / original)), per new token, in float32 as
+            // mlx-lm computes it, then in the queries' dtype.
+            let positions = ops::arange::<_, i32>(offset, offset + l, None)?;
+            let steps = ops::floor(&positions.divide(Array::from_f32(original))?)?;
+            let scale = ops::log(&steps.add(Array::from_f32(1.0))?)?
+                .multiply(Array::from_f32(beta))?
+                .add(Array::from_f32(1.0))?
+                .as_dtype(q.dtype())?
+                .reshape(&[l, 1])?;
+            q = q.multiply(&scale)?;
+        }
+        let (mut k, mut v, mut first) = cache.update_and_fetch(&k, &heads(v)?)?;
+        let window_mask;
+        // One new token attends to everything before it: no mask needed.
+        let mut mask = (l > 1 && self.causal).then_some(ScaledDotProductAttentionMask::Causal);
+        if let Some(w) = self.window {
+            // Keys before the first new token's window are never attended: leave them out,
+            // as mlx-lm's rotating cache holds at most `window - 1` old positions.
+            let from = (offset - (w - 1)).max(first);
+            if from > first {
+                k = k.index((.., .., (from - first)..));
+                v = v.index((.., .., (from - first)..));
+                first = from;
+            }
+            // Several new tokens whose keys span more than one window need the window in
+            // the mask: key j is seen by query i when i - w < j <= i (mlx-lm's causal mask).
+            if l > 1 && offset + l - first > w {
+                let queries = ops::arange::<_, i32>(offset, offset + l, None)?.reshape(&[l, 1])?;
+                let keys = ops::arange::<_, i32>(first, offset + l, None)?.reshape(&[1, -1])?;
+                window_mask = queries
+                    .ge(&keys)?
+                    .logical_and(&queries.lt(&keys.add(Array::from_int(w))?)?)?;
+                mask = Some(ScaledDotProductAttentionMask::Array(&window_mask));
+            }
+        }
+        let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, -1])?)
+    }
+}
+
+pub struct Mlp {
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
+    pub(crate) activation: Activation,
+}
+
+impl Mlp {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        let act = match self.activation {
+            // swiglu: silu(gate) * up, with silu(x) = x * sigmoid(x) as in MLX.
+            Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
+            Activation::GeluApprox => gelu_approx(&gate)?,
+        };
+        self.down_proj.forward(&act.multiply(&up)?)
+    }
+}
+
+/// MLX's `nn.gelu_approx`, op for op: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))),
+/// every constant in x's dtype.
+pub(crate) fn gelu_approx(x: &Array) -> Result<Array> {
+    let c = |v: f64| Array::from_f32(v as f32).as_dtype(x.dtype());
+    let cubic = ops::power(x, c(3.0)?)?.multiply(c(0.044715)?)?;
+    let inner = x
+        .add(&cubic)?
+        .multiply(c((2.0 / std::f64::consts::PI).sqrt())?)?;
+    let gate = ops::tanh(&inner)?.add(c(1.0)?)?;
+    Ok(x.multiply(c(0.5)?)?.multiply(&gate)?)
+}
+
+/// A block's feed-forward part: one MLP, or a mixture of experts.
+pub enum FeedForward {
+    Dense(Mlp),
+    Experts(MoeBlock),
+}
+
+impl FeedForward {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Experts(moe) => moe.forward(x),
+        }
+    }
+}
+
+/// The two extra norms of a Gemma block: after attention (before the residual add) and
+/// before the MLP; the block's `post_attn_norm` then follows the MLP.
+pub struct SandwichNorms {
+    pub(crate) post_attn: RmsNorm,
+    pub(crate) pre_mlp: RmsNorm,
+}
+
+pub struct Block {
+    pub(crate) attn: Attention,
+    pub(crate) mlp: FeedForward,
+    pub(crate) input_norm: RmsNorm,
+    pub(crate) post_attn_norm: RmsNorm,
+    pub(crate) sandwich: Option<SandwichNorms>,
+    /// Granite scales each residual branch before adding it.
+    pub(crate) residual_scale: Option<f32>,
+}
+
+impl Block {
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
+        let r = self.attn.forward(&self.input_norm.forward(x)?, caches)?;
+        let scaled = |r: Array| -> Result<Array> {
+            match self.residual_scale {
+                Some(m) => Ok(r.multiply(Array::from_f32(m).as_dtype(r.dtype())?)?),
+                None => Ok(r),
+            }
+        };
+        match &self.sandwich {
+            None => {
+                let h = x.add(scaled(r)?)?;
+                let r = self.mlp.forward(&self.post_attn_norm.forward(&h)?)?;
+                Ok(h.add(scaled(r)?)?)
+            }
+            Some(n) => {
+                let h = residual(x, &n.post_attn.forward(&r)?)?;
+                let r = self.mlp.forward(&n.pre_mlp.forward(&h)?)?;
+                residual(&h, &self.post_attn_norm.forward(&r)?)
+            }
+        }
+    }
+}
+
+/// Gemma's residual add: in float16 it is done in float32 and clipped to float16's range
+/// (mlx-lm's `clip_residual`), in any other dtype it is a plain add.
+pub(crate) fn residual(x: &Array, y: &Array) -> Result<Array> {
+    if x.dtype() != Dtype::Float16 {
+        return Ok(x.add(y)?);
+    }
+    let sum = x
+        .as_dtype(Dtype::Float32)?
+        .add(y.as_dtype(Dtype::Float32)?)?;
+    let bound = 65504.0; // float16's largest finite value
+    Ok(ops::clip(&sum, (-bound, bound))?.as_dtype(Dtype::Float16)?)
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as a cast to bfloat16 rounds.
+pub(crate) fn round_to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}

@@ -1,0 +1,482 @@
+//! The transformer: one skeleton for every supported family (Llama, Mistral/Ministral, Phi-3,
+//! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3). The families differ only in data (which
+//! biases and norms exist, the activation, how RoPE is scaled, which layers attend through a
+//! sliding window, which carry experts and how they are routed), so the differences live in
+//! `arch::ArchSpec` and in which tensors the folder holds, not in copies of the forward pass.
+//! The arithmetic follows mlx-lm op for op, so that greedy output is token-identical on
+//! identical weights.
+//!
+//! `arch` says what each `model_type` is; `layers`, `rope` and `moe` are the shared parts;
+//! `source` builds them from a folder's tensors; this module holds the model and its loaders.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::Array;
+use opta_lmx_shared::model_dir::ModelConfig;
+
+use crate::cache::KvCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "unsupported model_type {0:?}: supported are llama, mistral, ministral3, mistral3 (its \
+         language model), phi3, granite, qwen2, qwen3, qwen3_moe, glm4_moe, gemma3_text, gemma3 \
+         (its language model) and, for embeddings, bert and xlm_roberta"
+    )]
+    UnsupportedArch(String),
+    #[error("tensor {0} is missing from the weight files")]
+    MissingTensor(String),
+    #[error("tensor {name} has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        actual: Vec<i32>,
+        expected: Vec<i32>,
+    },
+    #[error("unsupported rope_scaling: {0}")]
+    RopeScaling(String),
+    #[error("a sequence's cache has fewer layers than the model")]
+    CacheLayers,
+    #[error("MLX: {0}")]
+    Mlx(#[from] Exception),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Numeric choices made at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep quantization scales and biases in float32. CPUs without native bfloat16 (x86)
+    /// convert every bf16 scale on the fly, which makes 4-bit matmuls several times slower;
+    /// float32 scales hold the same values exactly, but the matmul then accumulates in
+    /// float32, so outputs differ slightly from mlx-lm's (which keeps bf16).
+    pub float32_quant_params: bool,
+    /// Expand quantized weights to float32 at load when all of them together then take at
+    /// most this many bytes (0: never). MLX's CPU quantized matmul costs the same per row
+    /// however many rows it gets, so batching gains nothing from it, while a float32 matmul
+    /// through BLAS reads each weight once for the whole batch.
+    pub dequantize_up_to_bytes: usize,
+}
+
+/// The CPU default for [`LoadOptions::dequantize_up_to_bytes`] (shared with the controller's
+/// memory guard, which counts such weights expanded).
+pub const CPU_DEQUANTIZE_LIMIT: usize = opta_lmx_shared::model_dir::CPU_DEQUANTIZE_LIMIT as usize;
+
+impl LoadOptions {
+    /// The same arithmetic as mlx-lm: the files' dtypes as they are.
+    pub const EXACT: LoadOptions = LoadOptions {
+        float32_quant_params: false,
+        dequantize_up_to_bytes: 0,
+    };
+
+    /// The default for this machine: on the CPU backend (unless `OPTA_LMX_EXACT=1`) float32
+    /// weights for models whose expanded weights fit [`CPU_DEQUANTIZE_LIMIT`], float32
+    /// quantization parameters otherwise; on GPUs, where bf16 and quantized kernels are
+    /// native, the files' dtypes.
+    pub fn for_this_machine() -> Self {
+        let exact = std::env::var("OPTA_LMX_EXACT").is_ok_and(|v| v == "1");
+        let cpu = mlx_rs::Device::default()
+            .get_type()
+            .map(|t| matches!(t, mlx_rs::DeviceType::Cpu))
+            .unwrap_or(true);
+        if cpu && !exact {
+            LoadOptions {
+                float32_quant_params: true,
+                dequantize_up_to_bytes: CPU_DEQUANTIZE_LIMIT,
+            }
+        } else {
+            LoadOptions::EXACT
+        }
+    }
+}
+
+mod arch;
+mod layers;
+mod moe;
+mod rope;
+mod source;
+
+use arch::*;
+pub use layers::Linear;
+use layers::*;
+use moe::*;
+use rope::*;
+use source::*;
+
+/// A loaded model, ready to run forward passes.
+pub struct Model {
+    pub config: ModelConfig,
+    pub(crate) embed: Embedding,
+    /// Gemma's (and Granite's) embedding multiplier, in the embeddings' dtype.
+    pub(crate) embed_scale: Option<f32>,
+    /// Granite divides the logits by this.
+    pub(crate) logits_scaling: Option<f32>,
+    pub(crate) layers: Vec<Block>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Option<Linear>,
+}
+
+impl Model {
+    /// Builds the model from a folder's config and tensors, checking every shape.
+    pub fn from_weights(
+        config: ModelConfig,
+        tensors: HashMap<String, Array>,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let spec = arch_spec(&config)?;
+        let dequantize = options.dequantize_up_to_bytes > 0
+            && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
+        let mut w = TensorSource {
+            tensors,
+            config: &config,
+            options,
+            norm_offset: spec.norm_offset,
+            dequantize,
+        };
+        let hidden = config.hidden_size as i32;
+        let inter = config.intermediate_size as i32;
+        let n_heads = config.num_attention_heads as i32;
+        let n_kv = config.num_kv_heads() as i32;
+        let head_dim = config.head_dim() as i32;
+        let vocab = config.vocab_size as i32;
+        let eps = config.rms_norm_eps;
+
+        let embed = Embedding {
+            table: w.linear("model.embed_tokens", vocab, hidden, false)?,
+        };
+        let scale = match (config.query_pre_attn_scalar, config.attention_multiplier) {
+            (Some(s), _) if spec.local_layers => s.powf(-0.5),
+            (_, Some(m)) if spec.multipliers => m,
+            _ => (head_dim as f32).powf(-0.5),
+        };
+        let residual_scale = config.residual_multiplier.filter(|_| spec.multipliers);
+        let query_scale = if spec.ministral {
+            let params = config.rope_scaling.as_ref();
+            let get = |k: &str| params.and_then(|p| p.get(k)).and_then(|v| v.as_f64());
+            match (
+                get("llama_4_scaling_beta"),
+                get("original_max_position_embeddings"),
+            ) {
+                (Some(beta), Some(original)) => Some((beta as f32, original as f32)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let pattern = config.sliding_window_pattern.unwrap_or(6).max(1);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let norm = |w: &mut TensorSource, name: &str, dim: i32| {
+                w.norm(&format!("{p}.{name}"), dim, eps)
+            };
+            let qk_norm = |w: &mut TensorSource, name: &str| -> Result<Option<RmsNorm>> {
+                if spec.qk_norm {
+                    Ok(Some(norm(w, &format!("self_attn.{name}"), head_dim)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            // Gemma 3: every `pattern`-th layer is global; the others attend through a window
+            // with their own RoPE base.
+            let local = spec.local_layers && i % pattern != pattern - 1;
+            // Phi-3.5/4 rotate only a leading part of each head.
+            let rope_dims = (head_dim as f32 * config.partial_rotary_factor.unwrap_or(1.0)) as i32;
+            let (rope, mut window) = if local {
+                let base = config.rope_local_base_freq.unwrap_or(10_000.0);
+                let window = config.sliding_window.unwrap_or(512) as i32;
+                (Rope::plain(head_dim, base), Some(window))
+            } else if spec.plain_rope {
+                (Rope::plain(rope_dims, config.rope_theta), None)
+            } else {
+                (Rope::new(&config, rope_dims)?, None)
+            };
+            if spec.ministral {
+                let kind = config.layer_types.as_ref().and_then(|t| t.get(i));
+                if kind.is_some_and(|k| k == "sliding_attention") {
+                    window = config.sliding_window.map(|w| w as i32);
+                }
+            }
+            // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
+            let (q_rows, kv_rows) = (n_heads * head_dim, n_kv * head_dim);
+            w.split_rows(
+                &format!("{p}.self_attn.qkv_proj"),
+                &[("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)],
+            )?;
+            w.split_rows(
+                &format!("{p}.mlp.gate_up_proj"),
+                &[("gate_proj", inter), ("up_proj", inter)],
+            )?;
+            let attn = Attention {
+                q_proj: w.linear(
+                    &format!("{p}.self_attn.q_proj"),
+                    n_heads * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                k_proj: w.linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    n_kv * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                v_proj: w.linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    n_kv * head_dim,
+                    hidden,
+                    spec.qkv_bias,
+                )?,
+                o_proj: w.linear(
+                    &format!("{p}.self_attn.o_proj"),
+                    hidden,
+                    n_heads * head_dim,
+                    spec.o_bias,
+                )?,
+                q_norm: qk_norm(&mut w, "q_norm")?,
+                k_norm: qk_norm(&mut w, "k_norm")?,
+                n_heads,
+                n_kv_heads: n_kv,
+                scale,
+                rope,
+                window,
+                causal: true,
+                query_scale,
+            };
+            let mlp = if spec.moe && moe_layer(&config, i) {
+                FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)
+            } else {
+                let b = spec.mlp_bias;
+                FeedForward::Dense(Mlp {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, b)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, b)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, b)?,
+                    activation: spec.activation,
+                })
+            };
+            let input_norm = norm(&mut w, "input_layernorm", hidden)?;
+            // Gemma's post_attention_layernorm is inside the attention residual; its last norm
+            // (post_feedforward_layernorm) takes the Llama post-attention norm's place.
+            let (post_attn_norm, sandwich) = if spec.sandwich_norms {
+                let sandwich = SandwichNorms {
+                    post_attn: norm(&mut w, "post_attention_layernorm", hidden)?,
+                    pre_mlp: norm(&mut w, "pre_feedforward_layernorm", hidden)?,
+                };
+                (
+                    norm(&mut w, "post_feedforward_layernorm", hidden)?,
+                    Some(sandwich),
+                )
+            } else {
+                (norm(&mut w, "post_attention_layernorm", hidden)?, None)
+            };
+            layers.push(Block {
+                attn,
+                mlp,
+                input_norm,
+                post_attn_norm,
+                sandwich,
+                residual_scale,
+            });
+        }
+        let norm = w.norm("model.norm", hidden, eps)?;
+        // Tied embeddings unless the config says otherwise and an lm_head is present.
+        let has_head = w.tensors.contains_key("lm_head.weight");
+        let tied = if spec.tie_by_presence {
+            !has_head
+        } else {
+            config.tie_word_embeddings.unwrap_or(!has_head)
+        };
+        let lm_head = if tied {
+            None
+        } else {
+            Some(w.linear("lm_head", vocab, hidden, false)?)
+        };
+        // sqrt(hidden) rounded to bfloat16, then used in the embeddings' dtype (as mlx-lm).
+        let embed_scale = if spec.scale_embeddings {
+            Some(round_to_bf16((hidden as f32).sqrt()))
+        } else {
+            config.embedding_multiplier.filter(|_| spec.multipliers)
+        };
+        let logits_scaling = config.logits_scaling.filter(|_| spec.multipliers);
+        Ok(Model {
+            config,
+            embed,
+            embed_scale,
+            logits_scaling,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Every token attends to every other in all layers, windows included (EmbeddingGemma as
+    /// mlx-embeddings runs it); the embedding scale is sqrt(hidden) in the weights' dtype,
+    /// unrounded to bfloat16 as mlx-embeddings computes it. For embedders only: generation
+    /// stays causal.
+    pub fn make_bidirectional(&mut self) {
+        for layer in &mut self.layers {
+            layer.attn.causal = false;
+            layer.attn.window = None;
+        }
+        if self.embed_scale.is_some() {
+            self.embed_scale = Some((self.config.hidden_size as f32).sqrt());
+        }
+    }
+
+    /// Fresh per-layer caches for one sequence.
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        self.layers
+            .iter()
+            .map(|l| KvCache::new(l.attn.window))
+            .collect()
+    }
+
+    /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
+    /// to `cache`. Returns the final hidden states; call `logits` on the positions that need
+    /// them.
+    pub fn forward_hidden(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+        self.forward_rows(ids, &mut [cache])
+    }
+
+    /// One decode step for several sequences: `ids` is [1, n] with one token per sequence,
+    /// `caches[i]` the caches of sequence i. Returns [n, vocab] logits.
+    pub fn forward_batch(&self, ids: &Array, caches: &mut [&mut [KvCache]]) -> Result<Array> {
+        let h = self.forward_rows(ids, caches)?;
+        let logits = self.logits(&h)?;
+        let n = logits.shape()[1];
+        Ok(logits.reshape(&[n, -1])?)
+    }
+
+    /// The transformer over `ids` ([1, n]) with one cache per sequence in `seqs` (see
+    /// `Attention::forward` for the two shapes).
+    pub(crate) fn forward_rows(&self, ids: &Array, seqs: &mut [&mut [KvCache]]) -> Result<Array> {
+        let mut h = self.embed.lookup(ids)?;
+        if let Some(scale) = self.embed_scale {
+            h = h.multiply(Array::from_f32(scale).as_dtype(h.dtype())?)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> = seqs
+                .iter_mut()
+                .map(|seq| seq.get_mut(i).ok_or(ModelError::CacheLayers))
+                .collect::<Result<_>>()?;
+            h = layer.forward(&h, &mut caches)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// Vocabulary logits for hidden states.
+    pub fn logits(&self, hidden: &Array) -> Result<Array> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => self.embed.as_linear(hidden)?,
+        };
+        match self.logits_scaling {
+            Some(s) => Ok(logits.divide(Array::from_f32(s).as_dtype(logits.dtype())?)?),
+            None => Ok(logits),
+        }
+    }
+
+    /// Logits of the last position of `ids` ([1, n]): the next-token distribution.
+    pub fn forward_last(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+        let h = self.forward_hidden(ids, cache)?;
+        let n = h.shape()[1];
+        let last = h.index((.., (n - 1)..n, ..));
+        self.logits(&last)
+    }
+
+    /// Bytes of weight storage, the figure reported on load.
+    pub fn weights_bytes(&self) -> usize {
+        self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+
+    /// All weight arrays, to evaluate them once at load time.
+    pub fn arrays(&self) -> Vec<&Array> {
+        fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
+            match l {
+                Linear::Dense { weight, bias } => {
+                    out.push(weight);
+                    out.extend(bias);
+                }
+                Linear::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    bias,
+                    ..
+                } => {
+                    out.extend([weight, scales, biases]);
+                    out.extend(bias);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        lin(&self.embed.table, &mut out);
+        if let Some(h) = &self.lm_head {
+            lin(h, &mut out);
+        }
+        out.push(&self.norm.weight);
+        for l in &self.layers {
+            let a = &l.attn;
+            for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                lin(x, &mut out);
+            }
+            match &l.mlp {
+                FeedForward::Dense(m) => {
+                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
+                        lin(x, &mut out);
+                    }
+                }
+                FeedForward::Experts(m) => {
+                    lin(&m.gate, &mut out);
+                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
+                        out.extend(x.arrays());
+                    }
+                }
+            }
+            out.push(&l.input_norm.weight);
+            out.push(&l.post_attn_norm.weight);
+            if let Some(n) = &l.sandwich {
+                out.extend([&n.post_attn.weight, &n.pre_mlp.weight]);
+            }
+            for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
+                out.push(&n.weight);
+            }
+        }
+        out
+    }
+}
+
+/// Loads and checks a model folder: config, weights, shapes. Weights are read lazily by MLX;
+/// `Model::arrays` lets the caller evaluate them up front.
+pub fn load(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
+    let config = opta_lmx_shared::model_dir::read_config(dir)?;
+    arch_spec(&config)?;
+    let weights = crate::weights::load(dir)?;
+    Ok(Model::from_weights(config, weights.tensors, options)?)
+}
+
+/// Loads a decoder that serves embeddings (Qwen3-Embedding, EmbeddingGemma): its hidden states are what is
+/// used, so it needs no output projection, and its tensors may be saved as the bare
+/// transformer (`layers.0…` rather than `model.layers.0…`, as `Qwen3Model` saves them).
+pub fn load_embedder(dir: &Path, options: LoadOptions) -> anyhow::Result<Model> {
+    let mut config = opta_lmx_shared::model_dir::read_config(dir)?;
+    arch_spec(&config)?;
+    let mut tensors = crate::weights::load(dir)?.tensors;
+    if !tensors.keys().any(|k| k.starts_with("model.")) {
+        tensors = tensors
+            .into_iter()
+            .map(|(k, v)| (format!("model.{k}"), v))
+            .collect();
+    }
+    if !tensors.contains_key("lm_head.weight") {
+        config.tie_word_embeddings = Some(true);
+    }
+    let bidirectional = arch_spec(&config)?.local_layers;
+    let mut model = Model::from_weights(config, tensors, options)?;
+    // EmbeddingGemma attends both ways; Qwen3-Embedding reads causally.
+    if bidirectional {
+        model.make_bidirectional();
+    }
+    Ok(model)
+}

@@ -1,0 +1,187 @@
+//! Mixture-of-experts blocks: stacked experts through `gather_mm`/`gather_qmm` and the two
+//! routers (Qwen3 MoE's softmax, GLM-4.5's grouped sigmoid), plus which layers carry experts.
+
+use mlx_rs::ops::{self, indexing::IndexOp};
+use mlx_rs::{Array, Dtype};
+use opta_lmx_shared::model_dir::ModelConfig;
+
+use super::*;
+
+/// One projection of every expert, stacked: [experts, out, in], dense or affine-quantized.
+pub enum ExpertLinear {
+    Dense {
+        weight: Array,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        group_size: i32,
+        bits: i32,
+    },
+}
+
+impl ExpertLinear {
+    /// `x` through expert `experts[...]` of each row (mlx-lm's `SwitchLinear`).
+    pub(crate) fn forward(&self, x: &Array, experts: &Array, sorted: bool) -> Result<Array> {
+        Ok(match self {
+            ExpertLinear::Dense { weight } => {
+                ops::gather_mm(x, weight.swap_axes(-1, -2)?, None, experts, sorted)?
+            }
+            ExpertLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+            } => ops::gather_qmm(
+                x,
+                weight,
+                scales,
+                biases,
+                None,
+                experts,
+                true,
+                *group_size,
+                *bits,
+                sorted,
+            )?,
+        })
+    }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        match self {
+            ExpertLinear::Dense { weight } => vec![weight],
+            ExpertLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                ..
+            } => vec![weight, scales, biases],
+        }
+    }
+}
+
+/// Qwen3 MoE's sparse block: a softmax router picks `top_k` experts per token, whose SwiGLU
+/// outputs are summed with the router's weights (optionally renormalised over the chosen).
+pub struct MoeBlock {
+    pub(crate) gate: Linear,
+    pub(crate) router: Router,
+    pub(crate) gate_proj: ExpertLinear,
+    pub(crate) up_proj: ExpertLinear,
+    pub(crate) down_proj: ExpertLinear,
+    pub(crate) top_k: i32,
+    pub(crate) norm_topk_prob: bool,
+    /// Experts every token uses, added after the routed ones (GLM-4.5).
+    pub(crate) shared: Option<Mlp>,
+}
+
+/// How a MoE block's router turns its logits into experts and weights.
+pub enum Router {
+    /// Qwen3 MoE: softmax over all experts, the top k (optionally renormalised).
+    Softmax,
+    /// GLM-4.5 (`noaux_tc`): sigmoid scores; the choice adds a per-expert correction bias and
+    /// keeps only the `topk_group` best of `n_group` groups (each scored by its best two), the
+    /// weights are the uncorrected scores of the chosen, renormalised, times `scale`.
+    SigmoidGrouped {
+        correction: Array,
+        n_group: i32,
+        topk_group: i32,
+        scale: f32,
+    },
+}
+
+impl MoeBlock {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        let logits = self.gate.forward(x)?;
+        let experts = *logits.shape().last().unwrap_or(&0);
+        let k = self.top_k;
+        let (chosen, scores) =
+            match &self.router {
+                Router::Softmax => {
+                    let gates = ops::softmax_axis(&logits, -1, true)?;
+                    let chosen = ops::argpartition_axis(&gates, experts - k, -1)?;
+                    let chosen = chosen.index((.., .., (experts - k)..));
+                    let mut scores = gates.take_along_axis(&chosen, -1)?;
+                    if self.norm_topk_prob {
+                        scores = scores.divide(scores.sum_axis(-1, true)?)?;
+                    }
+                    (chosen, scores)
+                }
+                Router::SigmoidGrouped {
+                    correction,
+                    n_group,
+                    topk_group,
+                    scale,
+                } => {
+                    let original = ops::sigmoid(logits.as_dtype(Dtype::Float32)?)?;
+                    let mut scores = original.add(correction)?;
+                    if *n_group > 1 {
+                        let shape = scores.shape().to_vec();
+                        let grouped = scores.reshape(&[shape[0], shape[1], *n_group, -1])?;
+                        let best_two = ops::indexing::topk_axis(&grouped, 2, -1)?;
+                        let group_scores = best_two.sum_axis(-1, true)?;
+                        let dropped = n_group - topk_group;
+                        let worst = ops::argpartition_axis(&group_scores, dropped - 1, -2)?
+                            .index((.., .., ..dropped, ..));
+                        let zero = Array::from_f32(0.0);
+                        scores = ops::indexing::put_along_axis(&grouped, &worst, &zero, -2)?
+                            .reshape(&[shape[0], shape[1], -1])?;
+                    }
+                    let chosen =
+                        ops::argpartition_axis(scores.negative()?, k - 1, -1)?.index((.., .., ..k));
+                    let mut weights = original.take_along_axis(&chosen, -1)?;
+                    if k > 1 && self.norm_topk_prob {
+                        weights = weights.divide(weights.sum_axis(-1, true)?)?;
+                    }
+                    (chosen, weights.multiply(Array::from_f32(*scale))?)
+                }
+            };
+        let y = self.switch_glu(x, &chosen)?;
+        let weighted = y.multiply(scores.expand_dims(-1)?)?;
+        let routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
+        match &self.shared {
+            Some(mlp) => Ok(routed.add(mlp.forward(x)?)?),
+            None => Ok(routed),
+        }
+    }
+
+    /// Every token through its chosen experts: [1, n, k, hidden]. With many (token, expert)
+    /// pairs they are sorted by expert first, so each expert's weights are read in one run.
+    pub(crate) fn switch_glu(&self, x: &Array, chosen: &Array) -> Result<Array> {
+        let shape = chosen.shape().to_vec();
+        let x = x.expand_dims_axes(&[-2, -3])?;
+        let sort = chosen.size() >= 64;
+        let (x, idx, inverse) = if sort {
+            let k = *shape.last().unwrap_or(&1);
+            let flat = chosen.flatten(None, None)?;
+            let order = ops::argsort_axis(&flat, 0)?;
+            let inverse = ops::argsort_axis(&order, 0)?;
+            let rows = order.floor_divide(Array::from_int(k).as_dtype(order.dtype())?)?;
+            let x = x.flatten(0, -3)?.take_axis(&rows, 0)?;
+            (x, flat.take_axis(&order, 0)?, Some(inverse))
+        } else {
+            (x, chosen.clone(), None)
+        };
+        let up = self.up_proj.forward(&x, &idx, sort)?;
+        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let act = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
+        let mut out = self.down_proj.forward(&act, &idx, sort)?;
+        if let Some(inverse) = inverse {
+            let hidden = *out.shape().last().unwrap_or(&1);
+            out = out
+                .take_axis(&inverse, 0)?
+                .reshape(&[shape[0], shape[1], shape[2], 1, hidden])?;
+        }
+        Ok(out.squeeze_axes(&[-2])?)
+    }
+}
+
+/// Whether layer `i` of a MoE model has experts (mlx-lm's rules for Qwen3 MoE and GLM-4.5).
+pub(crate) fn moe_layer(config: &ModelConfig, i: usize) -> bool {
+    let step = config.decoder_sparse_step.unwrap_or(1).max(1);
+    let dense = config.mlp_only_layers.as_deref().unwrap_or(&[]);
+    // GLM-4.5: the first `first_k_dense_replace` layers are dense.
+    let first_sparse = config.first_k_dense_replace.unwrap_or(0);
+    config.experts() > 0 && i >= first_sparse && !dense.contains(&i) && (i + 1).is_multiple_of(step)
+}
