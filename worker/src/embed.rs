@@ -1,9 +1,9 @@
 //! Sentence embeddings as sentence-transformers defines them: a network's last hidden states,
 //! pooled (mean over real tokens, the `[CLS]` token, or the last token, from
 //! `1_Pooling/config.json`) and L2-normalised when `modules.json` lists a `Normalize` module.
-//! The network is a BERT-style encoder (`bert`), whose batch runs as one forward pass padded to
-//! its longest input with an attention mask, or a decoder of our own transformer
-//! (Qwen3-Embedding), which reads each input causally on its own, with no padding.
+//! The network is a BERT-style encoder (`bert`, `xlm_roberta`) or a decoder of our own
+//! transformer (Qwen3-Embedding, causal; EmbeddingGemma, bidirectional); either reads a
+//! request's inputs in one forward pass, padded to the longest.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -266,19 +266,33 @@ impl Encoder {
                 let (hidden, keep) = bert.forward(batch)?;
                 pool(&hidden, &keep, batch, self.pooling)?
             }
-            // One causal pass per input: nothing to pad, so each is pooled whole.
+            // One pass over the batch padded at the end: a causal model's real tokens never see
+            // the padding after them; a bidirectional one's keys mask hides it.
             Network::Decoder(model) => {
-                let mut rows = Vec::with_capacity(batch.len());
-                for ids in batch {
-                    let n = ids.len().max(1) as i32;
-                    let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
-                    let ids = Array::from_slice(&ids, &[1, n]);
-                    let hidden = model.forward_hidden(&ids, &mut model.new_cache())?;
-                    let keep = ops::ones::<f32>(&[1, n])?;
-                    let row = vec![0; n as usize];
-                    rows.push(pool(&hidden, &keep, &[row], self.pooling)?);
+                let b = batch.len() as i32;
+                let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
+                let mut ids = Vec::with_capacity((b * l) as usize);
+                let mut keep = Vec::with_capacity((b * l) as usize);
+                for row in batch {
+                    for j in 0..l as usize {
+                        ids.push(row.get(j).copied().unwrap_or(0) as i32);
+                        keep.push(j < row.len());
+                    }
                 }
-                ops::concatenate(&rows, 0)?
+                let ids = Array::from_slice(&ids, &[b, l]);
+                let keep = Array::from_slice(&keep, &[b, l]);
+                let keys = if model.is_causal() {
+                    None
+                } else {
+                    Some(keep.reshape(&[b, 1, 1, l])?)
+                };
+                let hidden = model.forward_padded(&ids, keys.as_ref())?;
+                pool(
+                    &hidden,
+                    &keep.as_dtype(Dtype::Float32)?,
+                    batch,
+                    self.pooling,
+                )?
             }
         };
         // sentence-transformers' Dense modules come between pooling and Normalize.

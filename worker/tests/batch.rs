@@ -31,15 +31,20 @@ fn run_all(sched: &mut Scheduler, log: &mut Log) {
     }
 }
 
-/// Qwen3 MoE and GLM-4.5 expert layers in the scheduler: prompts long enough that their
-/// (token, expert) pairs are sorted by expert, decoded together one token each, give what they
-/// give alone, as loaded by the server (quantized experts expanded on a CPU).
+/// The newer families in the scheduler, decoded together one token each, give what they give
+/// alone, as loaded by the server (quantized experts expanded on a CPU): Qwen3 MoE and GLM-4.5
+/// expert layers (prompts long enough that their (token, expert) pairs are sorted by expert),
+/// Ministral 3's per-position query scale and sliding layer, Phi-3's LongRoPE, Granite's
+/// multipliers.
 #[test]
-fn expert_layers_batch_like_dense_ones() {
+fn newer_families_batch_as_they_run_alone() {
     for name in [
         "tiny-random-qwen3-moe-4bit",
         "tiny-random-qwen3-moe",
         "tiny-random-glm4-moe",
+        "tiny-random-ministral3",
+        "tiny-random-phi3",
+        "tiny-random-granite",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [

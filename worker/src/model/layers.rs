@@ -145,6 +145,34 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
+    /// A padded batch read whole, without a cache (embedders): `x` is [b, l, hidden], every
+    /// sequence starts at position 0 and is padded at its end. `keys` None: causal (a real
+    /// token never sees the padding after it); `keys` Some: bidirectional, padding keys
+    /// hidden by that mask ([b, 1, 1, l], true for real tokens).
+    pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let split = |y: Array, n: i32| -> Result<Array> { Ok(y.reshape(&[b, l, n, -1])?) };
+        let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k)?;
+        }
+        let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
+        let q = self.rope.forward(&heads(&q)?, 0)?;
+        let k = self.rope.forward(&heads(&k)?, 0)?;
+        let mask = match keys {
+            Some(m) => Some(ScaledDotProductAttentionMask::Array(m)),
+            None => (l > 1).then_some(ScaledDotProductAttentionMask::Causal),
+        };
+        let out = fast::scaled_dot_product_attention(&q, &k, &heads(&v)?, self.scale, mask, None)?;
+        self.o_proj
+            .forward(&out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+    }
+
     /// Attention of one sequence's new tokens (`q`, `k`, `v`: [1, l, heads, head_dim]) over
     /// its cached history; returns [1, l, heads * head_dim].
     pub(crate) fn attend(
@@ -267,6 +295,19 @@ pub struct Block {
 impl Block {
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
         let r = self.attn.forward(&self.input_norm.forward(x)?, caches)?;
+        self.finish(x, r)
+    }
+
+    /// The block over a padded batch without caches (see `Attention::forward_padded`).
+    pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
+        let r = self
+            .attn
+            .forward_padded(&self.input_norm.forward(x)?, keys)?;
+        self.finish(x, r)
+    }
+
+    /// Everything after attention: residuals, norms and the feed-forward part.
+    fn finish(&self, x: &Array, r: Array) -> Result<Array> {
         let scaled = |r: Array| -> Result<Array> {
             match self.residual_scale {
                 Some(m) => Ok(r.multiply(Array::from_f32(m).as_dtype(r.dtype())?)?),

@@ -324,6 +324,26 @@ impl Model {
         }
     }
 
+    /// Whether every token attends only to those before it (all generation models; not
+    /// bidirectional embedders).
+    pub fn is_causal(&self) -> bool {
+        self.layers.first().is_none_or(|l| l.attn.causal)
+    }
+
+    /// Final hidden states ([b, l, hidden]) of a batch of sequences padded at their ends
+    /// (`ids` [b, l]), read whole without caches, for embedders. `keys` ([b, 1, 1, l], true for
+    /// real tokens) hides the padding from a bidirectional model; a causal one needs none.
+    pub fn forward_padded(&self, ids: &Array, keys: Option<&Array>) -> Result<Array> {
+        let mut h = self.embed.lookup(ids)?;
+        if let Some(scale) = self.embed_scale {
+            h = h.multiply(Array::from_f32(scale).as_dtype(h.dtype())?)?;
+        }
+        for layer in &self.layers {
+            h = layer.forward_padded(&h, keys)?;
+        }
+        self.norm.forward(&h)
+    }
+
     /// Fresh per-layer caches for one sequence.
     pub fn new_cache(&self) -> Vec<KvCache> {
         self.layers
