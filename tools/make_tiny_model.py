@@ -10,8 +10,8 @@ quantization, never for quality.
   make_tiny_model.py <real-model-dir> <out-dir> [--seed N]
 
 writes <out-dir>/tiny-random-{llama,qwen2,qwen3,gemma3} (float32) and quantized llama variants
-tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mixed} (the last one with per-module
-overrides in config.json, as mlx-lm writes them).
+tiny-random-llama-{2bit-g32,3bit-g64,6bit-g128,8bit-g64,mxfp4,mxfp8,nvfp4,mixed} (the last
+one with per-module overrides in config.json, as mlx-lm writes them).
 
 tiny-random-qwen3-moe is a Qwen3 MoE (8 experts, 2 per token, layer 0 sparse and layer 1 a
 dense MLP) in mlx-lm's stacked `switch_mlp` layout; tiny-random-qwen3-moe-4bit is it quantized
@@ -221,8 +221,10 @@ def quantize(weights: dict[str, mx.array], default: dict, overrides: dict) -> di
         module = name[: -len(".weight")]
         q = overrides.get(module, default)
         if name.endswith(".weight") and w.ndim in (2, 3) and "norm" not in name and q and w.shape[-1] % q["group_size"] == 0:
-            wq, scales, biases = mx.quantize(w, group_size=q["group_size"], bits=q["bits"])
-            out[f"{module}.weight"], out[f"{module}.scales"], out[f"{module}.biases"] = wq, scales, biases
+            parts = mx.quantize(w, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"))
+            # Affine gives (weight, scales, biases); the floating-point modes no biases.
+            for suffix, part in zip(("weight", "scales", "biases"), parts):
+                out[f"{module}.{suffix}"] = part
         else:
             out[name] = w
     return out
@@ -467,6 +469,10 @@ def main() -> None:
         "3bit-g64": ({"group_size": 64, "bits": 3}, {}),
         "6bit-g128": ({"group_size": 128, "bits": 6}, {}),
         "8bit-g64": ({"group_size": 64, "bits": 8}, {}),
+        # mlx-lm's floating-point modes (MLX 0.29+): one byte-sized scale per group, no biases.
+        "mxfp4": ({"group_size": 32, "bits": 4, "mode": "mxfp4"}, {}),
+        "mxfp8": ({"group_size": 32, "bits": 8, "mode": "mxfp8"}, {}),
+        "nvfp4": ({"group_size": 16, "bits": 4, "mode": "nvfp4"}, {}),
         "mixed": (
             {"group_size": 64, "bits": 4},
             {
@@ -478,7 +484,7 @@ def main() -> None:
     }
     for name, (default, overrides) in variants.items():
         config = base_config(src, "llama")
-        q = {**default, "mode": "affine", **overrides}
+        q = {"mode": "affine", **default, **overrides}
         config["quantization"] = q
         config["quantization_config"] = dict(q)
         write(args.out / f"tiny-random-llama-{name}", args.source, config, quantize(llama, default, overrides))

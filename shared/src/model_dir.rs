@@ -31,6 +31,47 @@ pub enum ModelDirError {
 pub struct Quantization {
     pub group_size: u32,
     pub bits: u32,
+    pub mode: QuantMode,
+}
+
+/// MLX's quantization modes: affine (scales and biases per group), and the floating-point
+/// microscaling formats mlx-lm also writes (one byte-sized scale per group, no biases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantMode {
+    #[default]
+    Affine,
+    /// FP4 (e2m1) values, e8m0 scales per 32.
+    Mxfp4,
+    /// FP8 (e4m3) values, e8m0 scales per 32.
+    Mxfp8,
+    /// FP4 values, e4m3 scales per 16.
+    Nvfp4,
+}
+
+impl QuantMode {
+    fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "affine" => Ok(QuantMode::Affine),
+            "mxfp4" => Ok(QuantMode::Mxfp4),
+            "mxfp8" => Ok(QuantMode::Mxfp8),
+            "nvfp4" => Ok(QuantMode::Nvfp4),
+            other => Err(format!(
+                "quantization mode {other:?} is not supported (affine, mxfp4, mxfp8 or nvfp4)"
+            )),
+        }
+    }
+
+    /// The (bits, group size) pairs the mode allows.
+    fn allows(self, bits: u64, group_size: u64) -> bool {
+        match self {
+            QuantMode::Affine => {
+                [2, 3, 4, 5, 6, 8].contains(&bits) && [32, 64, 128].contains(&group_size)
+            }
+            QuantMode::Mxfp4 => (bits, group_size) == (4, 32),
+            QuantMode::Mxfp8 => (bits, group_size) == (8, 32),
+            QuantMode::Nvfp4 => (bits, group_size) == (4, 16),
+        }
+    }
 }
 
 /// The `quantization` block of `config.json`: a default plus per-module overrides
@@ -355,21 +396,17 @@ fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {
     let obj = value
         .as_object()
         .ok_or("\"quantization\" must be an object")?;
-    if let Some(mode) = obj.get("mode").and_then(Value::as_str) {
-        if mode != "affine" {
-            return Err(format!(
-                "quantization mode {mode:?} is not supported (only \"affine\")"
-            ));
-        }
-    }
+    let mode = |v: &Value| v.get("mode").and_then(Value::as_str).map(QuantMode::parse);
+    let default_mode = mode(value).transpose()?.unwrap_or_default();
     let mut out = QuantizationConfig {
-        default: parse_one(value)?,
+        default: parse_one(value, default_mode)?,
         overrides: BTreeMap::new(),
     };
     for (key, v) in obj {
         match v {
             Value::Object(_) => {
-                out.overrides.insert(key.clone(), parse_one(v)?);
+                let m = mode(v).transpose()?.unwrap_or(default_mode);
+                out.overrides.insert(key.clone(), parse_one(v, m)?);
             }
             Value::Bool(false) => {
                 out.overrides.insert(key.clone(), None);
@@ -380,21 +417,22 @@ fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {
     Ok(out)
 }
 
-fn parse_one(v: &Value) -> Result<Option<Quantization>, String> {
+fn parse_one(v: &Value, mode: QuantMode) -> Result<Option<Quantization>, String> {
     let bits = v.get("bits").and_then(Value::as_u64);
     let group = v.get("group_size").and_then(Value::as_u64);
     match (bits, group) {
         (None, None) => Ok(None),
         (Some(bits), Some(group_size)) => {
-            if ![2, 3, 4, 5, 6, 8].contains(&bits) {
-                return Err(format!("unsupported quantization bits {bits}"));
-            }
-            if ![32, 64, 128].contains(&group_size) {
-                return Err(format!("unsupported quantization group_size {group_size}"));
+            if !mode.allows(bits, group_size) {
+                return Err(format!(
+                    "unsupported quantization: {bits} bits, group_size {group_size} in mode \
+                     {mode:?}"
+                ));
             }
             Ok(Some(Quantization {
                 group_size: group_size as u32,
                 bits: bits as u32,
+                mode,
             }))
         }
         _ => Err("quantization needs both \"bits\" and \"group_size\"".into()),
@@ -663,13 +701,15 @@ mod tests {
         let four = Quantization {
             group_size: 64,
             bits: 4,
+            mode: QuantMode::Affine,
         };
         assert_eq!(q.for_module("model.layers.0.mlp.up_proj"), Some(four));
         assert_eq!(
             q.for_module("model.embed_tokens"),
             Some(Quantization {
                 group_size: 32,
-                bits: 8
+                bits: 8,
+                mode: QuantMode::Affine,
             })
         );
         assert_eq!(q.for_module("lm_head"), None);
@@ -677,9 +717,14 @@ mod tests {
 
     #[test]
     fn quantization_rejects_unknown_modes_and_sizes() {
+        // Each floating-point mode has one layout.
         assert!(
             parse_quantization(&json!({"group_size": 64, "bits": 4, "mode": "mxfp4"})).is_err()
         );
+        let q = parse_quantization(&json!({"group_size": 32, "bits": 4, "mode": "mxfp4"}));
+        assert_eq!(q.unwrap().default.map(|q| q.mode), Some(QuantMode::Mxfp4));
+        assert!(parse_quantization(&json!({"group_size": 16, "bits": 4, "mode": "nvfp4"})).is_ok());
+        assert!(parse_quantization(&json!({"group_size": 32, "bits": 4, "mode": "q4k"})).is_err());
         assert!(parse_quantization(&json!({"group_size": 48, "bits": 4})).is_err());
         assert!(parse_quantization(&json!({"group_size": 64, "bits": 7})).is_err());
         assert!(parse_quantization(&json!({"bits": 4})).is_err());

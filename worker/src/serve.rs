@@ -32,7 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
-use opta_lmx_shared::model_dir::QuantizationConfig;
+use opta_lmx_shared::model_dir::{QuantMode, QuantizationConfig};
 use opta_lmx_shared::protocol::{
     read_frame_blocking, write_frame_blocking, EmbedInput, EmbedRequest, ErrorKind, FinishReason,
     FromWorker, GenerateRequest, ModelFacts, ProtocolError, Timings, ToWorker, Usage, WorkerStats,
@@ -378,8 +378,14 @@ pub fn model_facts(engine: &Engine) -> ModelFacts {
 pub fn quantization_label(q: &QuantizationConfig) -> String {
     let mixed = q.overrides.values().any(|over| *over != q.default);
     match (q.default, mixed) {
-        (Some(d), false) => format!("{}-bit g{}", d.bits, d.group_size),
-        (Some(d), true) => format!("{}-bit g{} (mixed)", d.bits, d.group_size),
+        (Some(d), mixed) => {
+            let mode = match d.mode {
+                QuantMode::Affine => String::new(),
+                m => format!(" {}", format!("{m:?}").to_lowercase()),
+            };
+            let mixed = if mixed { " (mixed)" } else { "" };
+            format!("{}-bit g{}{mode}{mixed}", d.bits, d.group_size)
+        }
         (None, true) => "mixed".to_string(),
         (None, false) => "none".to_string(),
     }
@@ -639,6 +645,7 @@ mod tests {
         let q4 = Some(Quantization {
             group_size: 64,
             bits: 4,
+            mode: opta_lmx_shared::model_dir::QuantMode::Affine,
         });
         let mut q = QuantizationConfig::default();
         assert_eq!(quantization_label(&q), "none");

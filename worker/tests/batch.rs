@@ -35,7 +35,7 @@ fn run_all(sched: &mut Scheduler, log: &mut Log) {
 /// alone, as loaded by the server (quantized experts expanded on a CPU): Qwen3 MoE and GLM-4.5
 /// expert layers (prompts long enough that their (token, expert) pairs are sorted by expert),
 /// Ministral 3's per-position query scale and sliding layer, Phi-3's LongRoPE, Granite's
-/// multipliers.
+/// multipliers, and MXFP4/NVFP4 weights (expanded at load through the mode-aware dequantize).
 #[test]
 fn newer_families_batch_as_they_run_alone() {
     for name in [
@@ -45,6 +45,8 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-ministral3",
         "tiny-random-phi3",
         "tiny-random-granite",
+        "tiny-random-llama-mxfp4",
+        "tiny-random-llama-nvfp4",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [

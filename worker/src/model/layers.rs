@@ -5,9 +5,12 @@ use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::ops::{self, indexing::IndexOp};
 use mlx_rs::{Array, Dtype};
 
+use opta_lmx_shared::model_dir::QuantMode;
+
 use super::*;
 
-/// A linear layer, dense or MLX affine-quantized.
+/// A linear layer, dense or MLX-quantized (affine with per-group biases, or a floating-point
+/// mode without them).
 pub enum Linear {
     Dense {
         weight: Array,
@@ -16,10 +19,11 @@ pub enum Linear {
     Quantized {
         weight: Array,
         scales: Array,
-        biases: Array,
+        biases: Option<Array>,
         bias: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -39,8 +43,10 @@ impl Linear {
                 bias,
                 group_size,
                 bits,
+                mode,
             } => {
-                let y = ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?;
+                let (g, b) = (*group_size, *bits);
+                let y = quant::quantized_matmul(x, weight, scales, biases.as_ref(), g, b, *mode)?;
                 match bias {
                     Some(b) => y.add(b)?,
                     None => y,
@@ -65,14 +71,20 @@ impl Embedding {
                 biases,
                 group_size,
                 bits,
+                mode,
                 ..
-            } => ops::dequantize(
-                weight.take_axis(ids, 0)?,
-                scales.take_axis(ids, 0)?,
-                &biases.take_axis(ids, 0)?,
-                *group_size,
-                *bits,
-            )?,
+            } => {
+                let biases = biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?;
+                quant::dequantize(
+                    &weight.take_axis(ids, 0)?,
+                    &scales.take_axis(ids, 0)?,
+                    biases.as_ref(),
+                    *group_size,
+                    *bits,
+                    *mode,
+                    false,
+                )?
+            }
         })
     }
 
@@ -263,7 +275,7 @@ pub(crate) fn gelu_approx(x: &Array) -> Result<Array> {
 /// A block's feed-forward part: one MLP, or a mixture of experts.
 pub enum FeedForward {
     Dense(Mlp),
-    Experts(MoeBlock),
+    Experts(Box<MoeBlock>),
 }
 
 impl FeedForward {

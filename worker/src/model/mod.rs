@@ -95,6 +95,7 @@ impl LoadOptions {
 mod arch;
 mod layers;
 mod moe;
+mod quant;
 mod rope;
 mod source;
 
@@ -245,7 +246,7 @@ impl Model {
                 query_scale,
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
-                FeedForward::Experts(w.moe(&format!("{p}.mlp"), &config)?)
+                FeedForward::Experts(Box::new(w.moe(&format!("{p}.mlp"), &config)?))
             } else {
                 let b = spec.mlp_bias;
                 FeedForward::Dense(Mlp {
@@ -425,7 +426,8 @@ impl Model {
                     bias,
                     ..
                 } => {
-                    out.extend([weight, scales, biases]);
+                    out.extend([weight, scales]);
+                    out.extend(biases);
                     out.extend(bias);
                 }
             }

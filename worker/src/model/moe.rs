@@ -5,6 +5,8 @@ use mlx_rs::ops::{self, indexing::IndexOp};
 use mlx_rs::{Array, Dtype};
 use opta_lmx_shared::model_dir::ModelConfig;
 
+use opta_lmx_shared::model_dir::QuantMode;
+
 use super::*;
 
 /// One projection of every expert, stacked: [experts, out, in], dense or affine-quantized.
@@ -15,9 +17,10 @@ pub enum ExpertLinear {
     Quantized {
         weight: Array,
         scales: Array,
-        biases: Array,
+        biases: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -34,16 +37,16 @@ impl ExpertLinear {
                 biases,
                 group_size,
                 bits,
-            } => ops::gather_qmm(
+                mode,
+            } => quant::gather_qmm(
                 x,
                 weight,
                 scales,
-                biases,
-                None,
+                biases.as_ref(),
                 experts,
-                true,
                 *group_size,
                 *bits,
+                *mode,
                 sorted,
             )?,
         })
@@ -57,7 +60,7 @@ impl ExpertLinear {
                 scales,
                 biases,
                 ..
-            } => vec![weight, scales, biases],
+            } => [weight, scales].into_iter().chain(biases).collect(),
         }
     }
 }

@@ -5,6 +5,8 @@ use mlx_rs::ops::{self, indexing::IndexOp};
 use mlx_rs::{Array, Dtype};
 use opta_lmx_shared::model_dir::{ModelConfig, Quantization};
 
+use opta_lmx_shared::model_dir::QuantMode;
+
 use super::*;
 
 /// Hands out named tensors with shape checks, so a bad folder fails naming the tensor.
@@ -145,6 +147,7 @@ impl TensorSource<'_> {
                     biases,
                     group_size,
                     bits,
+                    mode,
                     ..
                 } => Ok(ExpertLinear::Quantized {
                     weight,
@@ -152,6 +155,7 @@ impl TensorSource<'_> {
                     biases,
                     group_size,
                     bits,
+                    mode,
                 }),
             }
         };
@@ -198,7 +202,11 @@ impl TensorSource<'_> {
         let quant = self.config.quantization.for_module(module);
         let scales_name = format!("{module}.scales");
         match quant {
-            Some(Quantization { group_size, bits }) if self.tensors.contains_key(&scales_name) => {
+            Some(Quantization {
+                group_size,
+                bits,
+                mode,
+            }) if self.tensors.contains_key(&scales_name) => {
                 let (g, b) = (group_size as i32, bits as i32);
                 let packed = shape(&[out, inp * b / 32]);
                 let weight = self.take_shaped(&format!("{module}.weight"), &packed)?;
@@ -214,14 +222,22 @@ impl TensorSource<'_> {
                 }
                 let groups = shape(&[out, inp / g]);
                 let mut scales = self.take_shaped(&scales_name, &groups)?;
-                let mut biases = self.take_shaped(&format!("{module}.biases"), &groups)?;
-                if self.options.float32_quant_params || self.dequantize {
+                // Affine groups have biases; the floating-point modes' byte-sized scales stand
+                // alone and are never converted.
+                let affine = mode == QuantMode::Affine;
+                let mut biases = if affine {
+                    Some(self.take_shaped(&format!("{module}.biases"), &groups)?)
+                } else {
+                    None
+                };
+                if affine && (self.options.float32_quant_params || self.dequantize) {
                     scales = scales.as_dtype(Dtype::Float32)?;
-                    biases = biases.as_dtype(Dtype::Float32)?;
+                    biases = biases.map(|b| b.as_dtype(Dtype::Float32)).transpose()?;
                 }
                 if self.dequantize {
-                    // float32 scales make the expanded weights float32 too.
-                    let weight = ops::dequantize(&weight, &scales, &biases, g, b)?;
+                    // float32 scales make affine weights float32 too; the other modes ask.
+                    let weight =
+                        quant::dequantize(&weight, &scales, biases.as_ref(), g, b, mode, !affine)?;
                     return Ok(Linear::Dense { weight, bias });
                 }
                 Ok(Linear::Quantized {
@@ -231,6 +247,7 @@ impl TensorSource<'_> {
                     bias,
                     group_size: g,
                     bits: b,
+                    mode,
                 })
             }
             _ => Ok(Linear::Dense {
