@@ -269,18 +269,8 @@ impl Encoder {
             // One pass over the batch padded at the end: a causal model's real tokens never see
             // the padding after them; a bidirectional one's keys mask hides it.
             Network::Decoder(model) => {
-                let b = batch.len() as i32;
-                let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
-                let mut ids = Vec::with_capacity((b * l) as usize);
-                let mut keep = Vec::with_capacity((b * l) as usize);
-                for row in batch {
-                    for j in 0..l as usize {
-                        ids.push(row.get(j).copied().unwrap_or(0) as i32);
-                        keep.push(j < row.len());
-                    }
-                }
-                let ids = Array::from_slice(&ids, &[b, l]);
-                let keep = Array::from_slice(&keep, &[b, l]);
+                let (ids, keep) = padded(batch, 0);
+                let (b, l) = (ids.shape()[0], ids.shape()[1]);
                 let keys = if model.is_causal() {
                     None
                 } else {
@@ -312,6 +302,25 @@ impl Encoder {
         )?;
         Ok(pooled.divide(&norm)?.as_dtype(Dtype::Float32)?)
     }
+}
+
+/// The inputs padded at their ends with `pad` to the longest: ids [b, l] (int32) and which
+/// positions are real tokens [b, l] (bool).
+fn padded(batch: &[Vec<u32>], pad: u32) -> (Array, Array) {
+    let b = batch.len() as i32;
+    let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
+    let mut ids = Vec::with_capacity((b * l) as usize);
+    let mut keep = Vec::with_capacity((b * l) as usize);
+    for row in batch {
+        for j in 0..l as usize {
+            ids.push(row.get(j).copied().unwrap_or(pad) as i32);
+            keep.push(j < row.len());
+        }
+    }
+    (
+        Array::from_slice(&ids, &[b, l]),
+        Array::from_slice(&keep, &[b, l]),
+    )
 }
 
 /// `hidden` ([b, l, dims]) pooled per row into [b, dims]; `keep` ([b, l]) marks real tokens,
@@ -419,18 +428,9 @@ impl Bert {
     /// The last hidden states ([b, l, dims]) of inputs padded to the longest, and which
     /// positions are real tokens ([b, l]).
     fn forward(&self, batch: &[Vec<u32>]) -> Result<(Array, Array)> {
-        let b = batch.len() as i32;
-        let l = batch.iter().map(Vec::len).max().unwrap_or(1).max(1) as i32;
-        let mut ids = Vec::with_capacity((b * l) as usize);
-        let mut keep = Vec::with_capacity((b * l) as usize);
-        for row in batch {
-            for j in 0..l as usize {
-                ids.push(row.get(j).copied().unwrap_or(self.pad_id) as i32);
-                keep.push(if j < row.len() { 1.0f32 } else { 0.0 });
-            }
-        }
-        let ids = Array::from_slice(&ids, &[b, l]);
-        let keep = Array::from_slice(&keep, &[b, l]);
+        let (ids, keep) = padded(batch, self.pad_id);
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        let keep = keep.as_dtype(Dtype::Float32)?;
         let positions = self
             .position
             .index(self.first_position..self.first_position + l);

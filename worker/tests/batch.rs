@@ -58,21 +58,33 @@ fn newer_families_batch_as_they_run_alone() {
         .map(|t| prompt(&engine, &user(t)))
         .collect();
         let mut sched = Scheduler::new(&engine, config(8, 0));
-        let mut log = Log::default();
-        for (i, p) in prompts.iter().enumerate() {
-            sched
-                .add(i as u64, p.clone(), greedy(12), Instant::now())
-                .unwrap();
-        }
-        run_all(&mut sched, &mut log);
-        for (i, p) in prompts.iter().enumerate() {
-            assert_eq!(
-                log.ids[&(i as u64)],
-                alone(&engine, p, &greedy(12)),
-                "{name}: {i}"
-            );
-        }
+        batched_as_alone(&engine, &mut sched, &prompts, name);
     }
+}
+
+/// Runs `prompts` together (12 greedy tokens each, ids 0..) and checks each against itself
+/// alone; returns the log.
+fn batched_as_alone(
+    engine: &Engine,
+    sched: &mut Scheduler,
+    prompts: &[Vec<u32>],
+    what: &str,
+) -> Log {
+    let mut log = Log::default();
+    for (i, p) in prompts.iter().enumerate() {
+        sched
+            .add(i as u64, p.clone(), greedy(12), Instant::now())
+            .unwrap();
+    }
+    run_all(sched, &mut log);
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(
+            log.ids[&(i as u64)],
+            alone(engine, p, &greedy(12)),
+            "{what}: prompt {i}"
+        );
+    }
+    log
 }
 
 /// Gemma 3's sliding-window layers (window 8 in the tiny model) in the scheduler: prompts
@@ -91,20 +103,7 @@ fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
     let prompts: Vec<Vec<u32>> = turns.iter().map(|t| prompt(&engine, t)).collect();
     assert!(prompts[2].len() > 600, "{} tokens", prompts[2].len());
     let mut sched = Scheduler::new(&engine, config(8, 256));
-    let mut log = Log::default();
-    for (i, p) in prompts.iter().enumerate() {
-        sched
-            .add(i as u64, p.clone(), greedy(12), Instant::now())
-            .unwrap();
-    }
-    run_all(&mut sched, &mut log);
-    for (i, p) in prompts.iter().enumerate() {
-        assert_eq!(
-            log.ids[&(i as u64)],
-            alone(&engine, p, &greedy(12)),
-            "prompt {i}"
-        );
-    }
+    let mut log = batched_as_alone(&engine, &mut sched, &prompts, "tiny-random-gemma3");
     for (i, turn) in turns.iter().enumerate() {
         let answer = engine.tokenizer.decode(&log.ids[&(i as u64)]).unwrap();
         let mut next = turn.as_array().unwrap().clone();

@@ -130,18 +130,7 @@ impl Attention {
     /// rows (where batching pays); RoPE, the cache and attention run per sequence, so each
     /// keeps its own length and no padding or mask is needed.
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
-        let l = x.shape()[1];
-        let split = |y: Array, n: i32| y.reshape(&[1, l, n, -1]);
-        let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
-        let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        // Qwen3 normalises each head before attention.
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(&q)?;
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(&k)?;
-        }
+        let (q, k, v) = self.project(x)?;
         let out = match caches {
             [cache] => self.attend(&q, &k, &v, cache)?,
             _ => {
@@ -157,11 +146,9 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
-    /// A padded batch read whole, without a cache (embedders): `x` is [b, l, hidden], every
-    /// sequence starts at position 0 and is padded at its end. `keys` None: causal (a real
-    /// token never sees the padding after it); `keys` Some: bidirectional, padding keys
-    /// hidden by that mask ([b, 1, 1, l], true for real tokens).
-    pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
+    /// Queries, keys and values of `x` ([b, l, hidden]) as [b, l, heads, head_dim], with the
+    /// per-head norms of the families that have them (Qwen3, Gemma 3).
+    fn project(&self, x: &Array) -> Result<(Array, Array, Array)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let split = |y: Array, n: i32| -> Result<Array> { Ok(y.reshape(&[b, l, n, -1])?) };
         let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
@@ -173,6 +160,16 @@ impl Attention {
         if let Some(norm) = &self.k_norm {
             k = norm.forward(&k)?;
         }
+        Ok((q, k, v))
+    }
+
+    /// A padded batch read whole, without a cache (embedders): `x` is [b, l, hidden], every
+    /// sequence starts at position 0 and is padded at its end. `keys` None: causal (a real
+    /// token never sees the padding after it); `keys` Some: bidirectional, padding keys
+    /// hidden by that mask ([b, 1, 1, l], true for real tokens).
+    pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let (q, k, v) = self.project(x)?;
         let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let q = self.rope.forward(&heads(&q)?, 0)?;
         let k = self.rope.forward(&heads(&k)?, 0)?;
