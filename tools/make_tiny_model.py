@@ -43,6 +43,16 @@ it quantized, and tiny-random-gemma3-vlm the same language model inside Gemma 3'
 vision-language wrapper (`model_type: gemma3`, `text_config`, `language_model.*` tensors, and a
 stand-in vision tower that must be left unloaded).
 
+tiny-random-gpt-oss is gpt-oss's layout as mlx-lm stores it: attention with biases and
+per-head sinks, alternating sliding-window (8) and full layers, YaRN (original context 16),
+and every layer a MoE of 8 experts (2 per token) with biased router and experts and the
+clamped SwiGLU, its weights large enough that the clamp at 7 acts. tiny-random-gpt-oss-mxfp4
+is it with MXFP4 experts and 8-bit affine elsewhere (as mlx-community's MXFP4-Q8 conversions
+are), tiny-random-gpt-oss-openai the same experts in OpenAI's own checkpoint layout
+(`gate_up_proj_blocks` with gate and up rows interleaved, `_scales`, `_bias`;
+`quantization_config.quant_method: mxfp4`). Their tokenizer adds the harmony format's special
+tokens to SmolLM2's, with a harmony chat template written here.
+
 tiny-random-qwen3 gets a chat template in the manner of Qwen3's thinking models (written here,
 not copied): tools in a system block with Hermes `<tool_call>` syntax, tool results as
 `<tool_response>`, and an assistant turn that opens `<think>` unless `enable_thinking` is false.
@@ -275,6 +285,167 @@ To call one, write a JSON object with its name and arguments inside <tool_call><
 {%- endif %}"""
 
 
+HARMONY_TOKENS = ["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>"]
+
+# The harmony format as gpt-oss reads it (written here, not copied): a system message with the
+# reasoning effort and the channels, a developer message with the instructions and the tools,
+# earlier calls and their results in the commentary channel, answers in the final channel.
+HARMONY_TEMPLATE = """\
+{%- set ns = namespace(instructions='', last_tool='') %}
+{%- for m in messages %}{% if m.role == 'system' or m.role == 'developer' %}{% set ns.instructions = m.content %}{% endif %}{% endfor %}
+{%- set effort = reasoning_effort if reasoning_effort is defined and reasoning_effort else 'medium' -%}
+<|start|>system<|message|>You are a helpful assistant.
+Reasoning: {{ effort }}
+
+# Valid channels: analysis, commentary, final. Channel must be included for every message.
+{%- if tools %}
+Calls to these tools must go to the commentary channel: 'functions'.
+{%- endif %}<|end|>
+{%- if ns.instructions or tools %}<|start|>developer<|message|>
+{%- if ns.instructions %}# Instructions
+
+{{ ns.instructions }}
+{%- endif %}
+{%- if tools %}
+
+# Tools
+
+## functions
+
+namespace functions {
+{% for tool in tools %}{% set f = tool.function if tool.function is defined else tool %}
+// {{ f.description or '' }}
+type {{ f.name }} = (_: {{ f.parameters | tojson }}) => any;
+{% endfor %}
+} // namespace functions
+{%- endif %}<|end|>
+{%- endif %}
+{%- for m in messages %}
+{%- if m.role == 'user' %}<|start|>user<|message|>{{ m.content }}<|end|>
+{%- elif m.role == 'assistant' and m.tool_calls %}
+{%- for call in m.tool_calls %}{% set ns.last_tool = call.function.name %}<|start|>assistant to=functions.{{ call.function.name }}<|channel|>commentary json<|message|>
+{%- if call.function.arguments is string %}{{ call.function.arguments }}{% else %}{{ call.function.arguments | tojson }}{% endif %}<|call|>
+{%- endfor %}
+{%- elif m.role == 'assistant' %}<|start|>assistant<|channel|>final<|message|>{{ m.content }}<|end|>
+{%- elif m.role == 'tool' %}<|start|>functions.{{ m.name if m.name is defined and m.name else ns.last_tool }} to=assistant<|channel|>commentary<|message|>{{ m.content }}<|end|>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|start|>assistant{% endif %}"""
+
+
+def harmony_tokenizer(out: Path, vocab: int) -> list[int]:
+    """Adds the harmony tokens (ids from `vocab` on) and the template; returns their ids."""
+    tok_path = out / "tokenizer.json"
+    tok = json.loads(tok_path.read_text())
+    ids = list(range(vocab, vocab + len(HARMONY_TOKENS)))
+    for i, t in zip(ids, HARMONY_TOKENS):
+        tok["added_tokens"].append(
+            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        )
+    tok_path.write_text(json.dumps(tok, ensure_ascii=False) + "\n")
+    tc_path = out / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    tc["chat_template"] = HARMONY_TEMPLATE
+    tc["eos_token"] = "<|return|>"
+    decoder = tc.setdefault("added_tokens_decoder", {})
+    for i, t in zip(ids, HARMONY_TOKENS):
+        decoder[str(i)] = {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
+    gen_path = out / "generation_config.json"
+    gen = json.loads(gen_path.read_text())
+    gen["eos_token_id"] = [ids[4], ids[5]]
+    gen_path.write_text(json.dumps(gen, indent=2) + "\n")
+    return ids
+
+
+def gpt_oss(src: dict, out: Path, source: Path) -> None:
+    """tiny-random-gpt-oss and its MXFP4 variants (see the module docstring)."""
+    vocab = src["vocab_size"] + len(HARMONY_TOKENS)
+    e, inter = 8, 64
+    config = {
+        "architectures": ["GptOssForCausalLM"],
+        "model_type": "gpt_oss",
+        "hidden_size": HIDDEN,
+        "intermediate_size": inter,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 150000,
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "original_max_position_embeddings": 16, "truncate": False},
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "num_local_experts": e,
+        "num_experts_per_tok": 2,
+        "experts_per_token": 2,
+        "swiglu_limit": 7.0,
+        "attention_bias": True,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 2048,
+        "torch_dtype": "float32",
+        "eos_token_id": [vocab - 3, vocab - 2],
+        "pad_token_id": src["pad_token_id"],
+    }
+    rnd = mx.random.normal
+    w = {"model.embed_tokens.weight": rnd((vocab, HIDDEN)) * 0.5, "lm_head.weight": rnd((vocab, HIDDEN)) * 0.5,
+         "model.norm.weight": 1.0 + rnd((HIDDEN,)) * 0.1}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        for name, rows in (("q_proj", HEADS * HEAD_DIM), ("k_proj", KV_HEADS * HEAD_DIM), ("v_proj", KV_HEADS * HEAD_DIM), ("o_proj", HIDDEN)):
+            w[f"{p}.self_attn.{name}.weight"] = rnd((rows, HIDDEN)) * 0.1
+            w[f"{p}.self_attn.{name}.bias"] = rnd((rows,)) * 0.1
+        # Sinks large enough to take a visible share of each softmax.
+        w[f"{p}.self_attn.sinks"] = rnd((HEADS,)) * 2.0
+        w[f"{p}.mlp.router.weight"] = rnd((e, HIDDEN)) * 0.5
+        w[f"{p}.mlp.router.bias"] = rnd((e,)) * 0.5
+        # Gate and up pre-activations of about 8: the clamp at 7 acts on many of them.
+        for name in ("gate_proj", "up_proj"):
+            w[f"{p}.mlp.experts.{name}.weight"] = rnd((e, inter, HIDDEN)) * 0.7
+            w[f"{p}.mlp.experts.{name}.bias"] = rnd((e, inter)) * 0.5
+        w[f"{p}.mlp.experts.down_proj.weight"] = rnd((e, HIDDEN, inter)) * 0.01
+        w[f"{p}.mlp.experts.down_proj.bias"] = rnd((e, HIDDEN)) * 0.1
+        w[f"{p}.input_layernorm.weight"] = 1.0 + rnd((HIDDEN,)) * 0.1
+        w[f"{p}.post_attention_layernorm.weight"] = 1.0 + rnd((HIDDEN,)) * 0.1
+    for name, cfg, weights in variants_of_gpt_oss(config, w):
+        write(out / name, source, cfg, weights)
+        harmony_tokenizer(out / name, src["vocab_size"])
+
+
+def variants_of_gpt_oss(config: dict, w: dict[str, mx.array]):
+    yield "tiny-random-gpt-oss", config, w
+    fp4 = {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+    experts = {f"model.layers.{i}.mlp.experts.{n}": fp4 for i in range(LAYERS) for n in ("gate_proj", "up_proj", "down_proj")}
+    q8 = {"group_size": 64, "bits": 8, "mode": "affine"}
+    q = {**q8, **experts}
+    yield "tiny-random-gpt-oss-mxfp4", {**config, "quantization": q, "quantization_config": q}, quantize(w, q8, experts)
+    # OpenAI's layout: MXFP4 experts only, as bytes in blocks of 16, gate and up interleaved.
+    only = quantize({k: v for k, v in w.items() if ".experts." in k}, None, experts)
+    raw = {k: v for k, v in w.items() if ".experts." not in k}
+    def blocks(x: mx.array) -> mx.array:
+        b = x.view(mx.uint8)
+        return b.reshape(*b.shape[:-1], -1, 16)
+    def interleave(a: mx.array, b: mx.array, axis: int) -> mx.array:
+        both = mx.stack([a, b], axis=axis + 1 if axis >= 0 else axis)
+        shape = list(a.shape)
+        shape[axis] *= 2
+        return both.reshape(shape)
+    for i in range(LAYERS):
+        p = f"model.layers.{i}.mlp.experts"
+        g, u, d = (f"{p}.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
+        raw[f"{p}.gate_up_proj_blocks"] = blocks(interleave(only[f"{g}.weight"], only[f"{u}.weight"], -2))
+        raw[f"{p}.gate_up_proj_scales"] = interleave(only[f"{g}.scales"], only[f"{u}.scales"], -2)
+        raw[f"{p}.gate_up_proj_bias"] = interleave(only[f"{g}.bias"], only[f"{u}.bias"], -1)
+        raw[f"{p}.down_proj_blocks"] = blocks(only[f"{d}.weight"])
+        raw[f"{p}.down_proj_scales"] = only[f"{d}.scales"]
+        raw[f"{p}.down_proj_bias"] = only[f"{d}.bias"]
+    openai = {**config, "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}}
+    yield "tiny-random-gpt-oss-openai", openai, raw
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -488,6 +659,9 @@ def main() -> None:
         config["quantization"] = q
         config["quantization_config"] = dict(q)
         write(args.out / f"tiny-random-llama-{name}", args.source, config, quantize(llama, default, overrides))
+
+    # Drawn after every model above, so that their weights stay as they were.
+    gpt_oss(src, args.out, args.source)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ MODELS = {
             "gemma3",
             "gemma3-4bit",
             "gemma3-vlm",
+            "gpt-oss",
+            "gpt-oss-mxfp4",
+            "gpt-oss-openai",
         )
     },
 }
@@ -63,7 +66,7 @@ CONVERSATION_COUNT = {"gemma-3-270m-f32": 3}
 # A prompt far longer than the tiny Gemma 3's window of 8, so that its local layers' caches
 # trim old positions while the prompt is read.
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
-EXTRA = {"tiny-random-gemma3": [LONG]}
+EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

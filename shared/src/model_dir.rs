@@ -200,6 +200,12 @@ pub struct ModelConfig {
     pub decoder_sparse_step: Option<usize>,
     #[serde(default)]
     pub mlp_only_layers: Option<Vec<usize>>,
+    /// gpt-oss: experts per layer (its name for `num_experts`), and the bound its SwiGLU
+    /// clamps to.
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+    #[serde(default)]
+    pub swiglu_limit: Option<f32>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }
@@ -219,7 +225,10 @@ impl ModelConfig {
 
     /// Routed experts per MoE layer (0: a dense model).
     pub fn experts(&self) -> usize {
-        self.num_experts.or(self.n_routed_experts).unwrap_or(0)
+        self.num_experts
+            .or(self.n_routed_experts)
+            .or(self.num_local_experts)
+            .unwrap_or(0)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -253,6 +262,14 @@ pub fn quantized_footprint(dir: &Path, config: &ModelConfig) -> (u64, u64) {
     let mut expanded = 0u64;
     let mut stored = 0u64;
     for (name, (shape, bytes)) in &tensors {
+        // OpenAI's gpt-oss experts: `…_blocks` of [.., rows, groups, 16 bytes] of MXFP4.
+        if let (Some(base), [lead @ .., groups, _]) =
+            (name.strip_suffix("_blocks"), shape.as_slice())
+        {
+            expanded += lead.iter().product::<u64>() * groups * 32 * 4;
+            stored += bytes + size(&format!("{base}_scales"));
+            continue;
+        }
         let Some(module) = name.strip_suffix(".weight") else {
             continue;
         };
@@ -310,7 +327,15 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-    if let Some(q) = raw.get("quantization") {
+    // OpenAI's own gpt-oss checkpoints say only `quantization_config.quant_method: mxfp4`;
+    // mlx-lm reads that as MXFP4 (groups of 32) wherever a weight has scales.
+    let legacy_mxfp4 = raw
+        .pointer("/quantization_config/quant_method")
+        .and_then(Value::as_str)
+        == Some("mxfp4");
+    let legacy = serde_json::json!({"group_size": 32, "bits": 4, "mode": "mxfp4"});
+    let quantization = raw.get("quantization").or(legacy_mxfp4.then_some(&legacy));
+    if let Some(q) = quantization {
         config.quantization = parse_quantization(q).map_err(|message| ModelDirError::Invalid {
             path: path.clone(),
             message,
@@ -728,6 +753,31 @@ mod tests {
         assert!(parse_quantization(&json!({"group_size": 48, "bits": 4})).is_err());
         assert!(parse_quantization(&json!({"group_size": 64, "bits": 7})).is_err());
         assert!(parse_quantization(&json!({"bits": 4})).is_err());
+    }
+
+    #[test]
+    fn openai_mxfp4_checkpoints_are_read_as_mxfp4_and_counted_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = json!({"model_type": "gpt_oss", "hidden_size": 64, "num_hidden_layers": 1,
+            "intermediate_size": 64, "num_attention_heads": 2, "vocab_size": 10,
+            "num_local_experts": 2, "quantization_config": {"quant_method": "mxfp4"}});
+        fs::write(d.join("config.json"), config.to_string()).unwrap();
+        // Two experts of 8 rows, 64 columns: 2 groups of 16 bytes per row, one scale each.
+        let header = json!({
+            "e.gate_up_proj_blocks": {"dtype": "U8", "shape": [2, 8, 2, 16], "data_offsets": [0, 512]},
+            "e.gate_up_proj_scales": {"dtype": "U8", "shape": [2, 8, 2], "data_offsets": [512, 544]},
+        })
+        .to_string();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 544]);
+        fs::write(d.join("model.safetensors"), bytes).unwrap();
+        let config = read_config(d).unwrap();
+        assert_eq!(config.experts(), 2);
+        let q = config.quantization.for_module("e.gate_up_proj").unwrap();
+        assert_eq!((q.group_size, q.bits, q.mode), (32, 4, QuantMode::Mxfp4));
+        assert_eq!(quantized_footprint(d, &config), (2 * 8 * 64 * 4, 544));
     }
 
     #[test]

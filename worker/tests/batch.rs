@@ -47,6 +47,7 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-granite",
         "tiny-random-llama-mxfp4",
         "tiny-random-llama-nvfp4",
+        "tiny-random-gpt-oss-mxfp4",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
@@ -93,7 +94,14 @@ fn batched_as_alone(
 /// must reuse its cached prefix (the trimmed one included) and still answer as alone.
 #[test]
 fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
-    let engine = load("tiny-random-gemma3");
+    // Gemma 3's local layers, and gpt-oss's alternating windows with attention sinks.
+    for name in ["tiny-random-gemma3", "tiny-random-gpt-oss"] {
+        windowed_model_batches_and_reuses(name);
+    }
+}
+
+fn windowed_model_batches_and_reuses(name: &str) {
+    let engine = load(name);
     let texts = [
         "hi".to_string(),
         "Write a haiku about the sea.".to_string(),
@@ -103,7 +111,7 @@ fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
     let prompts: Vec<Vec<u32>> = turns.iter().map(|t| prompt(&engine, t)).collect();
     assert!(prompts[2].len() > 600, "{} tokens", prompts[2].len());
     let mut sched = Scheduler::new(&engine, config(8, 256));
-    let mut log = batched_as_alone(&engine, &mut sched, &prompts, "tiny-random-gemma3");
+    let mut log = batched_as_alone(&engine, &mut sched, &prompts, name);
     for (i, turn) in turns.iter().enumerate() {
         let answer = engine.tokenizer.decode(&log.ids[&(i as u64)]).unwrap();
         let mut next = turn.as_array().unwrap().clone();

@@ -134,6 +134,9 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
         "tiny-random-gemma3",
         "tiny-random-gemma3-4bit",
         "tiny-random-gemma3-vlm",
+        "tiny-random-gpt-oss",
+        "tiny-random-gpt-oss-mxfp4",
+        "tiny-random-gpt-oss-openai",
     ] {
         check_against_mlx_lm(variant);
     }

@@ -45,8 +45,15 @@ pub(crate) struct ArchSpec {
     /// RoPE from `rope_theta` alone, whatever `rope_scaling` says (mlx-lm's GLM-4.5).
     pub(crate) plain_rope: bool,
     /// Ministral 3: queries scaled by 1 + beta * ln(1 + floor(position / original context))
-    /// (`llama_4_scaling_beta`), and sliding-window layers where `layer_types` says.
+    /// (`llama_4_scaling_beta`).
     pub(crate) ministral: bool,
+    /// Sliding-window layers where `layer_types` says (Ministral 3, gpt-oss).
+    pub(crate) typed_windows: bool,
+    /// A learned logit per attention head that every softmax also weighs (gpt-oss's sinks).
+    pub(crate) sinks: bool,
+    /// gpt-oss's experts: a router with a bias whose top-k raw logits are softmaxed, experts
+    /// with biases and a clamped SwiGLU, under `mlp.router` and `mlp.experts`.
+    pub(crate) oai_moe: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -64,6 +71,9 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     moe: false,
     plain_rope: false,
     ministral: false,
+    typed_windows: false,
+    sinks: false,
+    oai_moe: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -87,6 +97,16 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         }),
         "ministral3" => Ok(ArchSpec {
             ministral: true,
+            typed_windows: true,
+            ..LLAMA
+        }),
+        "gpt_oss" => Ok(ArchSpec {
+            qkv_bias: true,
+            o_bias: true,
+            moe: true,
+            typed_windows: true,
+            sinks: true,
+            oai_moe: true,
             ..LLAMA
         }),
         "granite" => Ok(ArchSpec {

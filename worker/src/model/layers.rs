@@ -122,6 +122,8 @@ pub struct Attention {
     pub(crate) causal: bool,
     /// Ministral 3's position-dependent query scale: (beta, original context).
     pub(crate) query_scale: Option<(f32, f32)>,
+    /// gpt-oss: per head, a logit that joins every softmax without a value ([heads]).
+    pub(crate) sinks: Option<Array>,
 }
 
 impl Attention {
@@ -177,7 +179,14 @@ impl Attention {
             Some(m) => Some(ScaledDotProductAttentionMask::Array(m)),
             None => (l > 1).then_some(ScaledDotProductAttentionMask::Causal),
         };
-        let out = fast::scaled_dot_product_attention(&q, &k, &heads(&v)?, self.scale, mask, None)?;
+        let out = fast::scaled_dot_product_attention(
+            &q,
+            &k,
+            &heads(&v)?,
+            self.scale,
+            mask,
+            self.sinks.as_ref(),
+        )?;
         self.o_proj
             .forward(&out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
     }
@@ -232,7 +241,8 @@ impl Attention {
                 mask = Some(ScaledDotProductAttentionMask::Array(&window_mask));
             }
         }
-        let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let out =
+            fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, -1])?)
     }
 }

@@ -23,8 +23,8 @@ use crate::cache::KvCache;
 pub enum ModelError {
     #[error(
         "unsupported model_type {0:?}: supported are llama, mistral, ministral3, mistral3 (its \
-         language model), phi3, granite, qwen2, qwen3, qwen3_moe, glm4_moe, gemma3_text, gemma3 \
-         (its language model) and, for embeddings, bert and xlm_roberta"
+         language model), phi3, granite, qwen2, qwen3, qwen3_moe, glm4_moe, gpt_oss, gemma3_text, \
+         gemma3 (its language model) and, for embeddings, bert and xlm_roberta"
     )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
@@ -127,6 +127,10 @@ impl Model {
         options: LoadOptions,
     ) -> Result<Self> {
         let spec = arch_spec(&config)?;
+        let mut tensors = tensors;
+        if spec.oai_moe {
+            openai_experts(&mut tensors)?;
+        }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
         let mut w = TensorSource {
@@ -194,10 +198,16 @@ impl Model {
             } else {
                 (Rope::new(&config, rope_dims)?, None)
             };
-            if spec.ministral {
+            if spec.typed_windows {
+                // gpt-oss without `layer_types` alternates, sliding first (mlx-lm's default).
                 let kind = config.layer_types.as_ref().and_then(|t| t.get(i));
-                if kind.is_some_and(|k| k == "sliding_attention") {
-                    window = config.sliding_window.map(|w| w as i32);
+                let sliding = match kind {
+                    Some(k) => k == "sliding_attention",
+                    None => spec.oai_moe && i % 2 == 0,
+                };
+                if sliding {
+                    let default = spec.oai_moe.then_some(128);
+                    window = config.sliding_window.or(default).map(|w| w as i32);
                 }
             }
             // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
@@ -244,9 +254,18 @@ impl Model {
                 window,
                 causal: true,
                 query_scale,
+                sinks: if spec.sinks {
+                    Some(w.take_shaped(&format!("{p}.self_attn.sinks"), &[n_heads])?)
+                } else {
+                    None
+                },
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
-                FeedForward::Experts(Box::new(w.moe(&format!("{p}.mlp"), &config)?))
+                FeedForward::Experts(Box::new(w.moe(
+                    &format!("{p}.mlp"),
+                    &config,
+                    spec.oai_moe,
+                )?))
             } else {
                 let b = spec.mlp_bias;
                 FeedForward::Dense(Mlp {
@@ -464,6 +483,7 @@ impl Model {
             for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
                 out.push(&n.weight);
             }
+            out.extend(&a.sinks);
         }
         out
     }

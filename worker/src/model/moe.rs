@@ -9,8 +9,14 @@ use opta_lmx_shared::model_dir::QuantMode;
 
 use super::*;
 
-/// One projection of every expert, stacked: [experts, out, in], dense or affine-quantized.
-pub enum ExpertLinear {
+/// One projection of every expert, stacked: [experts, out, in], dense or quantized, with
+/// an optional per-expert bias ([experts, out], gpt-oss).
+pub struct ExpertLinear {
+    pub(crate) weights: ExpertWeights,
+    pub(crate) bias: Option<Array>,
+}
+
+pub enum ExpertWeights {
     Dense {
         weight: Array,
     },
@@ -27,11 +33,11 @@ pub enum ExpertLinear {
 impl ExpertLinear {
     /// `x` through expert `experts[...]` of each row (mlx-lm's `SwitchLinear`).
     pub(crate) fn forward(&self, x: &Array, experts: &Array, sorted: bool) -> Result<Array> {
-        Ok(match self {
-            ExpertLinear::Dense { weight } => {
+        let y = match &self.weights {
+            ExpertWeights::Dense { weight } => {
                 ops::gather_mm(x, weight.swap_axes(-1, -2)?, None, experts, sorted)?
             }
-            ExpertLinear::Quantized {
+            ExpertWeights::Quantized {
                 weight,
                 scales,
                 biases,
@@ -49,20 +55,36 @@ impl ExpertLinear {
                 *mode,
                 sorted,
             )?,
-        })
+        };
+        match &self.bias {
+            Some(b) => Ok(y.add(b.take_axis(experts, 0)?.expand_dims(-2)?)?),
+            None => Ok(y),
+        }
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
-        match self {
-            ExpertLinear::Dense { weight } => vec![weight],
-            ExpertLinear::Quantized {
+        let mut out: Vec<&Array> = match &self.weights {
+            ExpertWeights::Dense { weight } => vec![weight],
+            ExpertWeights::Quantized {
                 weight,
                 scales,
                 biases,
                 ..
             } => [weight, scales].into_iter().chain(biases).collect(),
-        }
+        };
+        out.extend(&self.bias);
+        out
     }
+}
+
+/// The experts' gate activation.
+#[derive(Debug, Clone, Copy)]
+pub enum ExpertActivation {
+    /// silu(gate) * up.
+    Swiglu,
+    /// gpt-oss: the gate clipped from above and the linear part both ways at `limit`, then
+    /// (up + 1) * gate * sigmoid(alpha * gate) (mlx-lm's `swiglu_oai`).
+    ClampedSwiglu { alpha: f32, limit: f32 },
 }
 
 /// Qwen3 MoE's sparse block: a softmax router picks `top_k` experts per token, whose SwiGLU
@@ -73,6 +95,7 @@ pub struct MoeBlock {
     pub(crate) gate_proj: ExpertLinear,
     pub(crate) up_proj: ExpertLinear,
     pub(crate) down_proj: ExpertLinear,
+    pub(crate) activation: ExpertActivation,
     pub(crate) top_k: i32,
     pub(crate) norm_topk_prob: bool,
     /// Experts every token uses, added after the routed ones (GLM-4.5).
@@ -83,6 +106,8 @@ pub struct MoeBlock {
 pub enum Router {
     /// Qwen3 MoE: softmax over all experts, the top k (optionally renormalised).
     Softmax,
+    /// gpt-oss: the top k raw logits, then a softmax over those k.
+    TopKSoftmax,
     /// GLM-4.5 (`noaux_tc`): sigmoid scores; the choice adds a per-expert correction bias and
     /// keeps only the `topk_group` best of `n_group` groups (each scored by its best two), the
     /// weights are the uncorrected scores of the chosen, renormalised, times `scale`.
@@ -110,6 +135,12 @@ impl MoeBlock {
                         scores = scores.divide(scores.sum_axis(-1, true)?)?;
                     }
                     (chosen, scores)
+                }
+                Router::TopKSoftmax => {
+                    let chosen = ops::argpartition_axis(&logits, experts - k, -1)?;
+                    let chosen = chosen.index((.., .., (experts - k)..));
+                    let top = logits.take_along_axis(&chosen, -1)?;
+                    (chosen, ops::softmax_axis(&top, -1, true)?)
                 }
                 Router::SigmoidGrouped {
                     correction,
@@ -168,7 +199,16 @@ impl MoeBlock {
         };
         let up = self.up_proj.forward(&x, &idx, sort)?;
         let gate = self.gate_proj.forward(&x, &idx, sort)?;
-        let act = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
+        let act = match self.activation {
+            ExpertActivation::Swiglu => gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?,
+            ExpertActivation::ClampedSwiglu { alpha, limit } => {
+                let c = |v: f32| Array::from_f32(v).as_dtype(gate.dtype());
+                let gate = ops::minimum(&gate, c(limit)?)?;
+                let up = ops::clip(&up, (c(-limit)?, c(limit)?))?;
+                let glu = gate.multiply(ops::sigmoid(&gate.multiply(c(alpha)?)?)?)?;
+                up.add(c(1.0)?)?.multiply(&glu)?
+            }
+        };
         let mut out = self.down_proj.forward(&act, &idx, sort)?;
         if let Some(inverse) = inverse {
             let hidden = *out.shape().last().unwrap_or(&1);

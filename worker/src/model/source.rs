@@ -1,7 +1,8 @@
 //! Building a model from a folder's tensors: shape checks that name the culprit, fused
 //! projections split, experts stacked, quantized weights expanded where the CPU wants them.
 
-use mlx_rs::ops::{self, indexing::IndexOp};
+use mlx_rs::ops::indexing::{Ellipsis, IndexOp, IntoStrideBy};
+use mlx_rs::ops::{self};
 use mlx_rs::{Array, Dtype};
 use opta_lmx_shared::model_dir::{ModelConfig, Quantization};
 
@@ -81,13 +82,22 @@ impl TensorSource<'_> {
     /// A MoE block under `module` (`….mlp`): the router `gate` and the stacked experts, either
     /// as mlx-lm stores them (`switch_mlp.*_proj`, [experts, out, in]) or as Hugging Face
     /// does (`experts.{e}.*_proj`), stacked here as mlx-lm's `sanitize` stacks them.
-    pub(crate) fn moe(&mut self, module: &str, config: &ModelConfig) -> Result<MoeBlock> {
+    /// With `oai`, gpt-oss's block as mlx-lm stores it: `router` (with a bias) and
+    /// `experts.*_proj` with biases.
+    pub(crate) fn moe(
+        &mut self,
+        module: &str,
+        config: &ModelConfig,
+        oai: bool,
+    ) -> Result<MoeBlock> {
         let hidden = config.hidden_size as i32;
         let experts = config.experts() as i32;
         let inter = config
             .moe_intermediate_size
             .unwrap_or(config.intermediate_size) as i32;
-        let router = if config.n_group.is_some() || config.routed_scaling_factor.is_some() {
+        let router = if oai {
+            Router::TopKSoftmax
+        } else if config.n_group.is_some() || config.routed_scaling_factor.is_some() {
             Router::SigmoidGrouped {
                 correction: self.take_shaped(
                     &format!("{module}.gate.e_score_correction_bias"),
@@ -124,7 +134,11 @@ impl TensorSource<'_> {
             None => None,
         };
         let mut stacked = |name: &str, out: i32, inp: i32| -> Result<ExpertLinear> {
-            let base = format!("{module}.switch_mlp.{name}");
+            let base = if oai {
+                format!("{module}.experts.{name}")
+            } else {
+                format!("{module}.switch_mlp.{name}")
+            };
             // Hugging Face's per-expert tensors (dense or quantized) are stacked first.
             for suffix in ["weight", "scales", "biases"] {
                 if !self
@@ -139,32 +153,53 @@ impl TensorSource<'_> {
                 self.tensors
                     .insert(format!("{base}.{suffix}"), ops::stack(&parts, 0)?);
             }
-            match self.linear_stacked(&base, &[experts], out, inp, false)? {
-                Linear::Dense { weight, .. } => Ok(ExpertLinear::Dense { weight }),
-                Linear::Quantized {
-                    weight,
-                    scales,
-                    biases,
-                    group_size,
-                    bits,
-                    mode,
-                    ..
-                } => Ok(ExpertLinear::Quantized {
-                    weight,
-                    scales,
-                    biases,
-                    group_size,
-                    bits,
-                    mode,
-                }),
+            Ok(
+                match self.linear_stacked(&base, &[experts], out, inp, oai)? {
+                    Linear::Dense { weight, bias } => ExpertLinear {
+                        weights: ExpertWeights::Dense { weight },
+                        bias,
+                    },
+                    Linear::Quantized {
+                        weight,
+                        scales,
+                        biases,
+                        bias,
+                        group_size,
+                        bits,
+                        mode,
+                    } => ExpertLinear {
+                        weights: ExpertWeights::Quantized {
+                            weight,
+                            scales,
+                            biases,
+                            group_size,
+                            bits,
+                            mode,
+                        },
+                        bias,
+                    },
+                },
+            )
+        };
+        let activation = if oai {
+            ExpertActivation::ClampedSwiglu {
+                alpha: 1.702,
+                limit: config.swiglu_limit.unwrap_or(7.0),
             }
+        } else {
+            ExpertActivation::Swiglu
         };
         Ok(MoeBlock {
             gate_proj: stacked("gate_proj", inter, hidden)?,
             up_proj: stacked("up_proj", inter, hidden)?,
             down_proj: stacked("down_proj", hidden, inter)?,
-            gate: self.linear(&format!("{module}.gate"), experts, hidden, false)?,
+            gate: if oai {
+                self.linear(&format!("{module}.router"), experts, hidden, true)?
+            } else {
+                self.linear(&format!("{module}.gate"), experts, hidden, false)?
+            },
             router,
+            activation,
             shared,
             top_k: config
                 .num_experts_per_tok
@@ -256,6 +291,60 @@ impl TensorSource<'_> {
             }),
         }
     }
+}
+
+/// OpenAI's own gpt-oss layout, renamed to mlx-lm's (its `sanitize`): MXFP4 experts as
+/// `…_blocks` ([.., rows, groups, 16] bytes) and `…_scales`, gate and up projections fused with
+/// their rows interleaved (`gate_up_proj`, gate first), biases as `…_bias`.
+pub(crate) fn openai_experts(tensors: &mut HashMap<String, Array>) -> Result<()> {
+    let fused: Vec<String> = tensors
+        .keys()
+        .filter(|k| k.contains(".experts.gate_up_proj") || k.contains(".experts.down_proj_"))
+        .cloned()
+        .collect();
+    for name in fused {
+        let Some(mut v) = tensors.remove(&name) else {
+            continue;
+        };
+        let (base, suffix) = match name.rsplit_once('_') {
+            Some((base, s @ ("blocks" | "scales" | "bias"))) => (base.to_string(), s),
+            _ => (name.clone(), "weight"),
+        };
+        let suffix = match suffix {
+            "blocks" => {
+                // 16 bytes per group of 32 values: 4 uint32 words, as MLX packs them.
+                let shape = v.shape().to_vec();
+                let mut packed = shape[..shape.len().saturating_sub(2)].to_vec();
+                packed.push(-1);
+                v = v.view_dtype(Dtype::Uint32)?.reshape(&packed)?;
+                "weight"
+            }
+            s => s,
+        };
+        match base.strip_suffix("gate_up_proj") {
+            Some(parent) => {
+                // Rows alternate gate, up: the second-to-last axis of weights and scales, the
+                // last of biases.
+                let (gate, up) = if suffix == "bias" {
+                    (
+                        v.index((Ellipsis, (..).stride_by(2))),
+                        v.index((Ellipsis, (1..).stride_by(2))),
+                    )
+                } else {
+                    (
+                        v.index((Ellipsis, (..).stride_by(2), ..)),
+                        v.index((Ellipsis, (1..).stride_by(2), ..)),
+                    )
+                };
+                tensors.insert(format!("{parent}gate_proj.{suffix}"), gate);
+                tensors.insert(format!("{parent}up_proj.{suffix}"), up);
+            }
+            None => {
+                tensors.insert(format!("{base}.{suffix}"), v);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes the quantized weights would take expanded to float32.
