@@ -1,6 +1,7 @@
 //! Model families beyond Llama through the real daemon and worker: Google's Gemma 3 270M answers
 //! a chat exactly as mlx-lm does (greedy, `tests/data/reference_ids.json`), and a Gemma 3
-//! vision-language folder serves its language model, its vision tower left unloaded.
+//! vision-language folder serves its language model, its vision tower left unloaded; the tiny
+//! gpt-oss models (sinks, windows, MXFP4 experts, OpenAI's layout) answer as mlx-lm does.
 
 use opta_lmx_tests::{entry_where, model, workspace_root, Daemon};
 use serde_json::{json, Value};
@@ -35,6 +36,14 @@ fn check_first_case(d: &Daemon, variant: &str) {
         "{variant}"
     );
     assert_eq!(out["usage"]["completion_tokens"], ids("ids"), "{variant}");
+}
+
+#[test]
+fn gpt_oss_answers_through_the_daemon_as_mlx_lm_does() {
+    let d = Daemon::start("");
+    for variant in ["tiny-random-gpt-oss-mxfp4", "tiny-random-gpt-oss-openai"] {
+        check_first_case(&d, variant);
+    }
 }
 
 #[test]

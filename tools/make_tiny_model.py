@@ -289,7 +289,9 @@ HARMONY_TOKENS = ["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|retur
 
 # The harmony format as gpt-oss reads it (written here, not copied): a system message with the
 # reasoning effort and the channels, a developer message with the instructions and the tools,
-# earlier calls and their results in the commentary channel, answers in the final channel.
+# earlier calls (after their reasoning, in the analysis channel) and their results in the
+# commentary channel, answers in the final channel. Like gpt-oss's own template, it refuses a
+# tool-call turn that has both content and thinking.
 HARMONY_TEMPLATE = """\
 {%- set ns = namespace(instructions='', last_tool='') %}
 {%- for m in messages %}{% if m.role == 'system' or m.role == 'developer' %}{% set ns.instructions = m.content %}{% endif %}{% endfor %}
@@ -323,6 +325,8 @@ type {{ f.name }} = (_: {{ f.parameters | tojson }}) => any;
 {%- for m in messages %}
 {%- if m.role == 'user' %}<|start|>user<|message|>{{ m.content }}<|end|>
 {%- elif m.role == 'assistant' and m.tool_calls %}
+{%- if m.content and m.thinking %}{{ raise_exception('a tool-call turn has either content or thinking, not both') }}{% endif %}
+{%- if m.content or m.thinking %}<|start|>assistant<|channel|>analysis<|message|>{{ m.content or m.thinking }}<|end|>{% endif %}
 {%- for call in m.tool_calls %}{% set ns.last_tool = call.function.name %}<|start|>assistant to=functions.{{ call.function.name }}<|channel|>commentary json<|message|>
 {%- if call.function.arguments is string %}{{ call.function.arguments }}{% else %}{{ call.function.arguments | tojson }}{% endif %}<|call|>
 {%- endfor %}

@@ -94,7 +94,7 @@ pub struct ModelsConfig {
     /// gives no value.
     pub defaults: SamplingDefaults,
     /// Per model id, the tool-call syntax to use instead of the one its chat template
-    /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`).
+    /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`, `harmony`).
     pub tool_call_format: std::collections::BTreeMap<String, String>,
     /// Model names clients send mapped to model ids here (`claude-sonnet-4-5: qwen/...`); a
     /// name ending in `*` matches every name it begins. Without a match, a `claude-*` name

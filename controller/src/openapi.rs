@@ -929,6 +929,10 @@ fn request_schemas() -> Value {
             "name": nullable(json!({"type": "string"})),
             "tool_calls": nullable(json!({"type": "array", "items": schema_ref("ToolCall")})),
             "tool_call_id": nullable(json!({"type": "string"})),
+            "reasoning_content": nullable(json!({"type": "string",
+                "description": "An earlier assistant turn's reasoning, for templates that keep it."})),
+            "reasoning": nullable(json!({"type": "string",
+                "description": "The same as reasoning_content."})),
         })),
         "ContentPart": open(&["type", "text"], json!({
             "type": {"type": "string", "enum": ["text", "input_text"],

@@ -5,5 +5,12 @@ pub mod model_dir;
 
 /// Tool-call syntaxes a model can be configured to use (`models.tool_call_format`), as the
 /// worker's `--tool-syntax` takes them.
-pub const TOOL_SYNTAXES: &[&str] = &["hermes", "qwen3_coder", "llama3", "mistral", "deepseek"];
+pub const TOOL_SYNTAXES: &[&str] = &[
+    "hermes",
+    "qwen3_coder",
+    "llama3",
+    "mistral",
+    "deepseek",
+    "harmony",
+];
 pub mod protocol;

@@ -6,6 +6,7 @@ pub mod detok;
 pub mod embed;
 pub mod engine;
 pub mod grammar;
+pub mod harmony;
 pub mod inspect;
 pub mod model;
 pub mod output;

@@ -57,7 +57,7 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         prompt_cache_mb: u64,
         /// Read and force tool calls in this syntax instead of the one the chat template
-        /// implies: hermes, qwen3_coder, llama3, mistral or deepseek
+        /// implies: hermes, qwen3_coder, llama3, mistral, deepseek or harmony
         #[arg(long, value_parser = parse_tool_syntax)]
         tool_syntax: Option<ToolSyntax>,
     },

@@ -3,6 +3,7 @@
 
 use opta_lmx_shared::protocol::Delta;
 
+use crate::harmony::HarmonyParser;
 use crate::tool_syntax::{CallParser, Piece};
 
 pub const THINK_OPEN: &str = "<think>";
@@ -79,6 +80,8 @@ impl ThinkSplitter {
 pub struct OutputParser {
     think: Option<ThinkSplitter>,
     calls: Option<CallParser>,
+    /// gpt-oss: channels and calls both come from the harmony parser.
+    harmony: Option<HarmonyParser>,
     /// Tokens generated since the last delta went out.
     pending_tokens: u32,
     pub reasoning_tokens: u32,
@@ -90,8 +93,17 @@ impl OutputParser {
         OutputParser {
             think: think.map(ThinkSplitter::new),
             calls,
+            harmony: None,
             pending_tokens: 0,
             reasoning_tokens: 0,
+        }
+    }
+
+    /// A harmony model's output (gpt-oss).
+    pub fn harmony(parser: HarmonyParser) -> Self {
+        OutputParser {
+            harmony: Some(parser),
+            ..Self::plain()
         }
     }
 
@@ -103,14 +115,23 @@ impl OutputParser {
     /// Whether nothing more the model writes can be used (a tool-call limit was reached).
     pub fn is_done(&self) -> bool {
         self.calls.as_ref().is_some_and(CallParser::is_done)
+            || self.harmony.as_ref().is_some_and(HarmonyParser::is_done)
     }
 
     /// Text that `tokens` new tokens produced; `at_end`: the output ended.
     pub fn push(&mut self, text: &str, tokens: u32, at_end: bool) -> Vec<Delta> {
-        if self.think.as_ref().is_some_and(ThinkSplitter::is_thinking) {
+        let reasoning = match &self.harmony {
+            Some(h) => h.is_reasoning(),
+            None => self.think.as_ref().is_some_and(ThinkSplitter::is_thinking),
+        };
+        if reasoning {
             self.reasoning_tokens += tokens;
         }
         self.pending_tokens += tokens;
+        if let Some(h) = &mut self.harmony {
+            let deltas = h.push(text, at_end);
+            return self.with_tokens(deltas);
+        }
         let runs = match &mut self.think {
             Some(t) => t.push(text, at_end),
             None => vec![(false, text.to_string())],
@@ -129,7 +150,11 @@ impl OutputParser {
         if at_end {
             self.answer("", true, &mut deltas);
         }
-        // The tokens behind this text go with its first delta.
+        self.with_tokens(deltas)
+    }
+
+    /// The tokens behind this text go with its first delta.
+    fn with_tokens(&mut self, mut deltas: Vec<Delta>) -> Vec<Delta> {
         if let Some(first) = deltas.first_mut() {
             let n = std::mem::take(&mut self.pending_tokens);
             match first {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::grammar::{self, Constraint};
+use crate::harmony::{self, HarmonyParser};
 use crate::output::{self, OutputParser};
 use crate::request::GenerateError;
 use crate::tool_syntax::{self, CallParser, ParamTypes, ToolSyntax};
@@ -61,6 +62,12 @@ pub fn prepare(
             // `tool_choice: "none"`: the model is not shown the tools at all.
             let tools = tools.filter(|_| spec.tool_choice != ToolChoice::None);
             let syntax = tools.as_ref().map(|_| tool_syntax_for(engine));
+            // A harmony model writes channels with or without tools: its parser reads both.
+            let syntax = if speaks_harmony(engine) {
+                Some(ToolSyntax::Harmony)
+            } else {
+                syntax
+            };
             let text = render(
                 engine,
                 &messages,
@@ -89,12 +96,16 @@ pub fn prepare(
     } else {
         1
     };
+    let id_prefix = format!("call_{request_id:x}{:x}_", std::process::id());
+    let harmony = (syntax == Some(ToolSyntax::Harmony))
+        .then(|| HarmonyParser::new(tools.is_some(), max_calls, &id_prefix));
     let calls = match (&tools, syntax) {
+        (_, Some(ToolSyntax::Harmony)) => None,
         (Some(tools), Some(syntax)) => Some(CallParser::new(
             syntax,
             ParamTypes::from_tools(Some(tools)),
             max_calls,
-            &format!("call_{request_id:x}{:x}_", std::process::id()),
+            &id_prefix,
         )),
         _ => None,
     };
@@ -103,7 +114,19 @@ pub fn prepare(
         Some(lark) => {
             // A prompt that opened a reasoning block gets it closed first: the constrained
             // answer follows it.
-            let lark = if thinking == Some(true) {
+            let forced_call = matches!(
+                spec.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            ) && tools.is_some();
+            let lark = if harmony.is_some() && !forced_call {
+                // A constrained answer goes in the final channel (a forced call writes its
+                // own header).
+                let header = harmony::final_header(engine.token_space()?.trie());
+                format!(
+                    "start: {header} answer\n{}",
+                    lark.replacen("start:", "answer:", 1)
+                )
+            } else if thinking == Some(true) {
                 let close =
                     grammar::lark_literal(engine.token_space()?.trie(), output::THINK_CLOSE);
                 format!(
@@ -126,7 +149,10 @@ pub fn prepare(
         ids,
         output: Output {
             constraint,
-            parser: OutputParser::new(thinking, calls),
+            parser: match harmony {
+                Some(h) => OutputParser::harmony(h),
+                None => OutputParser::new(thinking, calls),
+            },
         },
     })
 }
@@ -191,14 +217,41 @@ fn render(
 ) -> Result<String, GenerateError> {
     let tok = &engine.tokenizer;
     let native = tok.template().is_some_and(|t| t.contains("tools"));
-    let text = match tools {
+    let taught;
+    let (messages, tools) = match tools {
         Some(tools) if !native => {
-            let messages = with_taught_tools(messages, tools);
-            tok.render_chat_with(&messages, None, add_generation_prompt, kwargs)?
+            taught = with_taught_tools(messages, tools);
+            (&taught, None)
         }
-        _ => tok.render_chat_with(messages, tools, add_generation_prompt, kwargs)?,
+        _ => (messages, tools),
     };
-    Ok(text)
+    match tok.render_chat_with(messages, tools, add_generation_prompt, kwargs) {
+        Ok(text) => Ok(text),
+        // Some templates refuse reasoning sent back in certain turns (gpt-oss's, next to
+        // content in a tool-call turn): the conversation without it is still the conversation.
+        Err(e) => match without_reasoning(messages) {
+            Some(plain) => tok
+                .render_chat_with(&plain, tools, add_generation_prompt, kwargs)
+                .map_err(|_| e.into()),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// `messages` without the reasoning of earlier turns, or `None` if they had none.
+fn without_reasoning(messages: &Value) -> Option<Value> {
+    let mut out = messages.clone();
+    let mut removed = false;
+    for m in out
+        .as_array_mut()?
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+    {
+        for key in ["thinking", "reasoning_content"] {
+            removed |= m.remove(key).is_some();
+        }
+    }
+    removed.then_some(out)
 }
 
 /// For a template without tools: the tool list goes into the system message, and earlier
@@ -249,6 +302,12 @@ fn tool_syntax_for(engine: &Engine) -> ToolSyntax {
         .tool_syntax
         .or_else(|| engine.tokenizer.template().and_then(ToolSyntax::infer))
         .unwrap_or(ToolSyntax::Hermes)
+}
+
+/// Whether the model's template is in gpt-oss's harmony format.
+fn speaks_harmony(engine: &Engine) -> bool {
+    engine.tool_syntax == Some(ToolSyntax::Harmony)
+        || engine.tokenizer.template().is_some_and(harmony::is_harmony)
 }
 
 /// Whether the model writes `<think>` blocks: its template or vocabulary knows the marker.

@@ -101,8 +101,14 @@ impl Tokenizer {
         if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
             eos_ids.insert(id);
         }
+        // gpt-oss's own files stop only at `<|return|>`; a harmony call ends at `<|call|>`, and
+        // what follows it would be the model inventing the tool's answer.
+        if template.as_deref().is_some_and(crate::harmony::is_harmony) {
+            eos_ids.extend(inner.token_to_id(crate::harmony::CALL));
+        }
         let kept_specials = crate::tool_syntax::MARKERS
             .iter()
+            .chain(crate::harmony::MARKERS)
             .chain([&crate::output::THINK_OPEN, &crate::output::THINK_CLOSE])
             .filter_map(|m| inner.token_to_id(m))
             .collect();

@@ -27,6 +27,9 @@ pub enum ToolSyntax {
     /// DeepSeek V3 and R1 (`function<｜tool▁sep｜>NAME` and a fenced JSON block) and V3.1
     /// (`NAME<｜tool▁sep｜>{...}`), between `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`.
     DeepSeek,
+    /// gpt-oss's harmony messages (`<|channel|>commentary to=functions.NAME …<|message|>{...}`),
+    /// read by `harmony::HarmonyParser` with the rest of that format, never by `CallParser`.
+    Harmony,
 }
 
 const HERMES_OPEN: &str = "<tool_call>";
@@ -58,7 +61,9 @@ impl ToolSyntax {
     /// The syntax a chat template writes tool calls in, as mlx-lm infers it from markers in
     /// the template. `None`: the template does not mention tools at all.
     pub fn infer(template: &str) -> Option<ToolSyntax> {
-        if template.contains("<function=") && template.contains("<parameter=") {
+        if crate::harmony::is_harmony(template) {
+            Some(ToolSyntax::Harmony)
+        } else if template.contains("<function=") && template.contains("<parameter=") {
             Some(ToolSyntax::QwenXml)
         } else if template.contains(HERMES_OPEN) {
             Some(ToolSyntax::Hermes)
@@ -85,6 +90,7 @@ impl ToolSyntax {
             "llama3" => ToolSyntax::Llama3,
             "mistral" => ToolSyntax::Mistral,
             "deepseek" => ToolSyntax::DeepSeek,
+            "harmony" => ToolSyntax::Harmony,
             _ => return None,
         })
     }
@@ -96,6 +102,7 @@ impl ToolSyntax {
             ToolSyntax::Llama3 => &[PYTHON_TAG],
             ToolSyntax::Mistral => &[MISTRAL_CALLS],
             ToolSyntax::DeepSeek => &[DS_CALL_BEGIN],
+            ToolSyntax::Harmony => &[],
         }
     }
 
@@ -105,7 +112,7 @@ impl ToolSyntax {
         match self {
             ToolSyntax::Hermes | ToolSyntax::QwenXml => Some(HERMES_CLOSE),
             ToolSyntax::DeepSeek => Some(DS_CALL_END),
-            ToolSyntax::Llama3 | ToolSyntax::Mistral => None,
+            ToolSyntax::Llama3 | ToolSyntax::Mistral | ToolSyntax::Harmony => None,
         }
     }
 
@@ -125,6 +132,7 @@ impl ToolSyntax {
             ToolSyntax::QwenXml => parse_xml_call(body, types).into_iter().collect(),
             ToolSyntax::Mistral => parse_mistral(body),
             ToolSyntax::DeepSeek => parse_deepseek(body).into_iter().collect(),
+            ToolSyntax::Harmony => Vec::new(),
         }
     }
 }
@@ -826,6 +834,13 @@ pub fn forced_call_grammar(
                     lit(DS_CALL_END)
                 )
             }
+            ToolSyntax::Harmony => {
+                rules.push(format!("args{i}: %json {}", schema(params.clone())));
+                format!(
+                    "call{i}: {}",
+                    crate::harmony::call_rule(trie, name, &format!("args{i}"))
+                )
+            }
             ToolSyntax::QwenXml => {
                 let names: Vec<String> = params
                     .get("properties")
@@ -867,7 +882,7 @@ pub fn forced_call_grammar(
     };
     let sep = match syntax {
         ToolSyntax::Llama3 => "\"; \"",
-        ToolSyntax::Mistral | ToolSyntax::DeepSeek => "",
+        ToolSyntax::Mistral | ToolSyntax::DeepSeek | ToolSyntax::Harmony => "",
         _ => "\"\\n\"",
     };
     let start = match (syntax, parallel) {
@@ -1133,6 +1148,7 @@ mod tests {
             (ToolSyntax::Mistral, "[TOOL_CALLS]f[ARGS]{\"a\": 1}".to_string()),
             (ToolSyntax::DeepSeek, ds),
             (ToolSyntax::QwenXml, "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</function>\n</tool_call>".to_string()),
+            (ToolSyntax::Harmony, "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{\"a\": 1}".to_string()),
         ];
         for (syntax, text) in cases {
             let lark = forced_call_grammar(syntax, &tools, None, false, space.trie())
@@ -1154,7 +1170,11 @@ mod tests {
                 // XML parameter values are raw text; the JSON syntaxes check the schema.
                 assert!(feed(&text.replace('1', "\"x\"")).is_err(), "{syntax:?}");
             }
-            let (_, calls) = run(syntax, &text, 3);
+            let (_, calls) = if syntax == ToolSyntax::Harmony {
+                harmony_calls(&text)
+            } else {
+                run(syntax, &text, 3)
+            };
             assert_eq!(calls.len(), 1, "{syntax:?}");
             assert_eq!(
                 (calls[0].0.as_str(), args(&calls, 0)),
@@ -1164,8 +1184,31 @@ mod tests {
         }
     }
 
+    /// The calls `harmony::HarmonyParser` reads from `text`, as `run` returns them.
+    fn harmony_calls(text: &str) -> (String, Vec<(String, String)>) {
+        use opta_lmx_shared::protocol::Delta;
+        let mut p = crate::harmony::HarmonyParser::new(true, 1, "c");
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for d in p.push(text, true) {
+            if let Delta::ToolCall {
+                name, arguments, ..
+            } = d
+            {
+                match name {
+                    Some(n) => calls.push((n, arguments)),
+                    None => calls.last_mut().expect("call").1.push_str(&arguments),
+                }
+            }
+        }
+        (String::new(), calls)
+    }
+
     #[test]
     fn templates_name_their_syntax() {
+        assert_eq!(
+            ToolSyntax::infer("<|start|>assistant<|channel|>final<|message|>{{ tools }}"),
+            Some(ToolSyntax::Harmony)
+        );
         assert_eq!(
             ToolSyntax::infer("{{ '<tool_call>' }} tools"),
             Some(ToolSyntax::Hermes)

@@ -239,6 +239,7 @@ impl MessagesRequest {
             let blocks = m.content.blocks();
             let mut text = Vec::new();
             let mut calls = Vec::new();
+            let mut thinking = Vec::new();
             for b in &blocks {
                 match b.get("type").and_then(Value::as_str) {
                     Some("text") => text.push(
@@ -272,7 +273,14 @@ impl MessagesRequest {
                             "content": if is_error { format!("Error: {content}") } else { content },
                         }));
                     }
-                    // Earlier thinking is not replayed: templates drop it from past turns.
+                    // Earlier thinking goes back to the template, which keeps what the model
+                    // needs (gpt-oss: the reasoning before a tool call) and drops the rest.
+                    Some("thinking") => thinking.push(
+                        b.get("thinking")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
                     _ => {}
                 }
             }
@@ -284,6 +292,11 @@ impl MessagesRequest {
                 let mut msg = json!({"role": role, "content": text.join("\n")});
                 if !calls.is_empty() {
                     msg["tool_calls"] = Value::Array(calls);
+                }
+                if !thinking.is_empty() {
+                    let t = thinking.join("\n");
+                    msg["reasoning_content"] = json!(t);
+                    msg["thinking"] = json!(t);
                 }
                 out.push(msg);
             }
@@ -430,6 +443,10 @@ mod tests {
         );
         assert_eq!(m[1], json!({"role": "user", "content": "Weather?"}));
         assert_eq!(m[2]["content"], "Checking.");
+        assert_eq!(
+            m[2]["thinking"], "hmm",
+            "thinking goes back to the template"
+        );
         assert_eq!(
             m[2]["tool_calls"][0]["function"]["arguments"],
             json!({"city": "Paris"})

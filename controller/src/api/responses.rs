@@ -63,7 +63,7 @@ fn text_of(v: Option<&Value>) -> String {
             .filter(|p| {
                 matches!(
                     kind(p),
-                    "input_text" | "output_text" | "text" | "summary_text"
+                    "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text"
                 )
             })
             .filter_map(|p| p.get("text").and_then(Value::as_str))
@@ -267,6 +267,18 @@ impl ResponsesRequest {
                     match role {
                         "system" | "developer" => system.push(text),
                         _ => turns.push(json!({"role": role, "content": text})),
+                    }
+                }
+                "reasoning" => {
+                    // A turn's reasoning, sent back: the calls that follow join its turn, so
+                    // templates that keep reasoning before a call (gpt-oss) see it.
+                    let mut text = text_of(item.get("content"));
+                    if text.is_empty() {
+                        text = text_of(item.get("summary"));
+                    }
+                    if !text.is_empty() {
+                        turns.push(json!({"role": "assistant", "content": "",
+                            "reasoning_content": text, "thinking": text}));
                     }
                 }
                 k @ ("function_call" | "custom_tool_call") => {
@@ -506,6 +518,10 @@ mod tests {
         assert_eq!(
             m[2]["tool_calls"][0]["function"]["arguments"],
             json!({"cmd": "ls"})
+        );
+        assert_eq!(
+            m[2]["thinking"], "think",
+            "the call's reasoning stays with it"
         );
         assert_eq!(
             m[3],

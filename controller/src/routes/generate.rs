@@ -113,6 +113,11 @@ fn template_messages(req: &ChatCompletionRequest) -> Value {
                 if let Some(id) = &m.tool_call_id {
                     obj.insert("tool_call_id".into(), json!(id));
                 }
+                // Qwen3's templates read `reasoning_content`, gpt-oss's `thinking`.
+                if let Some(r) = m.reasoning_content.as_ref().or(m.reasoning.as_ref()) {
+                    obj.insert("reasoning_content".into(), json!(r));
+                    obj.insert("thinking".into(), json!(r));
+                }
                 if let Some(calls) = &m.tool_calls {
                     // Templates index the arguments as a mapping (`arguments | tojson`, or
                     // `arguments.items()`), as transformers passes them.
@@ -376,6 +381,14 @@ mod tests {
         assert_eq!(
             v[2],
             json!({"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"})
+        );
+        // Reasoning sent back reaches the template under both names templates use.
+        let req = chat(json!({"messages": [
+            {"role": "assistant", "content": "a", "reasoning": "r"}]}));
+        let v = template_messages(&req);
+        assert_eq!(
+            (&v[0]["reasoning_content"], &v[0]["thinking"]),
+            (&json!("r"), &json!("r"))
         );
     }
 
