@@ -37,8 +37,21 @@ impl Engine {
     /// Loads a model folder, reads every weight and runs one forward pass, so that "loaded"
     /// means ready to answer.
     pub fn load_with(dir: &Path, options: LoadOptions) -> anyhow::Result<Self> {
+        Self::load_sharded(dir, options, None)
+    }
+
+    /// Loads this rank's share of a model split over `group` (tensor parallel; `None`: the
+    /// whole model). Every rank must then run the same requests in the same order.
+    pub fn load_sharded(
+        dir: &Path,
+        options: LoadOptions,
+        group: Option<std::sync::Arc<crate::distributed::Group>>,
+    ) -> anyhow::Result<Self> {
         let start = Instant::now();
-        let model = model::load(dir, options)?;
+        let mut model = model::load(dir, options)?;
+        if let Some(group) = group {
+            model.shard(group)?;
+        }
         let tokenizer = Tokenizer::load(dir, &model.config)?;
         eval(model.arrays()).context("reading the weights")?;
         let mut cache = model.new_cache();

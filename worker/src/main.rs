@@ -41,6 +41,11 @@ enum Command {
         /// Print prompt and generated token ids and timings as JSON
         #[arg(long)]
         json: bool,
+        /// Run as one rank of a tensor-parallel group on MLX's distributed backend (ring,
+        /// jaccl, mpi, nccl or any), its peers from MLX's environment (`MLX_RANK`,
+        /// `MLX_HOSTFILE`); every rank runs this same command
+        #[arg(long)]
+        tensor_parallel: Option<String>,
     },
     /// Serve one model to the controller over its Unix socket (the controller starts this)
     Serve {
@@ -101,7 +106,16 @@ fn run(cli: Cli) -> ExitCode {
             temperature,
             seed,
             json,
-        } => match generate(&model, &prompt, max_tokens, temperature, seed, json) {
+            tensor_parallel,
+        } => match generate(
+            &model,
+            &prompt,
+            max_tokens,
+            temperature,
+            seed,
+            json,
+            tensor_parallel.as_deref(),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         },
@@ -129,13 +143,23 @@ fn generate(
     temperature: f32,
     seed: Option<u64>,
     json: bool,
+    tensor_parallel: Option<&str>,
 ) -> anyhow::Result<()> {
+    use opta_lmx_worker::distributed::Group;
     use opta_lmx_worker::engine::Engine;
+    use opta_lmx_worker::model::LoadOptions;
     use opta_lmx_worker::request::GenerateParams;
     use opta_lmx_worker::scheduler;
     use std::io::Write;
 
-    let engine = Engine::load(dir)?;
+    let group = tensor_parallel
+        .map(Group::init)
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let rank = group.as_ref().map_or(0, |g| g.rank());
+    let engine = Engine::load_sharded(dir, LoadOptions::for_this_machine(), group)?;
+    // Every rank computes the same tokens; only the first shows them as they come.
+    let json = json || rank != 0;
     let messages = serde_json::json!([{"role": "user", "content": prompt}]);
     let ids = engine.chat_prompt(&messages, None, true)?;
     let params = GenerateParams {
@@ -177,6 +201,7 @@ fn generate(
                 "time_to_first_token_ms": t.time_to_first_token_ms,
                 "generation_tokens_per_s": gen_tps,
                 "load_seconds": engine.load_seconds,
+                "rank": rank,
             })
         );
     } else {

@@ -5,9 +5,12 @@ use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::ops::{self, indexing::IndexOp};
 use mlx_rs::{Array, Dtype};
 
+use std::sync::Arc;
+
 use opta_lmx_shared::model_dir::QuantMode;
 
 use super::*;
+use crate::distributed::Group;
 
 /// A linear layer, dense or MLX-quantized (affine with per-group biases, or a floating-point
 /// mode without them).
@@ -124,6 +127,8 @@ pub struct Attention {
     pub(crate) query_scale: Option<(f32, f32)>,
     /// gpt-oss: per head, a logit that joins every softmax without a value ([heads]).
     pub(crate) sinks: Option<Array>,
+    /// Tensor parallel: this rank holds some heads; outputs are summed over the group.
+    pub(crate) group: Option<Arc<Group>>,
 }
 
 impl Attention {
@@ -145,7 +150,7 @@ impl Attention {
                 ops::concatenate(&rows, 1)?
             }
         };
-        self.o_proj.forward(&out)
+        reduce(&self.group, self.o_proj.forward(&out)?)
     }
 
     /// Queries, keys and values of `x` ([b, l, hidden]) as [b, l, heads, head_dim], with the
@@ -187,8 +192,10 @@ impl Attention {
             mask,
             self.sinks.as_ref(),
         )?;
-        self.o_proj
-            .forward(&out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+        let out = self
+            .o_proj
+            .forward(&out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?;
+        reduce(&self.group, out)
     }
 
     /// Attention of one sequence's new tokens (`q`, `k`, `v`: [1, l, heads, head_dim]) over
@@ -252,6 +259,8 @@ pub struct Mlp {
     pub(crate) up_proj: Linear,
     pub(crate) down_proj: Linear,
     pub(crate) activation: Activation,
+    /// Tensor parallel: this rank holds some hidden units; outputs are summed over the group.
+    pub(crate) group: Option<Arc<Group>>,
 }
 
 impl Mlp {
@@ -263,7 +272,7 @@ impl Mlp {
             Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
             Activation::GeluApprox => gelu_approx(&gate)?,
         };
-        self.down_proj.forward(&act.multiply(&up)?)
+        reduce(&self.group, self.down_proj.forward(&act.multiply(&up)?)?)
     }
 }
 

@@ -39,6 +39,8 @@ pub enum ModelError {
     RopeScaling(String),
     #[error("a sequence's cache has fewer layers than the model")]
     CacheLayers,
+    #[error("cannot split the model for tensor parallelism: {0}")]
+    Shard(String),
     #[error("MLX: {0}")]
     Mlx(#[from] Exception),
 }
@@ -97,6 +99,7 @@ mod layers;
 mod moe;
 mod quant;
 mod rope;
+mod shard;
 mod source;
 
 use arch::*;
@@ -104,6 +107,7 @@ pub use layers::Linear;
 use layers::*;
 use moe::*;
 use rope::*;
+use shard::reduce;
 use source::*;
 
 /// A loaded model, ready to run forward passes.
@@ -259,6 +263,7 @@ impl Model {
                 } else {
                     None
                 },
+                group: None,
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(Box::new(w.moe(
@@ -273,6 +278,7 @@ impl Model {
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, b)?,
                     down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, b)?,
                     activation: spec.activation,
+                    group: None,
                 })
             };
             let input_norm = norm(&mut w, "input_layernorm", hidden)?;

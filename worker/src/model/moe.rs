@@ -100,6 +100,8 @@ pub struct MoeBlock {
     pub(crate) norm_topk_prob: bool,
     /// Experts every token uses, added after the routed ones (GLM-4.5).
     pub(crate) shared: Option<Mlp>,
+    /// Tensor parallel: this rank holds part of every expert; outputs are summed over it.
+    pub(crate) group: Option<std::sync::Arc<crate::distributed::Group>>,
 }
 
 /// How a MoE block's router turns its logits into experts and weights.
@@ -174,10 +176,11 @@ impl MoeBlock {
         let y = self.switch_glu(x, &chosen)?;
         let weighted = y.multiply(scores.expand_dims(-1)?)?;
         let routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
-        match &self.shared {
-            Some(mlp) => Ok(routed.add(mlp.forward(x)?)?),
-            None => Ok(routed),
-        }
+        let out = match &self.shared {
+            Some(mlp) => routed.add(mlp.forward(x)?)?,
+            None => routed,
+        };
+        reduce(&self.group, out)
     }
 
     /// Every token through its chosen experts: [1, n, k, hidden]. With many (token, expert)

@@ -129,6 +129,7 @@ impl TensorSource<'_> {
                         false,
                     )?,
                     activation: Activation::Silu,
+                    group: None,
                 })
             }
             None => None,
@@ -206,6 +207,7 @@ impl TensorSource<'_> {
                 .unwrap_or(1)
                 .clamp(1, experts.max(1) as usize) as i32,
             norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+            group: None,
         })
     }
 

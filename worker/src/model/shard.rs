@@ -1,0 +1,206 @@
+//! Tensor parallelism as mlx-lm's `shard()` does it: each rank keeps 1/N of every attention
+//! and MLP. Query, key, value, gate and up projections are split by output rows (whole heads,
+//! whole hidden units); the output and down projections by input columns, their partial
+//! results summed over the ranks (`all_sum`, two per layer). Experts split the same way with
+//! the router replicated; embeddings, norms and the output head are replicated.
+
+use std::sync::Arc;
+
+use mlx_rs::ops;
+use mlx_rs::Array;
+
+use crate::distributed::Group;
+
+use super::*;
+
+/// Rows `rank`'s share of `x` along `axis` (negative counts from the end).
+fn part(x: &Array, axis: i32, rank: i32, n: i32, what: &str) -> Result<Array> {
+    let ndim = x.ndim() as i32;
+    let ax = if axis < 0 { ndim + axis } else { axis };
+    let len = x.shape().get(ax as usize).copied().unwrap_or(0);
+    if len % n != 0 {
+        return Err(ModelError::Shard(format!(
+            "{what} has {len} along axis {ax}, which does not split over {n} ranks"
+        )));
+    }
+    let k = len / n;
+    let idx = ops::arange::<_, i32>(rank * k, (rank + 1) * k, None)?;
+    Ok(x.take_axis(&idx, ax)?)
+}
+
+/// A bias added once after the sum over ranks: each rank adds its 1/N share. Exact for the
+/// power-of-two rank counts the split is meant for.
+fn share(bias: &Array, n: i32) -> Result<Array> {
+    Ok(bias.divide(Array::from_int(n).as_dtype(bias.dtype())?)?)
+}
+
+/// How one projection is split.
+#[derive(Clone, Copy)]
+enum Split {
+    /// By output rows: each rank computes its part of the outputs.
+    Rows,
+    /// By input columns: each rank a partial sum of every output.
+    Columns,
+}
+
+impl Linear {
+    fn shard(&self, split: Split, rank: i32, n: i32, what: &str) -> Result<Linear> {
+        let p = |x: &Array, axis: i32| part(x, axis, rank, n, what);
+        let bias = |b: &Option<Array>| -> Result<Option<Array>> {
+            b.as_ref()
+                .map(|b| match split {
+                    Split::Rows => p(b, -1),
+                    Split::Columns => share(b, n),
+                })
+                .transpose()
+        };
+        let axis = match split {
+            Split::Rows => -2,
+            Split::Columns => -1,
+        };
+        Ok(match self {
+            Linear::Dense { weight, bias: b } => Linear::Dense {
+                weight: p(weight, axis)?,
+                bias: bias(b)?,
+            },
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias: b,
+                group_size,
+                bits,
+                mode,
+            } => Linear::Quantized {
+                // Packed words and groups split alike: a rank's columns are whole groups.
+                weight: p(weight, axis)?,
+                scales: p(scales, axis)?,
+                biases: biases.as_ref().map(|x| p(x, axis)).transpose()?,
+                bias: bias(b)?,
+                group_size: *group_size,
+                bits: *bits,
+                mode: *mode,
+            },
+        })
+    }
+}
+
+impl ExpertLinear {
+    fn shard(&self, split: Split, rank: i32, n: i32, what: &str) -> Result<ExpertLinear> {
+        let as_linear = match &self.weights {
+            ExpertWeights::Dense { weight } => Linear::Dense {
+                weight: weight.clone(),
+                bias: self.bias.clone(),
+            },
+            ExpertWeights::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                mode,
+            } => Linear::Quantized {
+                weight: weight.clone(),
+                scales: scales.clone(),
+                biases: biases.clone(),
+                bias: self.bias.clone(),
+                group_size: *group_size,
+                bits: *bits,
+                mode: *mode,
+            },
+        };
+        Ok(match as_linear.shard(split, rank, n, what)? {
+            Linear::Dense { weight, bias } => ExpertLinear {
+                weights: ExpertWeights::Dense { weight },
+                bias,
+            },
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+                mode,
+            } => ExpertLinear {
+                weights: ExpertWeights::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    group_size,
+                    bits,
+                    mode,
+                },
+                bias,
+            },
+        })
+    }
+}
+
+impl Mlp {
+    fn shard(&mut self, rank: i32, n: i32, what: &str) -> Result<()> {
+        self.gate_proj = self.gate_proj.shard(Split::Rows, rank, n, what)?;
+        self.up_proj = self.up_proj.shard(Split::Rows, rank, n, what)?;
+        self.down_proj = self.down_proj.shard(Split::Columns, rank, n, what)?;
+        Ok(())
+    }
+}
+
+impl Model {
+    /// Keeps this rank's share of every layer; each forward pass then sums partial results
+    /// over `group`. Refuses, saying why, when heads or hidden sizes do not divide.
+    pub fn shard(&mut self, group: Arc<Group>) -> Result<()> {
+        let (rank, n) = (group.rank(), group.size());
+        if n <= 1 {
+            return Ok(());
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let what = format!("layer {i}");
+            let a = &mut layer.attn;
+            if a.n_heads % n != 0 || a.n_kv_heads % n != 0 {
+                return Err(ModelError::Shard(format!(
+                    "{what} has {} attention heads and {} key-value heads, which do not split \
+                     over {n} ranks",
+                    a.n_heads, a.n_kv_heads
+                )));
+            }
+            a.q_proj = a.q_proj.shard(Split::Rows, rank, n, &what)?;
+            a.k_proj = a.k_proj.shard(Split::Rows, rank, n, &what)?;
+            a.v_proj = a.v_proj.shard(Split::Rows, rank, n, &what)?;
+            a.o_proj = a.o_proj.shard(Split::Columns, rank, n, &what)?;
+            a.sinks = a
+                .sinks
+                .as_ref()
+                .map(|s| part(s, 0, rank, n, &what))
+                .transpose()?;
+            a.n_heads /= n;
+            a.n_kv_heads /= n;
+            a.group = Some(group.clone());
+            match &mut layer.mlp {
+                FeedForward::Dense(mlp) => {
+                    mlp.shard(rank, n, &what)?;
+                    mlp.group = Some(group.clone());
+                }
+                FeedForward::Experts(moe) => {
+                    moe.gate_proj = moe.gate_proj.shard(Split::Rows, rank, n, &what)?;
+                    moe.up_proj = moe.up_proj.shard(Split::Rows, rank, n, &what)?;
+                    moe.down_proj = moe.down_proj.shard(Split::Columns, rank, n, &what)?;
+                    // The shared experts' partial sums join the routed ones' in one all_sum.
+                    if let Some(shared) = &mut moe.shared {
+                        shared.shard(rank, n, &what)?;
+                    }
+                    moe.group = Some(group.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `x` summed over the ranks of `group`, or `x` itself without one.
+pub(crate) fn reduce(group: &Option<Arc<Group>>, x: Array) -> Result<Array> {
+    match group {
+        Some(g) => Ok(g.all_sum(&x)?),
+        None => Ok(x),
+    }
+}
