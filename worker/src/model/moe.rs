@@ -77,6 +77,66 @@ impl ExpertLinear {
     }
 }
 
+/// Stacked experts are a linear layer with leading expert axes; the two convert freely.
+impl From<Linear> for ExpertLinear {
+    fn from(linear: Linear) -> Self {
+        match linear {
+            Linear::Dense { weight, bias } => ExpertLinear {
+                weights: ExpertWeights::Dense { weight },
+                bias,
+            },
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+                mode,
+            } => ExpertLinear {
+                weights: ExpertWeights::Quantized {
+                    weight,
+                    scales,
+                    biases,
+                    group_size,
+                    bits,
+                    mode,
+                },
+                bias,
+            },
+        }
+    }
+}
+
+impl ExpertLinear {
+    /// The same arrays as a (stacked) linear layer; arrays are reference-counted, not copied.
+    pub(crate) fn to_linear(&self) -> Linear {
+        let bias = self.bias.clone();
+        match &self.weights {
+            ExpertWeights::Dense { weight } => Linear::Dense {
+                weight: weight.clone(),
+                bias,
+            },
+            ExpertWeights::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                mode,
+            } => Linear::Quantized {
+                weight: weight.clone(),
+                scales: scales.clone(),
+                biases: biases.clone(),
+                bias,
+                group_size: *group_size,
+                bits: *bits,
+                mode: *mode,
+            },
+        }
+    }
+}
+
 /// The experts' gate activation.
 #[derive(Debug, Clone, Copy)]
 pub enum ExpertActivation {

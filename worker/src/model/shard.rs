@@ -87,53 +87,7 @@ impl Linear {
 
 impl ExpertLinear {
     fn shard(&self, split: Split, rank: i32, n: i32, what: &str) -> Result<ExpertLinear> {
-        let as_linear = match &self.weights {
-            ExpertWeights::Dense { weight } => Linear::Dense {
-                weight: weight.clone(),
-                bias: self.bias.clone(),
-            },
-            ExpertWeights::Quantized {
-                weight,
-                scales,
-                biases,
-                group_size,
-                bits,
-                mode,
-            } => Linear::Quantized {
-                weight: weight.clone(),
-                scales: scales.clone(),
-                biases: biases.clone(),
-                bias: self.bias.clone(),
-                group_size: *group_size,
-                bits: *bits,
-                mode: *mode,
-            },
-        };
-        Ok(match as_linear.shard(split, rank, n, what)? {
-            Linear::Dense { weight, bias } => ExpertLinear {
-                weights: ExpertWeights::Dense { weight },
-                bias,
-            },
-            Linear::Quantized {
-                weight,
-                scales,
-                biases,
-                bias,
-                group_size,
-                bits,
-                mode,
-            } => ExpertLinear {
-                weights: ExpertWeights::Quantized {
-                    weight,
-                    scales,
-                    biases,
-                    group_size,
-                    bits,
-                    mode,
-                },
-                bias,
-            },
-        })
+        Ok(self.to_linear().shard(split, rank, n, what)?.into())
     }
 }
 

@@ -154,33 +154,9 @@ impl TensorSource<'_> {
                 self.tensors
                     .insert(format!("{base}.{suffix}"), ops::stack(&parts, 0)?);
             }
-            Ok(
-                match self.linear_stacked(&base, &[experts], out, inp, oai)? {
-                    Linear::Dense { weight, bias } => ExpertLinear {
-                        weights: ExpertWeights::Dense { weight },
-                        bias,
-                    },
-                    Linear::Quantized {
-                        weight,
-                        scales,
-                        biases,
-                        bias,
-                        group_size,
-                        bits,
-                        mode,
-                    } => ExpertLinear {
-                        weights: ExpertWeights::Quantized {
-                            weight,
-                            scales,
-                            biases,
-                            group_size,
-                            bits,
-                            mode,
-                        },
-                        bias,
-                    },
-                },
-            )
+            Ok(self
+                .linear_stacked(&base, &[experts], out, inp, oai)?
+                .into())
         };
         let activation = if oai {
             ExpertActivation::ClampedSwiglu {
