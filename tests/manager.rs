@@ -30,6 +30,7 @@ fn config(worker_bin: PathBuf) -> ManagerConfig {
         max_batch: 8,
         prompt_cache_mb: 512,
         tool_syntax: Default::default(),
+        tensor_parallel: Default::default(),
     }
 }
 

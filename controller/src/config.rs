@@ -96,6 +96,9 @@ pub struct ModelsConfig {
     /// Per model id, the tool-call syntax to use instead of the one its chat template
     /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`, `harmony`).
     pub tool_call_format: std::collections::BTreeMap<String, String>,
+    /// Per model id, its split over ranks of MLX's distributed engine: `{ranks: N}` on this
+    /// machine, or `{hostfile: PATH, backend: ring|jaccl|...}` across machines.
+    pub tensor_parallel: std::collections::BTreeMap<String, crate::manager::TensorParallel>,
     /// Model names clients send mapped to model ids here (`claude-sonnet-4-5: qwen/...`); a
     /// name ending in `*` matches every name it begins. Without a match, a `claude-*` name
     /// (Claude Code's) means the default model, else the one loaded.
@@ -234,6 +237,7 @@ impl Default for ModelsConfig {
             prompt_cache_mb: 512,
             defaults: SamplingDefaults::default(),
             tool_call_format: Default::default(),
+            tensor_parallel: Default::default(),
             aliases: Default::default(),
             allow_paths: false,
         }
@@ -303,6 +307,10 @@ impl Config {
                     opta_lmx_shared::TOOL_SYNTAXES.join(", ")
                 )));
             }
+        }
+        for (model, tp) in &config.models.tensor_parallel {
+            tp.check()
+                .map_err(|e| invalid(format!("models.tensor_parallel.{model}: {e}")))?;
         }
         for (i, key) in config.server.api_keys.iter().enumerate() {
             if key.key().trim().is_empty() {

@@ -206,6 +206,7 @@ async fn serve(
         },
         prompt_cache_mb: cfg.models.prompt_cache_mb,
         tool_syntax: cfg.models.tool_call_format.clone(),
+        tensor_parallel: cfg.models.tensor_parallel.clone(),
     });
     let discovery = Discovery::new(cfg.models_directory(), cfg.models.allow_paths);
     tracing::info!(%addr, version = opta_lmx::VERSION, models = %discovery.models_dir.display(), "opta-lmx listening");

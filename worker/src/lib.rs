@@ -9,6 +9,7 @@ pub mod engine;
 pub mod grammar;
 pub mod harmony;
 pub mod inspect;
+pub mod mirror;
 pub mod model;
 pub mod output;
 pub mod prefix_cache;

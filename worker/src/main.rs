@@ -65,6 +65,26 @@ enum Command {
         /// implies: hermes, qwen3_coder, llama3, mistral, deepseek or harmony
         #[arg(long, value_parser = parse_tool_syntax)]
         tool_syntax: Option<ToolSyntax>,
+        /// Serve as rank 0 of a tensor-parallel group on MLX's distributed backend (ring,
+        /// jaccl, mpi, nccl or any); the peers come from MLX's environment unless
+        /// --local-ranks starts them
+        #[arg(long)]
+        tensor_parallel: Option<String>,
+        /// With --tensor-parallel ring: start this many ranks on this machine, this one
+        /// included, over loopback
+        #[arg(long, requires = "tensor_parallel", value_parser = clap::value_parser!(u32).range(2..))]
+        local_ranks: Option<u32>,
+    },
+    /// Run one of the other ranks (1 and up) of a tensor-parallel model whose rank 0 is
+    /// `serve --tensor-parallel`; MLX_RANK and MLX_HOSTFILE (or the backend's own settings)
+    /// say which
+    Follow {
+        /// The same model folder as rank 0's, on this machine
+        #[arg(long)]
+        model: PathBuf,
+        /// MLX's distributed backend, as rank 0 was given it
+        #[arg(long)]
+        tensor_parallel: String,
     },
 }
 
@@ -125,14 +145,26 @@ fn run(cli: Cli) -> ExitCode {
             max_batch,
             prompt_cache_mb,
             tool_syntax,
+            tensor_parallel,
+            local_ranks,
         } => {
             let limits = opta_lmx_worker::serve::Limits {
                 max_batch: max_batch as usize,
                 prompt_cache_bytes: prompt_cache_mb.saturating_mul(1024 * 1024),
                 tool_syntax,
+                tensor_parallel: tensor_parallel.map(|backend| {
+                    opta_lmx_worker::serve::TensorParallel {
+                        backend,
+                        local_ranks,
+                    }
+                }),
             };
             opta_lmx_worker::serve::run(&socket, &model, limits)
         }
+        Command::Follow {
+            model,
+            tensor_parallel,
+        } => opta_lmx_worker::serve::follow(&model, &tensor_parallel),
     }
 }
 

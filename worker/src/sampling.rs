@@ -34,14 +34,17 @@ pub struct Sampler {
     recent: VecDeque<u32>,
 }
 
+/// A seed for a request that gave none: the clock's nanoseconds.
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x5EED)
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
-        let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x5EED)
-        });
+        let seed = params.seed.unwrap_or_else(fresh_seed);
         let keep = params.repetition_context as usize;
         let recent = prompt[prompt.len().saturating_sub(keep)..]
             .iter()

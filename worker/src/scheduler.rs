@@ -38,6 +38,9 @@ pub const PREFILL_STEP: usize = 2048;
 const FAIR_CHUNK_SECONDS: f64 = 0.25;
 /// Bounds for a fair chunk, in tokens.
 const MIN_CHUNK: usize = 16;
+/// The prefill chunk beside running streams when chunks may not depend on timing (ranks of a
+/// tensor-parallel group must split every prompt alike).
+const UNTIMED_CHUNK: usize = 256;
 
 /// How a scheduler runs.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +137,8 @@ pub struct Scheduler<'e> {
     pub prefix_cache: PrefixCache,
     /// Measured prefill speed, to size fair chunks.
     prefill_tokens_per_second: Option<f64>,
+    /// Prefill chunks sized from measured speed (off: `UNTIMED_CHUNK`, the same on every run).
+    timed_chunks: bool,
 }
 
 impl<'e> Scheduler<'e> {
@@ -145,12 +150,20 @@ impl<'e> Scheduler<'e> {
             ahead: None,
             prefix_cache: PrefixCache::new(config.prompt_cache_bytes),
             prefill_tokens_per_second: None,
+            timed_chunks: true,
         }
     }
 
     /// Running sequences.
     pub fn len(&self) -> usize {
         self.seqs.len()
+    }
+
+    /// Makes every scheduling choice independent of timing, so that identical inputs give
+    /// identical forward passes (the ranks of a tensor-parallel group).
+    pub fn untimed(mut self) -> Self {
+        self.timed_chunks = false;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -300,7 +313,7 @@ impl<'e> Scheduler<'e> {
         eval(seq.cache.iter().flat_map(KvCache::state))?;
         seq.prefilled = end;
         let seconds = start.elapsed().as_secs_f64();
-        if n >= MIN_CHUNK && seconds > 0.0 {
+        if self.timed_chunks && n >= MIN_CHUNK && seconds > 0.0 {
             let rate = n as f64 / seconds;
             self.prefill_tokens_per_second = Some(match self.prefill_tokens_per_second {
                 Some(old) => 0.5 * old + 0.5 * rate,
@@ -312,6 +325,9 @@ impl<'e> Scheduler<'e> {
 
     /// Tokens a prefill chunk may take while others generate.
     fn fair_chunk(&self) -> usize {
+        if !self.timed_chunks {
+            return UNTIMED_CHUNK;
+        }
         let tokens = self
             .prefill_tokens_per_second
             .map_or(MIN_CHUNK, |rate| (rate * FAIR_CHUNK_SECONDS) as usize);

@@ -21,6 +21,9 @@
 //!
 //! An encoder (`bert`) is served by a simpler loop: each `Embed` is one forward pass over its
 //! padded batch, answered with one `Embeddings` frame (`embed.rs`).
+//!
+//! A tensor-parallel model (`--tensor-parallel`) is served by rank 0, which hands each round's
+//! messages to the other ranks (`follow`, below; `mirror.rs`) before it handles them.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,11 +42,15 @@ use opta_lmx_shared::protocol::{
     PROTOCOL_VERSION,
 };
 
+use crate::distributed::Group;
 use crate::embed::{EmbedError, Encoder, Input};
 use crate::engine::Engine;
+use crate::mirror::{self, Mirrored};
+use crate::model::LoadOptions;
 use crate::prepare::{prepare, Output, Prepared};
 use crate::request::{GenerateError, GenerateParams};
 use crate::scheduler::{Admitted, Event, Scheduler, SchedulerConfig};
+use crate::tool_syntax::ToolSyntax;
 
 /// After `Shutdown`, how long the engine thread gets to stop and report before the process
 /// ends anyway (it cannot notice `Shutdown` during a load or a long prefill).
@@ -60,7 +67,7 @@ macro_rules! log {
 }
 
 /// How much one worker runs at once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests decoded together; more wait in arrival order.
     pub max_batch: usize,
@@ -68,6 +75,19 @@ pub struct Limits {
     pub prompt_cache_bytes: u64,
     /// The tool-call syntax configured for this model (`None`: the template's).
     pub tool_syntax: Option<crate::tool_syntax::ToolSyntax>,
+    /// Serve as rank 0 of a tensor-parallel group.
+    pub tensor_parallel: Option<TensorParallel>,
+}
+
+/// A tensor-parallel group as `serve` joins it.
+#[derive(Debug, Clone)]
+pub struct TensorParallel {
+    /// MLX's backend: ring, jaccl, mpi, nccl or any.
+    pub backend: String,
+    /// Start this many ranks on this machine (ring over loopback), rank 0 included; `None`:
+    /// the ranks come from MLX's environment (`MLX_RANK`, `MLX_HOSTFILE`), the others started
+    /// on their machines with `opta-lmx-worker follow`.
+    pub local_ranks: Option<u32>,
 }
 
 /// Runs the worker: connect to `socket`, load `model_dir`, serve until shutdown. Returns the
@@ -129,7 +149,8 @@ fn die(code: i32) -> ! {
 /// The connection to the controller. Reads happen on the reader thread only; writes take
 /// `write_lock` so that frames from different threads never interleave.
 struct Link {
-    stream: Stream,
+    /// `None` on a rank other than 0, which answers nobody.
+    stream: Option<Stream>,
     write_lock: Mutex<()>,
 }
 
@@ -137,19 +158,29 @@ impl Link {
     fn connect(socket: &Path) -> std::io::Result<Link> {
         let name = socket.to_fs_name::<GenericFilePath>()?;
         Ok(Link {
-            stream: Stream::connect(name)?,
+            stream: Some(Stream::connect(name)?),
             write_lock: Mutex::new(()),
         })
+    }
+
+    fn null() -> Link {
+        Link {
+            stream: None,
+            write_lock: Mutex::new(()),
+        }
     }
 
     /// Writes one whole frame. A failed write means the controller is gone (or the stream is
     /// out of step), so the process ends: nobody is left to serve.
     fn send(&self, msg: &FromWorker) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match write_frame_blocking(&mut &self.stream, msg) {
+        match write_frame_blocking(&mut &*stream, msg) {
             Ok(()) => {}
             Err(ProtocolError::Io(e)) => {
                 log!("writing to the controller failed ({e}); exiting");
@@ -171,9 +202,12 @@ struct Inbound {
 /// The reader thread: forwards frames to the engine thread and ends the process when the
 /// controller goes away.
 fn read_loop(link: &Link, tx: &Sender<Inbound>) -> ! {
+    let Some(stream) = &link.stream else {
+        die(1);
+    };
     let mut shutdown_armed = false;
     loop {
-        match read_frame_blocking::<ToWorker, _>(&mut &link.stream) {
+        match read_frame_blocking::<ToWorker, _>(&mut &*stream) {
             Ok(Some(msg)) => {
                 if matches!(msg, ToWorker::Shutdown) && !shutdown_armed {
                     shutdown_armed = true;
@@ -224,7 +258,18 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
     if encoder {
         return encoder_main(link, rx, dir);
     }
-    let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(dir)));
+    // A tensor-parallel rank 0 joins its group first: every rank loads only its share.
+    let (group, _local) = match &limits.tensor_parallel {
+        None => (None, None),
+        Some(tp) => match join_group(tp, dir) {
+            Ok((group, local)) => (Some(group), local),
+            Err(e) => return load_failed(link, e),
+        },
+    };
+    let options = LoadOptions::for_this_machine();
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        Engine::load_sharded(dir, options, group.clone())
+    }));
     let mut engine = match loaded {
         Ok(Ok(engine)) => engine,
         Ok(Err(e)) => return load_failed(link, format!("{e:#}")),
@@ -244,23 +289,185 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         facts.quantization,
         facts.load_seconds
     );
+    if let Some(group) = &group {
+        let start = Mirrored::Start {
+            max_batch: limits.max_batch.max(1) as u32,
+            prompt_cache_bytes: limits.prompt_cache_bytes,
+            tool_syntax: limits.tool_syntax.map(|s| s.name().to_string()),
+        };
+        if let Err(e) = mirror::send(group, &start) {
+            return load_failed(link, e.to_string());
+        }
+    }
     link.send(&FromWorker::Ready(facts));
 
     let config = SchedulerConfig {
         max_batch: limits.max_batch.max(1),
         prompt_cache_bytes: usize::try_from(limits.prompt_cache_bytes).unwrap_or(usize::MAX),
     };
+    let sched = Scheduler::new(&engine, config);
     let mut server = Server {
         engine: &engine,
         link,
         rx,
         queue: VecDeque::new(),
-        sched: Scheduler::new(&engine, config),
+        sched: if group.is_some() {
+            sched.untimed()
+        } else {
+            sched
+        },
         shutdown: false,
+        mirror: group,
+        broken: false,
     };
     server.serve();
     log!("shut down");
     ExitCode::SUCCESS
+}
+
+/// Joins the group `tp` describes as rank 0, first starting the local ranks if asked to.
+fn join_group(
+    tp: &TensorParallel,
+    dir: &Path,
+) -> Result<(Arc<Group>, Option<mirror::LocalRanks>), String> {
+    let local = match tp.local_ranks {
+        Some(n) if n > 1 => {
+            let ranks = mirror::start_local_ranks(n, dir)
+                .map_err(|e| format!("cannot start the other ranks: {e}"))?;
+            // MLX reads its peers from the environment when the group is joined, below.
+            std::env::set_var("MLX_RANK", "0");
+            std::env::set_var("MLX_HOSTFILE", &ranks.hostfile);
+            Some(ranks)
+        }
+        _ => None,
+    };
+    let group = Group::init(&tp.backend).map_err(|e| e.to_string())?;
+    if group.rank() != 0 {
+        return Err(format!(
+            "serve runs rank 0, but MLX_RANK makes this rank {}; the other ranks run \
+             `opta-lmx-worker follow`",
+            group.rank()
+        ));
+    }
+    log!("rank 0 of {} ({})", group.size(), tp.backend);
+    // A rank that ends breaks the group: end this one too, so the model restarts as a crashed
+    // one does.
+    let local = local.map(|mut ranks| {
+        for (i, mut child) in ranks.children.drain(..).enumerate() {
+            let watcher = thread::Builder::new()
+                .name(format!("rank-{}", i + 1))
+                .spawn(move || {
+                    let status = child.wait();
+                    log!(
+                        "rank {} ended ({status:?}); the group is broken, exiting",
+                        i + 1
+                    );
+                    die(1);
+                });
+            if watcher.is_err() {
+                log!("cannot watch rank {}", i + 1);
+            }
+        }
+        ranks
+    });
+    Ok((Arc::new(group), local))
+}
+
+/// `opta-lmx-worker follow`: a rank other than 0 of a tensor-parallel model. It loads its
+/// share, then runs each round rank 0 hands it through the same scheduler, answering nobody.
+pub fn follow(dir: &Path, backend: &str) -> ExitCode {
+    let dir = dir.to_path_buf();
+    let backend = backend.to_string();
+    let engine = thread::Builder::new()
+        .name("engine".into())
+        .stack_size(ENGINE_STACK_BYTES)
+        .spawn(move || follow_main(&dir, &backend));
+    match engine.map(thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn follow_main(dir: &Path, backend: &str) -> ExitCode {
+    let group = match Group::init(backend) {
+        Ok(g) if g.rank() != 0 => Arc::new(g),
+        Ok(_) => {
+            log!("follow runs ranks 1 and up; rank 0 is `serve`");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            log!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut engine =
+        match Engine::load_sharded(dir, LoadOptions::for_this_machine(), Some(group.clone())) {
+            Ok(engine) => engine,
+            Err(e) => {
+                log!("rank {}: loading failed: {e:#}", group.rank());
+                return ExitCode::FAILURE;
+            }
+        };
+    let (max_batch, prompt_cache_bytes) = match mirror::receive(&group) {
+        Ok(Mirrored::Start {
+            max_batch,
+            prompt_cache_bytes,
+            tool_syntax,
+        }) => {
+            engine.tool_syntax = tool_syntax.as_deref().and_then(ToolSyntax::from_name);
+            (max_batch as usize, prompt_cache_bytes)
+        }
+        Ok(Mirrored::Round(_)) => {
+            log!("rank {}: rank 0 did not start the group", group.rank());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            log!("rank {}: {e}", group.rank());
+            return ExitCode::FAILURE;
+        }
+    };
+    log!("rank {} of {} ready", group.rank(), group.size());
+    let link = Link::null();
+    let (_tx, rx) = mpsc::channel();
+    let config = SchedulerConfig {
+        max_batch,
+        prompt_cache_bytes: usize::try_from(prompt_cache_bytes).unwrap_or(usize::MAX),
+    };
+    let mut server = Server {
+        engine: &engine,
+        link: &link,
+        rx: &rx,
+        queue: VecDeque::new(),
+        sched: Scheduler::new(&engine, config).untimed(),
+        shutdown: false,
+        mirror: None,
+        broken: false,
+    };
+    loop {
+        let msgs = match mirror::receive(&group) {
+            Ok(Mirrored::Round(msgs)) => msgs,
+            Ok(Mirrored::Start { .. }) => Vec::new(),
+            Err(e) => {
+                // Rank 0 is gone (unloaded, or crashed): nothing is left to serve.
+                log!("rank {}: {e}; exiting", group.rank());
+                return ExitCode::FAILURE;
+            }
+        };
+        for msg in msgs {
+            server.handle(Inbound {
+                msg,
+                arrived: Instant::now(),
+            });
+        }
+        if server.shutdown {
+            server.cancel_all();
+            return ExitCode::SUCCESS;
+        }
+        server.admit();
+        if !server.sched.is_empty() {
+            server.step();
+        }
+    }
 }
 
 /// An encoder's worker: embeddings only, each request one forward pass, in arrival order.
@@ -412,14 +619,19 @@ struct Server<'a> {
     queue: VecDeque<Queued>,
     sched: Scheduler<'a>,
     shutdown: bool,
+    /// Rank 0 of a tensor-parallel group: each round's messages go to the other ranks first.
+    mirror: Option<Arc<Group>>,
+    /// A step failed in a tensor-parallel group, whose ranks may now be out of step.
+    broken: bool,
 }
 
 impl Server<'_> {
     fn serve(&mut self) {
         loop {
+            let mut round = Vec::new();
             if self.sched.is_empty() && self.queue.is_empty() {
                 match self.rx.recv() {
-                    Ok(inbound) => self.handle(inbound),
+                    Ok(inbound) => round.push(inbound),
                     // The reader never returns (it ends the process), so this is unreachable
                     // in practice; stopping is the only sensible answer.
                     Err(_) => return,
@@ -428,6 +640,12 @@ impl Server<'_> {
             // Take everything that already arrived, so a Cancel right behind its Generate
             // removes it before any work is done.
             while let Ok(inbound) = self.rx.try_recv() {
+                round.push(inbound);
+            }
+            if let Some(group) = &self.mirror {
+                hand_over(group, &mut round);
+            }
+            for inbound in round {
                 self.handle(inbound);
             }
             if self.shutdown {
@@ -520,13 +738,26 @@ impl Server<'_> {
     /// fails the requests that were running, not the model.
     fn step(&mut self) {
         let link = self.link;
+        let sharded = self.mirror.is_some();
+        let mut broken = false;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.sched.step(&mut |event| send_event(link, event));
+            self.sched.step(&mut |event| {
+                broken |= sharded && matches!(event, Event::Error(_, GenerateError::Engine(_)));
+                send_event(link, event)
+            });
         }));
         if let Err(panic) = result {
             let message = panicked(panic.as_ref()).to_string();
             self.sched
                 .fail_all(&message, &mut |event| send_event(link, event));
+            broken |= sharded;
+        }
+        self.broken |= broken;
+        if self.broken {
+            // The other ranks may not have failed alike: their next collectives would not
+            // match. Exit, so the model restarts as a crashed one does.
+            log!("a tensor-parallel step failed; exiting");
+            die(1);
         }
     }
 
@@ -570,6 +801,29 @@ impl Server<'_> {
 }
 
 /// Sends what the scheduler produced for one request.
+/// Rank 0: hands this round's requests, cancellations and shutdown to the other ranks. A
+/// request without a seed gets one here, so that every rank samples alike.
+fn hand_over(group: &Group, round: &mut [Inbound]) {
+    let mut msgs = Vec::new();
+    for inbound in round.iter_mut() {
+        match &mut inbound.msg {
+            ToWorker::Generate(req) => {
+                if req.sampling.seed.is_none() {
+                    req.sampling.seed = Some(crate::sampling::fresh_seed());
+                }
+                msgs.push(inbound.msg.clone());
+            }
+            ToWorker::Cancel { .. } | ToWorker::Shutdown => msgs.push(inbound.msg.clone()),
+            // Answered by rank 0 alone.
+            ToWorker::GetStats | ToWorker::Embed(_) => {}
+        }
+    }
+    if let Err(e) = mirror::send(group, &Mirrored::Round(msgs)) {
+        log!("{e}; exiting");
+        die(1);
+    }
+}
+
 fn send_event(link: &Link, event: Event) {
     let msg = match event {
         // Always stream: whether the client streams only changes what the controller does.

@@ -95,6 +95,18 @@ impl ToolSyntax {
         })
     }
 
+    /// The name a config file uses for this syntax (the inverse of `from_name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolSyntax::Hermes => "hermes",
+            ToolSyntax::QwenXml => "qwen3_coder",
+            ToolSyntax::Llama3 => "llama3",
+            ToolSyntax::Mistral => "mistral",
+            ToolSyntax::DeepSeek => "deepseek",
+            ToolSyntax::Harmony => "harmony",
+        }
+    }
+
     /// Markers that open a call region.
     fn openers(self) -> &'static [&'static str] {
         match self {

@@ -696,3 +696,82 @@ fn shutdown_cancels_the_running_request_and_exits_zero() {
     std::io::Read::read_to_string(w.child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert_eq!(out, "");
 }
+
+/// The ids mlx-lm generated for `variant`'s reference cases, with their prompt ids.
+fn reference_cases(variant: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/reference_ids.json");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+    all["models"][variant]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (ids(&c["prompt_ids"]), ids(&c["ids"])))
+        .collect()
+}
+
+/// A tensor-parallel model served as any other: rank 0 starts the other rank over loopback
+/// and hands it every request, so requests batched together answer with mlx-lm's greedy ids
+/// (one process), twice (the second time from the prompt cache); a rank that dies ends rank
+/// 0, which the controller then restarts as a crashed worker.
+#[test]
+fn tensor_parallel_ranks_serve_in_step_and_a_dead_rank_ends_the_worker() {
+    let variant = "tiny-random-glm4-moe";
+    let mut w = Worker::start_with(
+        &models_dir().join(variant),
+        &["--tensor-parallel", "ring", "--local-ranks", "2"],
+    );
+    let facts = w.handshake();
+    let cases = reference_cases(variant);
+    for round in 0..2 {
+        for (i, (prompt, _)) in cases.iter().enumerate() {
+            let mut req = request(
+                (round * 10 + i) as u64,
+                Prompt::Tokens(prompt.clone()),
+                Some(16),
+            );
+            req.logprobs = Some(0);
+            w.send(ToWorker::Generate(req));
+        }
+        let mut frames = Vec::new();
+        for i in 0..cases.len() {
+            frames.extend(w.until_end_of((round * 10 + i) as u64));
+        }
+        for (i, (_, want)) in cases.iter().enumerate() {
+            let a = Answer::of((round * 10 + i) as u64, &frames);
+            a.done();
+            assert_eq!(&a.ids(), want, "round {round}, case {i}");
+        }
+    }
+    // A request with no seed is sampled alike on both ranks (rank 0 gives it one): it runs to
+    // its end rather than hanging the group.
+    let mut sampled = request(30, Prompt::Text("Once upon a time".into()), Some(24));
+    sampled.sampling = SamplingParams {
+        temperature: 1.0,
+        ..SamplingParams::default()
+    };
+    w.complete(sampled).done();
+
+    w.send(ToWorker::Generate(endless(40, &facts)));
+    first_chunk(&mut w, 40);
+    let pid = w.child.0.id();
+    // Children are listed per thread; rank 1 was started by the engine thread.
+    let children: String = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the worker's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let follower: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("rank 1 is the worker's child")
+        .parse()
+        .unwrap();
+    // SAFETY: a plain kill(2) of a process this test's worker started.
+    assert_eq!(unsafe { libc::kill(follower, libc::SIGKILL) }, 0);
+    let status = w
+        .exit_within(Duration::from_secs(30))
+        .expect("rank 0 exits");
+    assert!(!status.success(), "{status}");
+}

@@ -57,6 +57,66 @@ pub struct ManagerConfig {
     pub prompt_cache_mb: u64,
     /// Per model id, the worker's `--tool-syntax` (`models.tool_call_format`).
     pub tool_syntax: std::collections::BTreeMap<String, String>,
+    /// Per model id, how it is split over ranks (`models.tensor_parallel`).
+    pub tensor_parallel: std::collections::BTreeMap<String, TensorParallel>,
+}
+
+/// A model split over ranks of MLX's distributed engine. Rank 0 is the model's worker;
+/// `ranks` starts the others on this machine (the ring over loopback), `hostfile` names every
+/// rank's host for MLX (`MLX_HOSTFILE`), the others started on their machines with
+/// `opta-lmx-worker follow`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorParallel {
+    #[serde(default)]
+    pub ranks: Option<u32>,
+    #[serde(default)]
+    pub hostfile: Option<PathBuf>,
+    #[serde(default = "ring")]
+    pub backend: String,
+}
+
+fn ring() -> String {
+    "ring".into()
+}
+
+impl TensorParallel {
+    /// MLX's distributed backends.
+    pub const BACKENDS: &'static [&'static str] = &["ring", "jaccl", "mpi", "nccl", "any"];
+
+    /// Why this entry cannot work, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !Self::BACKENDS.contains(&self.backend.as_str()) {
+            return Err(format!(
+                "backend must be one of {} (got {:?})",
+                Self::BACKENDS.join(", "),
+                self.backend
+            ));
+        }
+        match (self.ranks, &self.hostfile) {
+            (Some(n), None) if n >= 2 && self.backend == "ring" => Ok(()),
+            (Some(n), None) if n >= 2 => {
+                Err("ranks on this machine run over the ring backend only".into())
+            }
+            (Some(n), None) => Err(format!("ranks must be at least 2 (got {n})")),
+            (None, Some(_)) => Ok(()),
+            _ => Err("give either ranks (on this machine) or a hostfile, not both".into()),
+        }
+    }
+
+    /// The worker's arguments and environment for rank 0.
+    pub(crate) fn worker_args(&self) -> (Vec<String>, Vec<(String, PathBuf)>) {
+        let mut args = vec!["--tensor-parallel".to_string(), self.backend.clone()];
+        let mut env = Vec::new();
+        if let Some(n) = self.ranks {
+            args.extend(["--local-ranks".to_string(), n.to_string()]);
+        }
+        if let Some(hostfile) = &self.hostfile {
+            env.push(("MLX_RANK".to_string(), PathBuf::from("0")));
+            env.push(("MLX_HOSTFILE".to_string(), hostfile.clone()));
+        }
+        (args, env)
+    }
 }
 
 /// Why a manager call failed. The messages are written for clients and can be sent as they

@@ -334,6 +334,7 @@ impl Supervisor {
             max_batch: cfg.max_batch,
             prompt_cache_mb: cfg.prompt_cache_mb,
             tool_syntax: cfg.tool_syntax.get(&self.model).cloned(),
+            tensor_parallel: cfg.tensor_parallel.get(&self.model).cloned(),
         };
         let (cancel_tx, mut cancel_rx) = oneshot::channel();
         let task = tokio::spawn(async move {

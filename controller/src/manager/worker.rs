@@ -45,6 +45,8 @@ pub(crate) struct Launch {
     pub prompt_cache_mb: u64,
     /// The worker's `--tool-syntax`, when configured for this model.
     pub tool_syntax: Option<String>,
+    /// How the model is split over ranks, when it is.
+    pub tensor_parallel: Option<super::TensorParallel>,
 }
 
 /// A running, ready worker.
@@ -102,8 +104,13 @@ pub(crate) async fn launch(
             l.tool_syntax
                 .iter()
                 .flat_map(|s| ["--tool-syntax".to_string(), s.clone()]),
-        )
-        .stdin(Stdio::null())
+        );
+    if let Some(tp) = &l.tensor_parallel {
+        // Local ranks are the worker's children, in its process group: stopping it stops them.
+        let (args, env) = tp.worker_args();
+        cmd.args(args).envs(env);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group: signals reach anything it starts, and a Ctrl-C in the controller's
