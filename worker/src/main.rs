@@ -85,6 +85,10 @@ enum Command {
         /// MLX's distributed backend, as rank 0 was given it
         #[arg(long)]
         tensor_parallel: String,
+        /// Wait for one byte on stdin before each round (how `serve --local-ranks` starts
+        /// its ranks, so that they do not poll while idle)
+        #[arg(long)]
+        doorbell: bool,
     },
 }
 
@@ -164,7 +168,8 @@ fn run(cli: Cli) -> ExitCode {
         Command::Follow {
             model,
             tensor_parallel,
-        } => opta_lmx_worker::serve::follow(&model, &tensor_parallel),
+            doorbell,
+        } => opta_lmx_worker::serve::follow(&model, &tensor_parallel, doorbell),
     }
 }
 

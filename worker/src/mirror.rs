@@ -5,11 +5,14 @@
 //! forward passes in the same order, and their `all_sum`s meet.
 //!
 //! The hand-over is an `all_sum` of rank 0's bytes with the other ranks' zeros: first the
-//! length, then the payload, so no transport of our own is needed.
+//! length, then the payload, so no transport of our own is needed. MLX's ring polls its
+//! sockets while it waits, which would keep an idle rank's core busy; ranks on this machine
+//! therefore wait for a doorbell first, one byte on their stdin from rank 0 per round.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 use bincode::{Decode, Encode};
 use mlx_rs::{transforms::eval, Array};
@@ -83,7 +86,24 @@ fn exchange(group: &Group, bytes: Option<&[u8]>) -> Result<Vec<u8>, MirrorError>
 pub struct LocalRanks {
     pub hostfile: PathBuf,
     pub children: Vec<Child>,
+    /// Each child's doorbell (its stdin).
+    pub doorbells: Vec<ChildStdin>,
     _dir: tempfile::TempDir,
+}
+
+/// Rank 0: wakes every local rank for the round about to be handed over. A rank that is gone
+/// is noticed by its watcher, not here.
+pub fn ring_doorbells(doorbells: &mut [ChildStdin]) {
+    for d in doorbells {
+        let _ = d.write_all(&[1]).and_then(|()| d.flush());
+    }
+}
+
+/// A local rank: waits, without spinning, until rank 0 has a round for it. `false`: rank 0 is
+/// gone (the pipe closed).
+pub fn await_doorbell() -> bool {
+    let mut byte = [0u8; 1];
+    matches!(std::io::stdin().lock().read(&mut byte), Ok(1))
 }
 
 /// Writes a ring hostfile of `ranks` free loopback ports and starts ranks 1.. of `model_dir`.
@@ -100,20 +120,28 @@ pub fn start_local_ranks(ranks: u32, model_dir: &Path) -> std::io::Result<LocalR
     let hostfile = dir.path().join("hosts.json");
     std::fs::write(&hostfile, serde_json::to_string(&hosts)?)?;
     let exe = std::env::current_exe()?;
-    let children = (1..ranks)
+    let mut children = (1..ranks)
         .map(|rank| {
             Command::new(&exe)
-                .args(["follow", "--tensor-parallel", "ring", "--model"])
+                .args([
+                    "follow",
+                    "--doorbell",
+                    "--tensor-parallel",
+                    "ring",
+                    "--model",
+                ])
                 .arg(model_dir)
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", &hostfile)
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .spawn()
         })
         .collect::<std::io::Result<Vec<_>>>()?;
+    let doorbells = children.iter_mut().filter_map(|c| c.stdin.take()).collect();
     Ok(LocalRanks {
         hostfile,
         children,
+        doorbells,
         _dir: dir,
     })
 }

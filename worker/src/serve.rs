@@ -259,7 +259,7 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         return encoder_main(link, rx, dir);
     }
     // A tensor-parallel rank 0 joins its group first: every rank loads only its share.
-    let (group, _local) = match &limits.tensor_parallel {
+    let (group, mut local) = match &limits.tensor_parallel {
         None => (None, None),
         Some(tp) => match join_group(tp, dir) {
             Ok((group, local)) => (Some(group), local),
@@ -289,7 +289,12 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         facts.quantization,
         facts.load_seconds
     );
+    let mut doorbells = local
+        .as_mut()
+        .map(|l| std::mem::take(&mut l.doorbells))
+        .unwrap_or_default();
     if let Some(group) = &group {
+        mirror::ring_doorbells(&mut doorbells);
         let start = Mirrored::Start {
             max_batch: limits.max_batch.max(1) as u32,
             prompt_cache_bytes: limits.prompt_cache_bytes,
@@ -318,6 +323,7 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         },
         shutdown: false,
         mirror: group,
+        doorbells,
         broken: false,
     };
     server.serve();
@@ -375,20 +381,28 @@ fn join_group(
 
 /// `opta-lmx-worker follow`: a rank other than 0 of a tensor-parallel model. It loads its
 /// share, then runs each round rank 0 hands it through the same scheduler, answering nobody.
-pub fn follow(dir: &Path, backend: &str) -> ExitCode {
+/// `doorbell`: wait for rank 0's byte on stdin before each round (a rank rank 0 started).
+pub fn follow(dir: &Path, backend: &str, doorbell: bool) -> ExitCode {
     let dir = dir.to_path_buf();
     let backend = backend.to_string();
     let engine = thread::Builder::new()
         .name("engine".into())
         .stack_size(ENGINE_STACK_BYTES)
-        .spawn(move || follow_main(&dir, &backend));
+        .spawn(move || follow_main(&dir, &backend, doorbell));
     match engine.map(thread::JoinHandle::join) {
         Ok(Ok(code)) => code,
         _ => ExitCode::FAILURE,
     }
 }
 
-fn follow_main(dir: &Path, backend: &str) -> ExitCode {
+fn follow_main(dir: &Path, backend: &str, doorbell: bool) -> ExitCode {
+    // Rank 0 is gone when its doorbell pipe closes.
+    let wait = || {
+        if doorbell && !mirror::await_doorbell() {
+            log!("rank 0 is gone; exiting");
+            die(1);
+        }
+    };
     let group = match Group::init(backend) {
         Ok(g) if g.rank() != 0 => Arc::new(g),
         Ok(_) => {
@@ -408,6 +422,7 @@ fn follow_main(dir: &Path, backend: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    wait();
     let (max_batch, prompt_cache_bytes) = match mirror::receive(&group) {
         Ok(Mirrored::Start {
             max_batch,
@@ -441,9 +456,11 @@ fn follow_main(dir: &Path, backend: &str) -> ExitCode {
         sched: Scheduler::new(&engine, config).untimed(),
         shutdown: false,
         mirror: None,
+        doorbells: Vec::new(),
         broken: false,
     };
     loop {
+        wait();
         let msgs = match mirror::receive(&group) {
             Ok(Mirrored::Round(msgs)) => msgs,
             Ok(Mirrored::Start { .. }) => Vec::new(),
@@ -621,6 +638,8 @@ struct Server<'a> {
     shutdown: bool,
     /// Rank 0 of a tensor-parallel group: each round's messages go to the other ranks first.
     mirror: Option<Arc<Group>>,
+    /// Rank 0: the local ranks' doorbells, rung before each round.
+    doorbells: Vec<std::process::ChildStdin>,
     /// A step failed in a tensor-parallel group, whose ranks may now be out of step.
     broken: bool,
 }
@@ -643,6 +662,7 @@ impl Server<'_> {
                 round.push(inbound);
             }
             if let Some(group) = &self.mirror {
+                mirror::ring_doorbells(&mut self.doorbells);
                 hand_over(group, &mut round);
             }
             for inbound in round {
