@@ -322,9 +322,9 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
             sched
         },
         shutdown: false,
+        sharded: group.is_some(),
         mirror: group,
         doorbells,
-        broken: false,
     };
     server.serve();
     log!("shut down");
@@ -457,7 +457,7 @@ fn follow_main(dir: &Path, backend: &str, doorbell: bool) -> ExitCode {
         shutdown: false,
         mirror: None,
         doorbells: Vec::new(),
-        broken: false,
+        sharded: true,
     };
     loop {
         wait();
@@ -640,8 +640,9 @@ struct Server<'a> {
     mirror: Option<Arc<Group>>,
     /// Rank 0: the local ranks' doorbells, rung before each round.
     doorbells: Vec<std::process::ChildStdin>,
-    /// A step failed in a tensor-parallel group, whose ranks may now be out of step.
-    broken: bool,
+    /// Any rank of a tensor-parallel group: a failed step ends the process, since the ranks
+    /// may no longer make the same forward passes.
+    sharded: bool,
 }
 
 impl Server<'_> {
@@ -755,14 +756,18 @@ impl Server<'_> {
     }
 
     /// One scheduler round, streaming what it produced. A panic (a bug, or one inside MLX)
-    /// fails the requests that were running, not the model.
+    /// fails the requests that were running, not the model; in a tensor-parallel group, a
+    /// failed step (an MLX error or a panic) ends the process instead.
     fn step(&mut self) {
         let link = self.link;
-        let sharded = self.mirror.is_some();
+        let sharded = self.sharded;
         let mut broken = false;
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.sched.step(&mut |event| {
-                broken |= sharded && matches!(event, Event::Error(_, GenerateError::Engine(_)));
+                // A grammar's failure is its own request's, and the same on every rank.
+                broken |= sharded
+                    && matches!(&event, Event::Error(_, GenerateError::Engine(m))
+                        if !m.starts_with("grammar:"));
                 send_event(link, event)
             });
         }));
@@ -772,8 +777,7 @@ impl Server<'_> {
                 .fail_all(&message, &mut |event| send_event(link, event));
             broken |= sharded;
         }
-        self.broken |= broken;
-        if self.broken {
+        if broken {
             // The other ranks may not have failed alike: their next collectives would not
             // match. Exit, so the model restarts as a crashed one does.
             log!("a tensor-parallel step failed; exiting");
