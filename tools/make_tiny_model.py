@@ -53,6 +53,10 @@ are), tiny-random-gpt-oss-openai the same experts in OpenAI's own checkpoint lay
 `quantization_config.quant_method: mxfp4`). Their tokenizer adds the harmony format's special
 tokens to SmolLM2's, with a harmony chat template written here.
 
+tiny-random-ministral3-fp8 is tiny-random-ministral3 in Mistral's FP8 layout (float8 e4m3
+projections, per-tensor `weight_scale_inv`), and tiny-random-ministral3-fp8-dense the same
+weights expanded by MLX, which the reference is recorded from.
+
 tiny-random-qwen3 gets a chat template in the manner of Qwen3's thinking models (written here,
 not copied): tools in a system block with Hermes `<tool_call>` syntax, tool results as
 `<tool_response>`, and an assistant turn that opens `<think>` unless `enable_thinking` is false.
@@ -450,6 +454,45 @@ def variants_of_gpt_oss(config: dict, w: dict[str, mx.array]):
     yield "tiny-random-gpt-oss-openai", openai, raw
 
 
+def fp8_ministral(out: Path, source: Path) -> None:
+    """tiny-random-ministral3-fp8: the projections as float8 e4m3 with a per-tensor
+    `weight_scale_inv` (and the unused `activation_scale` of Mistral's static scheme), as
+    Mistral publishes Ministral 3; tiny-random-ministral3-fp8-dense the same weights expanded
+    by MLX's own `from_fp8`, for the reference (mlx-lm 0.32.2's ministral3 multiplies the raw
+    bytes instead)."""
+    base = out / "tiny-random-ministral3"
+    weights = mx.load(str(base / "model.safetensors"))
+    config = json.loads((base / "config.json").read_text())
+    fp8, dense = {}, {}
+    for name, w in weights.items():
+        if name.startswith("model.layers.") and name.endswith("_proj.weight"):
+            scale = mx.max(mx.abs(w)) / 448.0
+            q = mx.to_fp8(w / scale)
+            fp8[name] = q
+            fp8[name.replace(".weight", ".weight_scale_inv")] = scale
+            fp8[name.replace(".weight", ".activation_scale")] = mx.array(1.0)
+            dense[name] = mx.from_fp8(q, mx.float32) * scale
+        else:
+            fp8[name] = dense[name] = w
+    quant = {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": None}
+    write(out / "tiny-random-ministral3-fp8", source, {**config, "quantization_config": quant}, fp8)
+    mark_float8(out / "tiny-random-ministral3-fp8" / "model.safetensors")
+    write(out / "tiny-random-ministral3-fp8-dense", source, config, dense)
+
+
+def mark_float8(path: Path) -> None:
+    """MLX saves float8 bytes as U8; checkpoints say F8_E4M3 (which MLX loads as uint8)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    for name, t in header.items():
+        if name.endswith("_proj.weight") and t.get("dtype") == "U8":
+            t["dtype"] = "F8_E4M3"
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -666,6 +709,8 @@ def main() -> None:
 
     # Drawn after every model above, so that their weights stay as they were.
     gpt_oss(src, args.out, args.source)
+    # No random draws: tiny-random-ministral3's weights in Mistral's FP8 layout.
+    fp8_ministral(args.out, args.source)
 
 
 if __name__ == "__main__":

@@ -273,6 +273,12 @@ pub fn quantized_footprint(dir: &Path, config: &ModelConfig) -> (u64, u64) {
         let Some(module) = name.strip_suffix(".weight") else {
             continue;
         };
+        // FP8 (Mistral's checkpoints): a byte per weight, expanded at load.
+        if tensors.contains_key(&format!("{module}.weight_scale_inv")) {
+            expanded += shape.iter().product::<u64>() * 4;
+            stored += bytes;
+            continue;
+        }
         let scales = format!("{module}.scales");
         let (Some(q), true) = (
             config.quantization.for_module(module),

@@ -263,10 +263,17 @@ impl TensorSource<'_> {
                     mode,
                 })
             }
-            _ => Ok(Linear::Dense {
-                weight: self.take_shaped(&format!("{module}.weight"), &shape(&[out, inp]))?,
-                bias,
-            }),
+            _ => {
+                let mut weight =
+                    self.take_shaped(&format!("{module}.weight"), &shape(&[out, inp]))?;
+                // FP8 checkpoints (Mistral's): float8 e4m3 weights times `weight_scale_inv`.
+                if let Some(scale) = self.tensors.remove(&format!("{module}.weight_scale_inv")) {
+                    let float32 = self.options.float32_quant_params || self.dequantize;
+                    weight = fp8_weight(module, &weight, &scale, out, float32)?;
+                }
+                self.tensors.remove(&format!("{module}.activation_scale"));
+                Ok(Linear::Dense { weight, bias })
+            }
         }
     }
 }
@@ -323,6 +330,35 @@ pub(crate) fn openai_experts(tensors: &mut HashMap<String, Array>) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// An FP8 weight expanded: e4m3 bytes (MLX loads `F8_E4M3` tensors as uint8) times its scale,
+/// one per tensor or per row, in the scale's dtype (float32 with `float32`).
+fn fp8_weight(module: &str, w: &Array, scale: &Array, rows: i32, float32: bool) -> Result<Array> {
+    let name = format!("{module}.weight_scale_inv");
+    if w.dtype() != Dtype::Uint8 {
+        return Err(ModelError::Shape {
+            name: format!(
+                "{module}.weight (dtype {:?}, expected float8 e4m3)",
+                w.dtype()
+            ),
+            actual: w.shape().to_vec(),
+            expected: w.shape().to_vec(),
+        });
+    }
+    if scale.size() != 1 && scale.shape() != [rows, 1] {
+        return Err(ModelError::Shape {
+            name: format!("{name} (block-wise FP8 scales are not supported)"),
+            actual: scale.shape().to_vec(),
+            expected: vec![rows, 1],
+        });
+    }
+    let dtype = if float32 {
+        Dtype::Float32
+    } else {
+        scale.dtype()
+    };
+    Ok(w.from_fp8(dtype)?.multiply(scale.as_dtype(dtype)?)?)
 }
 
 /// Bytes the quantized weights would take expanded to float32.
