@@ -20,16 +20,6 @@ fn endless(model: &str) -> Value {
     })
 }
 
-fn worker_pid(d: &Daemon, model: &str) -> Option<u32> {
-    let (_, status) = d.get("/admin/status");
-    status["workers"]
-        .as_array()?
-        .iter()
-        .find(|w| w["model_id"] == model)?["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-}
-
 fn chat_ok(d: &Daemon, model: &str) {
     let (code, body) = d.post(
         "/v1/chat/completions",
@@ -43,7 +33,7 @@ fn a_worker_killed_mid_stream_ends_only_its_own_stream_and_comes_back() {
     let d = Daemon::start("");
     chat_ok(&d, TINY);
     chat_ok(&d, TINY_QWEN);
-    let pid = worker_pid(&d, TINY).expect("tiny's worker");
+    let pid = d.worker_pid(TINY).expect("tiny's worker");
 
     let mut events = Vec::new();
     let mut killed = false;
@@ -81,14 +71,14 @@ fn a_worker_killed_mid_stream_ends_only_its_own_stream_and_comes_back() {
     chat_ok(&d, TINY_QWEN);
     // The next request for the killed model starts it again.
     chat_ok(&d, TINY);
-    assert_ne!(worker_pid(&d, TINY), Some(pid));
+    assert_ne!(d.worker_pid(TINY), Some(pid));
 }
 
 #[test]
 fn a_frozen_worker_times_out_and_can_still_be_unloaded() {
     let d = Daemon::start("server:\n  timeout_sec: 3\n");
     chat_ok(&d, TINY);
-    let pid = worker_pid(&d, TINY).unwrap();
+    let pid = d.worker_pid(TINY).unwrap();
     signal(pid, "STOP");
     let started = Instant::now();
     let (code, err) = d.post(
@@ -111,8 +101,8 @@ fn killing_the_controller_leaves_no_worker_behind() {
     chat_ok(&d, TINY);
     chat_ok(&d, TINY_QWEN);
     let pids = [
-        worker_pid(&d, TINY).unwrap(),
-        worker_pid(&d, TINY_QWEN).unwrap(),
+        d.worker_pid(TINY).unwrap(),
+        d.worker_pid(TINY_QWEN).unwrap(),
     ];
     d.child.kill().expect("SIGKILL the controller");
     let _ = d.child.wait();
@@ -177,7 +167,7 @@ fn with_jit_off_a_crashed_model_still_restarts_on_its_next_request() {
     let d = Daemon::start("models:\n  jit_loading: false\n");
     let (code, _) = d.post("/admin/models/load", &json!({"model_id": TINY}));
     assert_eq!(code, 200);
-    let pid = worker_pid(&d, TINY).unwrap();
+    let pid = d.worker_pid(TINY).unwrap();
     signal(pid, "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while d.worker_status(TINY)["state"] != "crashed" && Instant::now() < deadline {
@@ -185,7 +175,7 @@ fn with_jit_off_a_crashed_model_still_restarts_on_its_next_request() {
     }
     assert_eq!(d.worker_status(TINY)["state"], "crashed");
     chat_ok(&d, TINY);
-    assert_ne!(worker_pid(&d, TINY), Some(pid));
+    assert_ne!(d.worker_pid(TINY), Some(pid));
     // A model never loaded is still refused with JIT loading off.
     let (code, _) = d.post(
         "/v1/chat/completions",

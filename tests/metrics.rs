@@ -26,15 +26,6 @@ fn scrape(d: &Daemon) -> String {
     body
 }
 
-fn worker_pid(d: &Daemon) -> Option<u64> {
-    let (_, status) = d.get("/admin/status");
-    status["workers"]
-        .as_array()?
-        .iter()
-        .find(|w| w["model_id"] == TINY)?["pid"]
-        .as_u64()
-}
-
 #[test]
 fn metrics_count_requests_tokens_latency_and_worker_lifecycles() {
     let d = Daemon::start("");
@@ -99,7 +90,7 @@ fn metrics_count_requests_tokens_latency_and_worker_lifecycles() {
     );
 
     // A crash, the restart that follows it, then an unload.
-    signal(worker_pid(&d).expect("pid") as u32, "KILL");
+    signal(d.worker_pid(TINY).expect("pid"), "KILL");
     let deadline = Instant::now() + Duration::from_secs(10);
     while sample(&scrape(&d), &format!("opta_lmx_worker_crashes_total{m}")) != Some(1.0) {
         assert!(Instant::now() < deadline, "no crash counted");

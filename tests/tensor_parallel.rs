@@ -12,16 +12,6 @@ const VARIANT: &str = "tiny-random-glm4-moe";
 const MODEL: &str = "opta/tiny-random-glm4-moe";
 const CONFIG: &str = "models:\n  tensor_parallel:\n    opta/tiny-random-glm4-moe: {ranks: 2}\n";
 
-fn worker_pid(d: &Daemon) -> Option<u32> {
-    let (_, status) = d.get("/admin/status");
-    status["workers"]
-        .as_array()?
-        .iter()
-        .find(|w| w["model_id"] == MODEL)?["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-}
-
 /// The worker's child processes: its other rank.
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -54,7 +44,7 @@ fn a_split_model_answers_as_one_process_and_restarts_when_a_rank_dies() {
     let (code, r) = d.post("/v1/chat/completions", &greedy);
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["choices"][0]["message"]["content"], case["text"], "{r}");
-    let pid = worker_pid(&d).expect("the model's worker");
+    let pid = d.worker_pid(MODEL).expect("the model's worker");
     let ranks = children(pid);
     assert_eq!(ranks.len(), 1, "rank 0 started one other rank: {ranks:?}");
 
@@ -86,7 +76,7 @@ fn a_split_model_answers_as_one_process_and_restarts_when_a_rank_dies() {
     let (code, again) = d.post("/v1/chat/completions", &greedy);
     assert_eq!(code, 200, "{again}");
     assert_eq!(again["choices"][0]["message"]["content"], case["text"]);
-    let new_pid = worker_pid(&d).expect("restarted");
+    let new_pid = d.worker_pid(MODEL).expect("restarted");
     assert_ne!(new_pid, pid);
     let new_ranks = children(new_pid);
     assert_eq!(new_ranks.len(), 1);
@@ -112,21 +102,9 @@ fn an_entry_that_cannot_work_is_refused_at_startup() {
         ("{backend: smoke}", "backend must be one of"),
         ("{}", "either ranks"),
     ] {
-        let (ok, _, err) = opta_lmx_tests::run(
-            std::process::Command::new(opta_lmx_tests::binary("opta-lmx"))
-                .args(["serve", "--port", "1", "--config"])
-                .arg({
-                    let dir = tempfile::tempdir().unwrap().keep();
-                    let path = dir.join("c.yaml");
-                    std::fs::write(
-                        &path,
-                        format!("models:\n  tensor_parallel:\n    m: {entry}\n"),
-                    )
-                    .unwrap();
-                    path
-                }),
-        );
-        assert!(!ok, "{entry}");
+        let err = opta_lmx_tests::refused_config(&format!(
+            "models:\n  tensor_parallel:\n    m: {entry}\n"
+        ));
         assert!(
             err.contains("models.tensor_parallel.m") && err.contains(says),
             "{entry}: {err}"

@@ -174,17 +174,7 @@ fn forced_call_round_trip(d: &Daemon, model: &str, syntax: &str) {
 
 #[test]
 fn an_unknown_tool_call_format_is_refused_at_startup() {
-    let (ok, _, err) = opta_lmx_tests::run(
-        std::process::Command::new(opta_lmx_tests::binary("opta-lmx"))
-            .args(["serve", "--port", "1", "--config"])
-            .arg({
-                let dir = tempfile::tempdir().unwrap().keep();
-                let path = dir.join("c.yaml");
-                std::fs::write(&path, "models:\n  tool_call_format:\n    m: xml\n").unwrap();
-                path
-            }),
-    );
-    assert!(!ok);
+    let err = opta_lmx_tests::refused_config("models:\n  tool_call_format:\n    m: xml\n");
     assert!(
         err.contains("tool_call_format") && err.contains("hermes"),
         "{err}"

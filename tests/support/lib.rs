@@ -70,6 +70,19 @@ pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
     )
 }
 
+/// What `opta-lmx serve` prints on stderr when it refuses to start with `config` (YAML); it
+/// must refuse.
+pub fn refused_config(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, config).expect("config");
+    let (ok, _, err) = run(std::process::Command::new(binary("opta-lmx"))
+        .args(["serve", "--port", "1", "--config"])
+        .arg(&path));
+    assert!(!ok, "started with {config:?}");
+    err
+}
+
 /// A raw HTTP/1.1 response as its status code (0 if there is none), its head and its body.
 pub fn split_response(raw: &str) -> (u16, &str, &str) {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
@@ -194,6 +207,11 @@ impl Daemon {
             .as_array()
             .and_then(|ws| ws.iter().find(|w| w["model_id"] == model).cloned())
             .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The pid of `model`'s worker, if it has one.
+    pub fn worker_pid(&self, model: &str) -> Option<u32> {
+        self.worker_status(model)["pid"].as_u64().map(|p| p as u32)
     }
 
     pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
