@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use opta_lmx_shared::protocol::{FinishReason, SamplingParams};
 use opta_lmx_worker::engine::Engine;
 use opta_lmx_worker::model::LoadOptions;
+use opta_lmx_worker::process::skip_exit_destructors;
 use opta_lmx_worker::request::GenerateParams;
 use opta_lmx_worker::scheduler::generate;
 use serde_json::{json, Value};
@@ -31,8 +32,11 @@ thread_local! {
 /// Runs `f` with the f32 model, loaded once per test thread.
 fn with_f32<R>(f: impl FnOnce(&Engine) -> R) -> R {
     F32.with(|cell| {
-        f(cell
-            .get_or_init(|| Engine::load(&models_dir().join("SmolLM2-135M-Instruct-f32")).unwrap()))
+        f(cell.get_or_init(|| {
+            let engine = Engine::load(&models_dir().join("SmolLM2-135M-Instruct-f32")).unwrap();
+            skip_exit_destructors();
+            engine
+        }))
     })
 }
 
@@ -79,6 +83,7 @@ fn check_against_mlx_lm(variant: &str) {
     let max = entry["max_tokens"].as_u64().expect("max_tokens") as usize;
     // mlx-lm keeps the files' dtypes: compare with the same arithmetic.
     let engine = Engine::load_with(&models_dir().join(variant), LoadOptions::EXACT).unwrap();
+    skip_exit_destructors();
     let cases = entry["cases"].as_array().expect("cases");
     assert!(!cases.is_empty());
     for case in cases {
