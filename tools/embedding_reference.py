@@ -83,6 +83,10 @@ def main() -> None:
 
     model, tokenizer = mlx_embeddings.load(str(args.model))
     fast = Tokenizer.from_file(str(args.model / "tokenizer.json"))
+    # The file's own padding and truncation (all-MiniLM-L6-v2 ships Fixed 128) are not how
+    # transformers or sentence-transformers tokenize: they set both per call.
+    fast.no_padding()
+    fast.no_truncation()
     config = json.loads((args.model / "config.json").read_text())
     pooling = json.loads((args.model / "1_Pooling/config.json").read_text())
     st_config = json.loads((args.model / "sentence_bert_config.json").read_text())

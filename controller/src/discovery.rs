@@ -22,16 +22,44 @@ pub struct ModelEntry {
     pub kind: ModelKind,
 }
 
+/// A folder that looks like a model (it has a `config.json`) but cannot be loaded, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unloadable {
+    pub id: String,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// What an id names on this machine.
+// Returned once per lookup and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(ModelEntry),
+    Unloadable(Unloadable),
+    Missing,
+}
+
 impl ModelEntry {
-    fn read(id: String, dir: PathBuf) -> Option<Self> {
-        let config = model_dir::read_config(&dir).ok()?;
+    /// The model in `dir`, or why it cannot be loaded: its config or weight files are
+    /// unreadable, or the worker does not run its architecture.
+    fn read(id: String, dir: PathBuf) -> Result<Self, Unloadable> {
+        let unloadable = |reason: String| Unloadable {
+            id: id.clone(),
+            dir: dir.clone(),
+            reason,
+        };
+        let config = model_dir::read_config(&dir).map_err(|e| unloadable(e.to_string()))?;
+        if let Some(reason) = model_dir::unsupported(&config) {
+            return Err(unloadable(reason));
+        }
         let weights_bytes = model_dir::weight_files(&dir)
-            .ok()?
+            .map_err(|e| unloadable(e.to_string()))?
             .iter()
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
             .sum();
-        Some(ModelEntry {
+        Ok(ModelEntry {
             id,
             kind: ModelKind::of(&dir, &config),
             generation: GenerationConfig::read(&dir),
@@ -96,14 +124,27 @@ impl Discovery {
         }
     }
 
-    /// The folder of `id`, or `None` when no such model exists (or its path is refused).
+    /// The model `id`, or `None` when no loadable model has that id (or its path is refused).
     pub fn resolve(&self, id: &str) -> Option<ModelEntry> {
+        match self.lookup(id) {
+            Lookup::Found(entry) => Some(entry),
+            Lookup::Unloadable(_) | Lookup::Missing => None,
+        }
+    }
+
+    /// What `id` names: a model, a folder that cannot be loaded (and why), or nothing (a
+    /// refused path is nothing too).
+    pub fn lookup(&self, id: &str) -> Lookup {
+        let found = |read: Result<ModelEntry, Unloadable>| match read {
+            Ok(entry) => Lookup::Found(entry),
+            Err(u) => Lookup::Unloadable(u),
+        };
         let path = Path::new(id);
         if path.is_absolute() {
-            if self.refuses_path(id) {
-                return None;
+            if self.refuses_path(id) || !path.join("config.json").is_file() {
+                return Lookup::Missing;
             }
-            return ModelEntry::read(id.to_string(), path.to_path_buf());
+            return found(ModelEntry::read(id.to_string(), path.to_path_buf()));
         }
         // Ids are publisher/name: refuse anything that could climb out of the folders.
         let parts: Vec<&str> = id.split('/').collect();
@@ -112,25 +153,49 @@ impl Discovery {
                 .iter()
                 .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\\'))
         {
-            return None;
+            return Lookup::Missing;
         }
         let local = self.models_dir.join(parts[0]).join(parts[1]);
         if local.join("config.json").is_file() {
-            return ModelEntry::read(id.to_string(), local);
+            return found(ModelEntry::read(id.to_string(), local));
         }
-        let cache = self.hf_cache.as_ref()?;
-        let snapshot = hf_snapshot(&cache.join(format!("models--{}--{}", parts[0], parts[1])))?;
-        ModelEntry::read(id.to_string(), snapshot)
+        let snapshot = self.hf_cache.as_ref().and_then(|cache| {
+            hf_snapshot(&cache.join(format!("models--{}--{}", parts[0], parts[1])))
+        });
+        match snapshot {
+            Some(dir) => found(ModelEntry::read(id.to_string(), dir)),
+            None => Lookup::Missing,
+        }
     }
 
     /// Every model that could be loaded, sorted by id.
     pub fn list(&self) -> Vec<ModelEntry> {
+        self.scan().0
+    }
+
+    /// Every folder with a `config.json` that cannot be loaded, and why, sorted by id.
+    pub fn unloadable(&self) -> Vec<Unloadable> {
+        self.scan().1
+    }
+
+    fn scan(&self) -> (Vec<ModelEntry>, Vec<Unloadable>) {
         let mut out = Vec::new();
+        let mut bad = Vec::new();
+        fn take(
+            read: Result<ModelEntry, Unloadable>,
+            out: &mut Vec<ModelEntry>,
+            bad: &mut Vec<Unloadable>,
+        ) {
+            match read {
+                Ok(entry) => out.push(entry),
+                Err(u) => bad.push(u),
+            }
+        }
         for publisher in subdirs(&self.models_dir) {
             for model in subdirs(&publisher) {
                 if model.join("config.json").is_file() {
                     let id = format!("{}/{}", file_name(&publisher), file_name(&model));
-                    out.extend(ModelEntry::read(id, model));
+                    take(ModelEntry::read(id, model), &mut out, &mut bad);
                 }
             }
         }
@@ -144,16 +209,17 @@ impl Discovery {
                     continue;
                 };
                 let id = format!("{publisher}/{model}");
-                if out.iter().any(|e| e.id == id) {
+                if out.iter().any(|e| e.id == id) || bad.iter().any(|u| u.id == id) {
                     continue;
                 }
                 if let Some(snap) = hf_snapshot(&repo) {
-                    out.extend(ModelEntry::read(id, snap));
+                    take(ModelEntry::read(id, snap), &mut out, &mut bad);
                 }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        bad.sort_by(|a, b| a.id.cmp(&b.id));
+        (out, bad)
     }
 }
 

@@ -375,6 +375,17 @@ async fn ls(t: &Target) -> anyhow::Result<()> {
             m["state"].as_str().unwrap_or("?")
         );
     }
+    let unloadable = body["unloadable"].as_array().cloned().unwrap_or_default();
+    if !unloadable.is_empty() {
+        println!("\ncannot load:");
+        for u in unloadable {
+            println!(
+                "{:<48} {}",
+                u["id"].as_str().unwrap_or("?"),
+                u["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
     Ok(())
 }
 

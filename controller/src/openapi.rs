@@ -1332,9 +1332,15 @@ fn model_schemas() -> Value {
             "created": {"type": "integer", "description": "config.json's modification time."},
             "owned_by": {"type": "string", "description": "The publisher."},
         })),
-        "LmsModelList": closed(&["object", "data"], json!({
+        "LmsModelList": closed(&["object", "data", "unloadable"], json!({
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": schema_ref("LmsModel")},
+            "unloadable": {"type": "array", "description": "Folders with a config.json that \
+                cannot be loaded (an unreadable config, no weights, an architecture the \
+                worker does not run), each with the reason.",
+                "items": closed(&["id", "path", "reason"], json!({
+                    "id": {"type": "string"}, "path": {"type": "string"},
+                    "reason": {"type": "string"}}))},
         })),
         "LmsModel": closed(
             &["id", "object", "type", "publisher", "arch", "compatibility_type", "quantization",

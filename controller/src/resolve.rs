@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::discovery::ModelEntry;
+use crate::discovery::{Lookup, ModelEntry};
 use crate::download::{self, DownloadError};
 use crate::manager::ModelState;
 use crate::state::AppState;
@@ -36,6 +36,13 @@ pub enum ResolveError {
         "The model `{0}` was downloaded, but its files do not form a model that can be loaded."
     )]
     NotAModel(String),
+    /// The folder is there, but no worker can run it.
+    #[error("The model `{model}` in {} cannot be loaded: {reason}.", .dir.display())]
+    Unloadable {
+        model: String,
+        dir: PathBuf,
+        reason: String,
+    },
 }
 
 impl ResolveError {
@@ -57,8 +64,16 @@ pub async fn find(
     id: &str,
     may_download: bool,
 ) -> Result<ModelEntry, ResolveError> {
-    if let Some(entry) = state.discovery.resolve(id) {
-        return Ok(entry);
+    match state.discovery.lookup(id) {
+        Lookup::Found(entry) => return Ok(entry),
+        Lookup::Unloadable(u) => {
+            return Err(ResolveError::Unloadable {
+                model: u.id,
+                dir: u.dir,
+                reason: u.reason,
+            })
+        }
+        Lookup::Missing => {}
     }
     if state.discovery.refuses_path(id) {
         return Err(ResolveError::PathRefused(id.to_string()));

@@ -236,11 +236,25 @@ impl ModelConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
-    /// A short label such as `4bit` or `bf16`, as LM Studio shows in its model list.
+    /// A short label such as `4bit`, `mxfp4` or `bf16`, as LM Studio shows in its model
+    /// list; `mixed` when quantized modules differ in bits or mode (mlx-community's gpt-oss
+    /// MXFP4-Q8: 8-bit affine layers, MXFP4 experts).
     pub fn quantization_label(&self) -> String {
-        match self.quantization.default {
-            Some(q) => format!("{}bit", q.bits),
-            None => self.torch_dtype.clone().unwrap_or_else(|| "unknown".into()),
+        let q = &self.quantization;
+        let label = |q: &Quantization| match q.mode {
+            QuantMode::Affine => format!("{}bit", q.bits),
+            mode => format!("{mode:?}").to_lowercase(),
+        };
+        let labels: std::collections::BTreeSet<String> = q
+            .default
+            .iter()
+            .chain(q.overrides.values().flatten())
+            .map(label)
+            .collect();
+        match labels.len() {
+            0 => self.torch_dtype.clone().unwrap_or_else(|| "unknown".into()),
+            1 => labels.into_iter().next().unwrap_or_default(),
+            _ => "mixed".into(),
         }
     }
 }
@@ -436,7 +450,10 @@ fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {
     for (key, v) in obj {
         match v {
             Value::Object(_) => {
-                let m = mode(v).transpose()?.unwrap_or(default_mode);
+                // An override is a whole `to_quantized` call in mlx-lm: without a mode of its
+                // own it is affine, whatever the default's mode (`mlx_lm.convert --q-mode
+                // mxfp4` writes its 8-bit routers so).
+                let m = mode(v).transpose()?.unwrap_or_default();
                 out.overrides.insert(key.clone(), parse_one(v, m)?);
             }
             Value::Bool(false) => {
@@ -545,6 +562,38 @@ impl GenerationConfig {
 
 /// Model types that are encoders: they embed text and generate nothing.
 pub const ENCODER_TYPES: &[&str] = &["bert", "xlm_roberta"];
+
+/// Decoder model types the worker runs, as `read_config` reads them (a vision-language
+/// wrapper's text model: Mistral 3's is `ministral3`, Gemma 3's keeps `gemma3`).
+pub const GENERATION_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "ministral3",
+    "phi3",
+    "granite",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "glm4_moe",
+    "gpt_oss",
+    "gemma3_text",
+    "gemma3",
+];
+
+/// Why the worker cannot run a model of this config, before one is started for it: its
+/// architecture. `None` when it can.
+pub fn unsupported(config: &ModelConfig) -> Option<String> {
+    let t = config.model_type.as_str();
+    if GENERATION_TYPES.contains(&t) || ENCODER_TYPES.contains(&t) {
+        return None;
+    }
+    Some(format!(
+        "its architecture (model_type {t:?}) is not supported; supported are {}, and for \
+         embeddings {}",
+        GENERATION_TYPES.join(", "),
+        ENCODER_TYPES.join(", ")
+    ))
+}
 
 /// Decoder architectures that serve embeddings when the folder is a sentence-transformers
 /// model (a `modules.json` with a Pooling module), as Qwen3-Embedding and EmbeddingGemma are.
@@ -744,6 +793,60 @@ mod tests {
             })
         );
         assert_eq!(q.for_module("lm_head"), None);
+    }
+
+    #[test]
+    fn an_override_without_a_mode_is_affine_as_mlx_lm_reads_it() {
+        // What `mlx_lm.convert --q-mode mxfp4` writes for gpt-oss.
+        let q = parse_quantization(&json!({
+            "group_size": 32, "bits": 4, "mode": "mxfp4",
+            "model.layers.0.mlp.router": {"group_size": 64, "bits": 8},
+            "model.layers.1.mlp.router": {"group_size": 32, "bits": 4, "mode": "mxfp4"},
+        }))
+        .unwrap();
+        let expert = q
+            .for_module("model.layers.0.mlp.experts.gate_proj")
+            .unwrap();
+        assert_eq!(expert.mode, QuantMode::Mxfp4);
+        let router = q.for_module("model.layers.0.mlp.router").unwrap();
+        assert_eq!(
+            (router.group_size, router.bits, router.mode),
+            (64, 8, QuantMode::Affine)
+        );
+        let own = q.for_module("model.layers.1.mlp.router").unwrap();
+        assert_eq!(own.mode, QuantMode::Mxfp4, "an override's own mode stands");
+    }
+
+    #[test]
+    fn quantization_labels_name_the_mode_and_mixed_layouts() {
+        let label = |quantization: Value| {
+            let mut config: ModelConfig = serde_json::from_value(json!({
+                "model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1,
+                "intermediate_size": 8, "num_attention_heads": 1, "vocab_size": 4,
+                "torch_dtype": "bfloat16"}))
+            .unwrap();
+            if !quantization.is_null() {
+                config.quantization = parse_quantization(&quantization).unwrap();
+            }
+            config.quantization_label()
+        };
+        assert_eq!(label(Value::Null), "bfloat16");
+        assert_eq!(label(json!({"group_size": 64, "bits": 4})), "4bit");
+        assert_eq!(
+            label(json!({"group_size": 32, "bits": 4, "mode": "mxfp4"})),
+            "mxfp4"
+        );
+        // gpt-oss as mlx-community converts it: 8-bit affine, MXFP4 experts.
+        assert_eq!(
+            label(json!({"group_size": 64, "bits": 8,
+                "model.layers.0.mlp.experts.gate_proj": {"group_size": 32, "bits": 4, "mode": "mxfp4"}})),
+            "mixed"
+        );
+        assert_eq!(
+            label(json!({"group_size": 64, "bits": 4, "lm_head": false})),
+            "4bit",
+            "a module left dense does not make it mixed"
+        );
     }
 
     #[test]

@@ -131,8 +131,7 @@ impl Encoder {
         let model_type = model_dir::read_config(dir)?.model_type;
         let (pooling, normalize) =
             model_dir::sentence_pooling(dir).unwrap_or((Pooling::Mean, false));
-        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let tokenizer = crate::tokenizer::read_tokenizer_file(&dir.join("tokenizer.json"))?;
         let (network, vocab_size, dims, num_layers, context) =
             if model_dir::ENCODER_TYPES.contains(&model_type.as_str()) {
                 let (bert, config) = Bert::load(dir)?;

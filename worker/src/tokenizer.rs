@@ -36,6 +36,21 @@ pub struct Tokenizer {
 }
 
 /// A token string may be given as `"<s>"` or as `{"content": "<s>", ...}`.
+/// A `tokenizer.json` as the references read it: without the padding and truncation the file
+/// may carry (sentence-transformers' all-MiniLM-L6-v2 ships `Fixed 128` padding). transformers
+/// and sentence-transformers set both per call; a batch's padding and an input's limit are the
+/// engine's business, not the file's.
+pub fn read_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let load_error = |e: &dyn std::fmt::Display| TokenizerError::Load {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| load_error(&e))?;
+    tok.with_padding(None);
+    tok.with_truncation(None).map_err(|e| load_error(&e))?;
+    Ok(tok)
+}
+
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
@@ -59,10 +74,7 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 impl Tokenizer {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self, TokenizerError> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::Load {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let inner = read_tokenizer_file(&path)?;
         let tc_path = dir.join("tokenizer_config.json");
         let tc = if tc_path.exists() {
             model_dir::read_json(&tc_path)?

@@ -393,6 +393,8 @@ impl From<crate::resolve::ResolveError> for ApiError {
                 ApiError::model_unavailable(model, message)
             }
             R::DownloadFailed { .. } | R::NotAModel(_) => ApiError::download_failed(message),
+            // The request's problem, not the server's: what it names cannot run here.
+            R::Unloadable { .. } => ApiError::invalid_param("model", message),
         }
     }
 }

@@ -117,17 +117,28 @@ pub async fn v0_models(State(s): State<Arc<AppState>>) -> Json<Value> {
         .iter()
         .map(|e| lms_model(&s, e, statuses.iter().find(|st| st.model_id == e.id)))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    // Folders that look like models but cannot load, with the reason, rather than nothing.
+    let unloadable: Vec<Value> = s
+        .discovery
+        .unloadable()
+        .into_iter()
+        .map(|u| json!({"id": u.id, "path": u.dir, "reason": u.reason}))
+        .collect();
+    Json(json!({"object": "list", "data": data, "unloadable": unloadable}))
 }
 
 pub async fn v0_model(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = s
-        .discovery
-        .resolve(&id)
-        .ok_or_else(|| ApiError::model_not_found(id.as_str()))?;
+    let entry = match s.discovery.lookup(&id) {
+        crate::discovery::Lookup::Found(entry) => entry,
+        crate::discovery::Lookup::Unloadable(u) => {
+            let why = format!("The model `{id}` cannot be loaded: {}.", u.reason);
+            return Err(ApiError::model_unavailable(id.as_str(), why));
+        }
+        crate::discovery::Lookup::Missing => return Err(ApiError::model_not_found(id.as_str())),
+    };
     let statuses = s.manager.models();
     Ok(Json(lms_model(
         &s,

@@ -139,3 +139,34 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opta_lmx_shared::model_dir::GENERATION_TYPES;
+
+    /// The controller refuses a folder before starting a worker by this list: it must say
+    /// exactly what the worker runs.
+    #[test]
+    fn every_listed_generation_type_has_a_spec() {
+        for t in GENERATION_TYPES {
+            let config: ModelConfig = serde_json::from_value(serde_json::json!({
+                "model_type": t, "hidden_size": 8, "num_hidden_layers": 1,
+                "intermediate_size": 8, "num_attention_heads": 1, "vocab_size": 4}))
+            .expect("config");
+            assert!(arch_spec(&config).is_ok(), "{t}");
+        }
+        let other: ModelConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "deepseek_v3", "hidden_size": 8, "num_hidden_layers": 1,
+            "intermediate_size": 8, "num_attention_heads": 1, "vocab_size": 4}))
+        .expect("config");
+        let e = match arch_spec(&other) {
+            Ok(_) => panic!("deepseek_v3 has a spec"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("deepseek_v3") && e.contains("gemma3_text"),
+            "{e}"
+        );
+    }
+}

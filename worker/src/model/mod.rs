@@ -22,9 +22,9 @@ use crate::cache::KvCache;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
-        "unsupported model_type {0:?}: supported are llama, mistral, ministral3, mistral3 (its \
-         language model), phi3, granite, qwen2, qwen3, qwen3_moe, glm4_moe, gpt_oss, gemma3_text, \
-         gemma3 (its language model) and, for embeddings, bert and xlm_roberta"
+        "unsupported model_type {0:?}: supported are {list} and, for embeddings, {encoders}",
+        list = opta_lmx_shared::model_dir::GENERATION_TYPES.join(", "),
+        encoders = opta_lmx_shared::model_dir::ENCODER_TYPES.join(", ")
     )]
     UnsupportedArch(String),
     #[error("tensor {0} is missing from the weight files")]
