@@ -29,6 +29,7 @@ fn config(worker_bin: PathBuf) -> ManagerConfig {
         auto_evict_lru: false,
         max_batch: 8,
         prompt_cache_mb: 512,
+        prefill_step: 2048,
         tool_syntax: Default::default(),
         tensor_parallel: Default::default(),
     }
@@ -104,7 +105,7 @@ async fn collect(mut stream: GenerationStream) -> (String, StreamEvent) {
             .expect("the stream stalled")
             .expect("the stream ended without a terminal event");
         match event {
-            StreamEvent::Accepted { .. } => {}
+            StreamEvent::Accepted { .. } | StreamEvent::Progress { .. } => {}
             StreamEvent::Chunk { deltas, .. } => out.push_str(&answer_text(&deltas)),
             terminal => {
                 assert!(
@@ -121,7 +122,7 @@ async fn collect(mut stream: GenerationStream) -> (String, StreamEvent) {
 async fn next_chunk(stream: &mut GenerationStream) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
-            Ok(Some(StreamEvent::Accepted { .. })) => continue,
+            Ok(Some(StreamEvent::Accepted { .. } | StreamEvent::Progress { .. })) => continue,
             Ok(Some(StreamEvent::Chunk { deltas, .. })) => return answer_text(&deltas),
             other => panic!("expected a chunk, got {other:?}"),
         }

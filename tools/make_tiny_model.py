@@ -53,6 +53,12 @@ are), tiny-random-gpt-oss-openai the same experts in OpenAI's own checkpoint lay
 `quantization_config.quant_method: mxfp4`). Their tokenizer adds the harmony format's special
 tokens to SmolLM2's, with a harmony chat template written here.
 
+tiny-random-llama-long is tiny-random-llama with a 131072-token context: Claude Code's and
+Codex's 10-20k-token first requests prefill in seconds on it, for the tests that run those
+clients. tiny-scripted-llama is it made to answer every chat with one fixed sentence and end
+its turn (see scripted_llama), since both clients take an answer cut at its token limit for an
+error.
+
 tiny-random-ministral3-fp8 is tiny-random-ministral3 in Mistral's FP8 layout (float8 e4m3
 projections, per-tensor `weight_scale_inv`), and tiny-random-ministral3-fp8-dense the same
 weights expanded by MLX, which the reference is recorded from.
@@ -493,6 +499,41 @@ def mark_float8(path: Path) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
 
 
+SCRIPTED_ANSWER = "Hello! I am a tiny test model."
+
+
+def scripted_llama(src: dict, config: dict, llama: dict[str, mx.array], out: Path, source: Path) -> None:
+    """tiny-scripted-llama: tiny-random-llama-long made to answer every chat with
+    SCRIPTED_ANSWER and end its turn, greedy or sampled.
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the current token's
+    embedding, normalized: the model predicts from the current token alone. An untied head
+    then maps the generation prompt's last token to the answer's first, each answer token to
+    the next, and the last to the end of turn, each with a logit of 40 (the other rows give a
+    few units at most), so sampling at any usual temperature follows the script. The prompt is
+    still read through every layer: a 20k-token prompt costs what it costs."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(source / "tokenizer.json"))
+    start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False).ids[-1]
+    chain = [start, *tok.encode(SCRIPTED_ANSWER, add_special_tokens=False).ids, src["eos_token_id"]]
+    if len(set(chain[:-1])) != len(chain) - 1:
+        raise SystemExit(f"the scripted answer repeats a token: {chain}")
+    w = dict(llama)
+    for i in range(LAYERS):
+        w[f"model.layers.{i}.self_attn.o_proj.weight"] = mx.zeros_like(w[f"model.layers.{i}.self_attn.o_proj.weight"])
+        w[f"model.layers.{i}.mlp.down_proj.weight"] = mx.zeros_like(w[f"model.layers.{i}.mlp.down_proj.weight"])
+    emb = w["model.embed_tokens.weight"]
+    eps = src["rms_norm_eps"]
+    head = mx.zeros((emb.shape[0], HIDDEN))
+    for here, after in zip(chain, chain[1:]):
+        e = emb[here]
+        h = e * mx.rsqrt(mx.mean(e * e) + eps) * w["model.norm.weight"]
+        head[after] = 40.0 * h / mx.sum(h * h)
+    w["lm_head.weight"] = head
+    write(out / "tiny-scripted-llama", source, {**config, "tie_word_embeddings": False}, w)
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -711,6 +752,10 @@ def main() -> None:
     gpt_oss(src, args.out, args.source)
     # No random draws: tiny-random-ministral3's weights in Mistral's FP8 layout.
     fp8_ministral(args.out, args.source)
+    # No random draws: tiny-random-llama with a context long enough for agent clients' prompts.
+    long = {**base_config(src, "llama"), "max_position_embeddings": 131072}
+    write(args.out / "tiny-random-llama-long", args.source, long, llama)
+    scripted_llama(src, long, llama, args.out, args.source)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub timeout_sec: u64,
+    /// Seconds a model's worker may take to load (`None`: `timeout_sec`).
+    pub load_timeout_sec: Option<u64>,
     /// Past `/v1/responses` answers kept in memory for `previous_response_id` (0: none).
     pub response_store_size: usize,
     /// Keys a request must present (`Authorization: Bearer` or `x-api-key`); empty: none.
@@ -106,6 +108,67 @@ pub struct ModelsConfig {
     /// Whether a model id may be an absolute path outside `models_directory` (any folder on
     /// the machine would then be loadable by whoever can reach the server).
     pub allow_paths: bool,
+    /// Prompt tokens a worker reads per forward pass (mlx-lm's prefill step size); it reports
+    /// progress after each, so a long prefill is never taken for a frozen worker.
+    pub prefill_step_size: u32,
+    /// How long an answer may get, in tokens, per model (LM Studio's "limit response
+    /// length").
+    pub max_output_tokens: OutputLimits,
+}
+
+/// Answer-length limits: `default` for a request that sets none, `max` for every request;
+/// `per_model` overrides either for one model id. `None` everywhere: no limit.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputLimits {
+    pub default: Option<u32>,
+    pub max: Option<u32>,
+    pub per_model: std::collections::BTreeMap<String, OutputLimit>,
+}
+
+/// One model's answer-length limits; a missing key takes the general one.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputLimit {
+    pub default: Option<u32>,
+    pub max: Option<u32>,
+}
+
+impl OutputLimits {
+    /// The token limit for a request to `model` that asked for `requested`.
+    pub fn apply(&self, model: &str, requested: Option<u32>) -> Option<u32> {
+        let own = self.per_model.get(model).copied().unwrap_or_default();
+        let default = own.default.or(self.default);
+        let max = own.max.or(self.max);
+        match (requested.or(default), max) {
+            (Some(n), Some(max)) => Some(n.min(max)),
+            (None, Some(max)) => Some(max),
+            (n, None) => n,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let general = (
+            "models.max_output_tokens".to_string(),
+            self.default,
+            self.max,
+        );
+        let each = self.per_model.iter().map(|(id, l)| {
+            (
+                format!("models.max_output_tokens.per_model.{id}"),
+                l.default,
+                l.max,
+            )
+        });
+        for (key, default, max) in std::iter::once(general).chain(each) {
+            if default == Some(0) || max == Some(0) {
+                return Err(format!(
+                    "{key}: a limit must be at least 1 token (null: no limit)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The sampling settings a request gets for the fields it leaves out. Precedence, per field:
@@ -213,6 +276,7 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 1234,
             timeout_sec: 300,
+            load_timeout_sec: None,
             response_store_size: 512,
             api_keys: Vec::new(),
             allowed_hosts: Vec::new(),
@@ -240,6 +304,8 @@ impl Default for ModelsConfig {
             tensor_parallel: Default::default(),
             aliases: Default::default(),
             allow_paths: false,
+            prefill_step_size: 2048,
+            max_output_tokens: OutputLimits::default(),
         }
     }
 }
@@ -299,6 +365,12 @@ impl Config {
                 "models.max_concurrent_per_model must be at least 1 (got 0)".to_string(),
             ));
         }
+        if config.models.prefill_step_size == 0 {
+            return Err(invalid(
+                "models.prefill_step_size must be at least 1 (got 0)".to_string(),
+            ));
+        }
+        config.models.max_output_tokens.check().map_err(invalid)?;
         config.models.defaults.validate().map_err(invalid)?;
         for (model, format) in &config.models.tool_call_format {
             if !opta_lmx_shared::TOOL_SYNTAXES.contains(&format.as_str()) {
@@ -399,6 +471,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("allow_download") || e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn answer_limits_apply_per_model_over_the_general_ones() {
+        let none = parse("").unwrap().models.max_output_tokens;
+        assert_eq!(none.apply("m", None), None, "no limit unless set");
+        assert_eq!(none.apply("m", Some(32000)), Some(32000));
+        let c = parse(
+            "models:\n  max_output_tokens:\n    default: 100\n    per_model:\n      \
+             a: {max: 10}\n      b: {default: 5}\n",
+        )
+        .unwrap();
+        let l = &c.models.max_output_tokens;
+        assert_eq!(
+            l.apply("other", None),
+            Some(100),
+            "the default, when none is asked"
+        );
+        assert_eq!(
+            l.apply("other", Some(32000)),
+            Some(32000),
+            "no max: the request's"
+        );
+        assert_eq!(l.apply("a", None), Some(10), "a max caps the default");
+        assert_eq!(
+            l.apply("a", Some(32000)),
+            Some(10),
+            "and what a request asks"
+        );
+        assert_eq!(l.apply("a", Some(3)), Some(3));
+        assert_eq!(l.apply("b", None), Some(5));
+        for bad in [
+            "models:\n  max_output_tokens: {max: 0}\n",
+            "models:\n  max_output_tokens: {per_model: {x: {default: 0}}}\n",
+            "models:\n  prefill_step_size: 0\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("at least 1"), "{bad}: {e}");
+        }
+        let e = parse("models:\n  max_output_tokens: {maximum: 3}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maximum"), "{e}");
     }
 
     #[test]

@@ -132,7 +132,12 @@ pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchE
         request_id: 0,
         prompt: job.prompt,
         sampling: job.sampling.to_params(&defaults),
-        max_tokens: job.max_tokens,
+        // LM Studio's "limit response length": a default and a cap per model.
+        max_tokens: state
+            .config
+            .models
+            .max_output_tokens
+            .apply(&entry.id, job.max_tokens),
         stop: job.stop,
         logprobs: job.logprobs,
         output: job.output,

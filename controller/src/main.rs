@@ -193,7 +193,11 @@ async fn serve(
     let manager = ModelManager::new(ManagerConfig {
         worker_bin: worker_binary()?,
         socket_dir: None,
-        load_timeout: Duration::from_secs(cfg.server.timeout_sec),
+        load_timeout: Duration::from_secs(
+            cfg.server
+                .load_timeout_sec
+                .unwrap_or(cfg.server.timeout_sec),
+        ),
         request_timeout: Duration::from_secs(cfg.server.timeout_sec),
         stop_grace: Duration::from_secs(3),
         max_memory_percent: cfg.memory.max_memory_percent,
@@ -205,6 +209,7 @@ async fn serve(
             1
         },
         prompt_cache_mb: cfg.models.prompt_cache_mb,
+        prefill_step: cfg.models.prefill_step_size,
         tool_syntax: cfg.models.tool_call_format.clone(),
         tensor_parallel: cfg.models.tensor_parallel.clone(),
     });

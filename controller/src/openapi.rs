@@ -42,7 +42,7 @@ fn build() -> Value {
                 failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
                 JSON: sent as application/json (or any +json type) or with no Content-Type; \
                 other types answer 415. Unknown fields are ignored and null reads as absent. \
-                With server.api_keys configured, every route but /admin/health and \
+                With server.api_keys configured, every route but /, /admin/health and \
                 /openapi.json needs a key (`Authorization: Bearer` or `x-api-key`; 401), with \
                 the permission the route needs (inference, or admin for /admin, model \
                 loading and /metrics; 403). A Host header naming anything but localhost, an \
@@ -251,7 +251,7 @@ fn paths() -> Value {
 /// origin not allowed, 401 without a key where keys are needed, 415 for a body not sent as
 /// JSON.
 fn with_guard_errors(path: &str, item: &mut Value) {
-    let public = ["/admin/health", "/openapi.json"].contains(&path);
+    let public = ["/", "/admin/health", "/openapi.json"].contains(&path);
     let anthropic = path.starts_with("/v1/messages");
     let Some(ops) = item.as_object_mut() else {
         return;
@@ -281,6 +281,13 @@ fn with_guard_errors(path: &str, item: &mut Value) {
 
 fn admin_paths() -> Vec<(&'static str, Value)> {
     vec![
+        (
+            "/",
+            json!({"get": operation("Admin", "root",
+                "The server is up: what /admin/health answers, for clients that probe the \
+                 root (HEAD / too).",
+                with_errors(ok_json("The server is up.", schema_ref("Health")), &[]))}),
+        ),
         (
             "/admin/health",
             json!({"get": operation("Admin", "adminHealth", "Liveness and version.",
@@ -1069,7 +1076,9 @@ fn request_schemas() -> Value {
             "max_tokens": {"type": "integer", "minimum": 0,
                 "description": "Required for /v1/messages, not for count_tokens."},
             "messages": {"type": "array", "minItems": 1, "items": open(&["role", "content"], json!({
-                "role": {"type": "string", "enum": ["user", "assistant"]},
+                "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"],
+                    "description": "system (or developer) messages stay where they are when \
+                        the model's template takes them there, else join the system prompt."},
                 "content": {"description": "A string, or text, tool_use, tool_result and \
                     thinking blocks; image and document blocks are a 400.",
                     "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
@@ -1089,9 +1098,10 @@ fn request_schemas() -> Value {
             "top_p": {"type": "number"},
             "top_k": {"type": "integer"},
             "thinking": {"type": "object",
-                "description": "`{\"type\": \"disabled\"}` passes enable_thinking=false to \
-                    the template."},
-            "metadata": {"type": "object"},
+                "description": "`enabled` passes enable_thinking=true to the template, \
+                    `disabled` false; `adaptive` (and any other type) leaves the template's \
+                    default."},
+            "metadata": {"description": "Taken in any shape, not used."},
         })),
         "AnthropicMessage": closed(
             &["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],

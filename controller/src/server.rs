@@ -109,6 +109,9 @@ fn table() -> Vec<Route> {
     const INFER: Access = Access::Needs(Permission::Inference);
     const ADMIN: Access = Access::Needs(Permission::Admin);
     vec![
+        // Clients probe the root before their first request (Claude Code sends `HEAD /`;
+        // axum answers HEAD from the GET route).
+        get(PUBLIC, "/", admin::health),
         get(PUBLIC, "/admin/health", admin::health),
         get(ADMIN, "/admin/status", admin::status),
         get(ADMIN, "/admin/memory", admin::memory),

@@ -29,7 +29,7 @@ use bincode::{Decode, Encode};
 /// Sent in [`FromWorker::Hello`]; the controller refuses a worker whose version differs.
 /// bincode is positional (variant indexes, field order), so bump this on ANY change to the
 /// message types below, even adding a variant or a field at the end.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Controller -> worker
@@ -267,6 +267,14 @@ pub enum FromWorker {
         request_id: u64,
         vectors: Vec<Vec<f32>>,
         prompt_tokens: u32,
+    },
+    /// A request's prompt is being read: `done` of its `total` tokens are in the cache (those
+    /// reused from the prompt cache included). Sent after every prefill chunk, so a prefill
+    /// of minutes shows as progress, never as a frozen worker.
+    Progress {
+        request_id: u64,
+        done: u32,
+        total: u32,
     },
 }
 

@@ -12,8 +12,16 @@
 //! - `--batch`: serve every request at once, one chunk each per round, as the real worker's
 //!   batching does (default: one at a time)
 //! - `--load-delay-ms <n>`: pause between Hello and Ready, as a real load takes time
-//! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--tool-syntax <s>`: accepted as the real
-//!   worker's, not used
+//! - `--prefill-ms <n>`: before a request's first chunk, stay busy this long, as a long prompt
+//!   keeps the real worker busy; `--progress-ms <n>` reports `Progress` this often meanwhile
+//!   (default: never, which a watchdog must take for a frozen worker)
+//! - `--script <file>`: play a deterministic agent model instead of `t<i>` chunks, from a JSON
+//!   file `{"calls": [{"tool": NAME, "arguments": {...}}, ...], "answer": TEXT}`: a chat
+//!   request that holds no tool result yet and offers one of the NAMEs gets one call of the
+//!   first such tool with its arguments; every other request gets TEXT. Both end with `Stop`,
+//!   as a model's turn does
+//! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--tool-syntax <s>`, `--prefill-step <n>`:
+//!   accepted as the real worker's, not used
 //!
 //! It appends its pid to `<dir>/fake-worker.pids` and its arguments to
 //! `<dir>/fake-worker.args` (one line per start), so tests can find and count processes and
@@ -29,7 +37,7 @@ use std::time::Duration;
 
 use opta_lmx_shared::protocol::{
     read_frame_blocking, write_frame_blocking, Delta, FinishReason, FromWorker, GenerateRequest,
-    ModelFacts, Timings, ToWorker, Usage, WorkerStats, PROTOCOL_VERSION,
+    ModelFacts, Prompt, Timings, ToWorker, Usage, WorkerStats, PROTOCOL_VERSION,
 };
 
 #[derive(Default)]
@@ -44,6 +52,87 @@ struct Flags {
     chunk_delay: Duration,
     load_delay: Duration,
     batch: bool,
+    prefill: Duration,
+    progress: Option<Duration>,
+    script: Option<Script>,
+}
+
+/// A scripted agent model: one tool call, then an answer.
+struct Script {
+    /// (tool name, arguments), the first offered one called.
+    calls: Vec<(String, serde_json::Value)>,
+    answer: String,
+}
+
+impl Script {
+    fn load(path: &str) -> Script {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| fail(&format!("read the script {path}: {e}")));
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| fail(&format!("the script {path}: {e}")));
+        let calls = v["calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let tool = c["tool"].as_str().unwrap_or_default().to_string();
+                (tool, c["arguments"].clone())
+            })
+            .collect();
+        Script {
+            calls,
+            answer: v["answer"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// The scripted turn for `req`: a call when its conversation offers a scripted tool and
+    /// has no result yet, else the answer.
+    fn turn(&self, req: &GenerateRequest) -> Delta {
+        let call = match &req.prompt {
+            Prompt::Chat {
+                messages_json,
+                tools_json,
+                ..
+            } => {
+                let messages: serde_json::Value =
+                    serde_json::from_str(messages_json).unwrap_or_default();
+                let tools: serde_json::Value = tools_json
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok())
+                    .unwrap_or_default();
+                let offers = |name: &str| {
+                    tools
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t["function"]["name"] == name || t["name"] == name)
+                };
+                let answered = messages
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["role"] == "tool");
+                self.calls
+                    .iter()
+                    .find(|(tool, _)| !answered && offers(tool))
+            }
+            _ => None,
+        };
+        if let Some((tool, arguments)) = call {
+            Delta::ToolCall {
+                index: 0,
+                id: Some(format!("call_fake_{}", req.request_id)),
+                name: Some(tool.clone()),
+                arguments: arguments.to_string(),
+                tokens: 1,
+            }
+        } else {
+            Delta::Text {
+                text: self.answer.clone(),
+                tokens: 1,
+            }
+        }
+    }
 }
 
 fn parse() -> Flags {
@@ -68,7 +157,7 @@ fn parse() -> Flags {
             "--crash-after-chunks" => {
                 f.crash_after_chunks = Some(value().parse().unwrap_or_else(|_| fail("bad n")))
             }
-            "--max-batch" | "--prompt-cache-mb" | "--tool-syntax" => {
+            "--max-batch" | "--prompt-cache-mb" | "--tool-syntax" | "--prefill-step" => {
                 value()
                     .parse::<u64>()
                     .unwrap_or_else(|_| fail(&format!("bad {arg}")));
@@ -86,6 +175,15 @@ fn parse() -> Flags {
                 let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
                 f.load_delay = Duration::from_millis(ms);
             }
+            "--prefill-ms" => {
+                let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
+                f.prefill = Duration::from_millis(ms);
+            }
+            "--progress-ms" => {
+                let ms = value().parse().unwrap_or_else(|_| fail("bad ms"));
+                f.progress = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
+            }
+            "--script" => f.script = Some(Script::load(&value())),
             other => fail(&format!("unknown argument {other}")),
         }
     }
@@ -346,8 +444,44 @@ impl Server {
         Stop::No
     }
 
+    /// Stays busy for `--prefill-ms`, reporting progress every `--progress-ms` if set.
+    fn prefill(&self, id: u64) {
+        let total = self.flags.prefill.as_millis() as u32;
+        let began = std::time::Instant::now();
+        while began.elapsed() < self.flags.prefill {
+            let left = self.flags.prefill.saturating_sub(began.elapsed());
+            let nap = self.flags.progress.map_or(left, |p| p.min(left));
+            std::thread::sleep(nap);
+            if self.flags.progress.is_some() {
+                let done = (began.elapsed().as_millis() as u32).min(total);
+                send(
+                    &self.stream,
+                    &FromWorker::Progress {
+                        request_id: id,
+                        done,
+                        total,
+                    },
+                );
+            }
+        }
+    }
+
     fn run(&mut self, req: &GenerateRequest) {
         let id = req.request_id;
+        self.prefill(id);
+        if let Some(script) = &self.flags.script {
+            let delta = script.turn(req);
+            send(
+                &self.stream,
+                &FromWorker::Chunk {
+                    request_id: id,
+                    deltas: vec![delta],
+                    logprobs: Vec::new(),
+                },
+            );
+            self.done(id, FinishReason::Stop, 1);
+            return;
+        }
         let mut n = 0u32;
         while req.max_tokens.is_none_or(|max| n < max) {
             loop {

@@ -132,13 +132,7 @@ pub fn run_batch(
     use crate::prepare::Output;
     use crate::scheduler::{Event, Scheduler, SchedulerConfig};
 
-    let mut sched = Scheduler::new(
-        engine,
-        SchedulerConfig {
-            max_batch: streams,
-            prompt_cache_bytes: 0,
-        },
-    );
+    let mut sched = Scheduler::new(engine, SchedulerConfig::new(streams, 0));
     let start = Instant::now();
     for i in 0..streams {
         let params = GenerateParams {
@@ -170,7 +164,7 @@ pub fn run_batch(
     while !sched.is_empty() {
         sched.step(&mut |ev| match ev {
             Event::Chunk(_, c) => tokens += c.tokens(),
-            Event::Done(_, _) => {}
+            Event::Done(_, _) | Event::Progress { .. } => {}
             Event::Error(_, e) => failure = Some(e.to_string()),
         });
         if let Some(e) = failure.take() {

@@ -65,6 +65,11 @@ enum Command {
         /// implies: hermes, qwen3_coder, llama3, mistral, deepseek or harmony
         #[arg(long, value_parser = parse_tool_syntax)]
         tool_syntax: Option<ToolSyntax>,
+        /// Prompt tokens read per forward pass (mlx-lm's prefill step size); the worker
+        /// reports progress after each such chunk
+        #[arg(long, default_value_t = opta_lmx_worker::scheduler::PREFILL_STEP as u32,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        prefill_step: u32,
         /// Serve as rank 0 of a tensor-parallel group on MLX's distributed backend (ring,
         /// jaccl, mpi, nccl or any); the peers come from MLX's environment unless
         /// --local-ranks starts them
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> ExitCode {
             max_batch,
             prompt_cache_mb,
             tool_syntax,
+            prefill_step,
             tensor_parallel,
             local_ranks,
         } => {
@@ -156,6 +162,7 @@ fn run(cli: Cli) -> ExitCode {
                 max_batch: max_batch as usize,
                 prompt_cache_bytes: prompt_cache_mb.saturating_mul(1024 * 1024),
                 tool_syntax,
+                prefill_step: prefill_step as usize,
                 tensor_parallel: tensor_parallel.map(|backend| {
                     opta_lmx_worker::serve::TensorParallel {
                         backend,

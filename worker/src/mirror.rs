@@ -28,6 +28,8 @@ pub enum Mirrored {
         max_batch: u32,
         prompt_cache_bytes: u64,
         tool_syntax: Option<String>,
+        /// Every rank must split prompts alike.
+        prefill_step: u32,
     },
     /// One serve-loop round's messages, in the order rank 0 handles them (often none: the
     /// round only steps).

@@ -208,6 +208,12 @@ fn invalid_format(spec: &OutputSpec, e: &str) -> GenerateError {
 
 /// The template, with tools taught through a system message when the template has no
 /// place for them.
+///
+/// The conversation goes as sent first. Some templates refuse a `system` message past the
+/// first (Gemma's, Mistral's: roles must alternate) or leave it out without a word; those get
+/// the system messages merged into the first, in order, so nothing is dropped. Some refuse
+/// reasoning sent back in certain turns (gpt-oss's, next to content in a tool-call turn):
+/// the conversation without it is still the conversation.
 fn render(
     engine: &Engine,
     messages: &Value,
@@ -217,25 +223,78 @@ fn render(
 ) -> Result<String, GenerateError> {
     let tok = &engine.tokenizer;
     let native = tok.template().is_some_and(|t| t.contains("tools"));
-    let taught;
-    let (messages, tools) = match tools {
-        Some(tools) if !native => {
-            taught = with_taught_tools(messages, tools);
-            (&taught, None)
+    let merged = with_system_merged(messages);
+    let plain = without_reasoning(messages);
+    let merged_plain = merged.as_ref().and_then(without_reasoning);
+    let candidates = std::iter::once(messages)
+        .chain(merged.as_ref())
+        .chain(plain.as_ref())
+        .chain(merged_plain.as_ref());
+    let mut first_error = None;
+    for candidate in candidates {
+        let taught;
+        let (conversation, tools) = match tools {
+            Some(tools) if !native => {
+                taught = with_taught_tools(candidate, tools);
+                (&taught, None)
+            }
+            _ => (candidate, tools),
+        };
+        match tok.render_chat_with(conversation, tools, add_generation_prompt, kwargs) {
+            Ok(text) if keeps_system_messages(candidate, &text) => return Ok(text),
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
-        _ => (messages, tools),
-    };
-    match tok.render_chat_with(messages, tools, add_generation_prompt, kwargs) {
-        Ok(text) => Ok(text),
-        // Some templates refuse reasoning sent back in certain turns (gpt-oss's, next to
-        // content in a tool-call turn): the conversation without it is still the conversation.
-        Err(e) => match without_reasoning(messages) {
-            Some(plain) => tok
-                .render_chat_with(&plain, tools, add_generation_prompt, kwargs)
-                .map_err(|_| e.into()),
-            None => Err(e.into()),
-        },
     }
+    match first_error {
+        Some(e) => Err(e.into()),
+        // Only a template that drops later system messages even when they are merged into
+        // the first can get here, which the merged candidate rules out; kept total anyway.
+        None => Err(GenerateError::InvalidRequest(
+            "messages: the chat template leaves out the system messages".into(),
+        )),
+    }
+}
+
+/// Whether a message is a system message (`developer` is OpenAI's newer name for it).
+fn is_system(m: &Value) -> bool {
+    matches!(
+        m.get("role").and_then(Value::as_str),
+        Some("system" | "developer")
+    )
+}
+
+/// `messages` with every system message merged into the first one (made first when the
+/// conversation starts otherwise), in order; `None` if no system message stands past the
+/// first place.
+fn with_system_merged(messages: &Value) -> Option<Value> {
+    let list = messages.as_array()?;
+    if !list.iter().skip(1).any(is_system) {
+        return None;
+    }
+    let texts: Vec<&str> = list
+        .iter()
+        .filter(|m| is_system(m))
+        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    let mut out = vec![json!({"role": "system", "content": texts.join("\n\n")})];
+    out.extend(list.iter().filter(|m| !is_system(m)).cloned());
+    Some(Value::Array(out))
+}
+
+/// Whether `text`, rendered from `messages`, holds every system message past the first:
+/// some templates skip them silently.
+fn keeps_system_messages(messages: &Value, text: &str) -> bool {
+    messages.as_array().is_none_or(|list| {
+        list.iter()
+            .skip(1)
+            .filter(|m| is_system(m))
+            .filter_map(|m| m.get("content").and_then(Value::as_str))
+            .all(|content| text.contains(content.trim()))
+    })
 }
 
 /// `messages` without the reasoning of earlier turns, or `None` if they had none.
@@ -335,6 +394,49 @@ mod tests {
         assert!(e.to_string().contains("messages_json"), "{e}");
         let v = parse_json("messages_json", r#"[{"role":"user","content":"hi"}]"#).unwrap();
         assert_eq!(v[0]["content"], "hi");
+    }
+
+    #[test]
+    fn later_system_messages_merge_into_the_first_in_order() {
+        let claude_code = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Agents: general"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "developer", "content": "Be brief."},
+        ]);
+        let merged = with_system_merged(&claude_code).unwrap();
+        assert_eq!(
+            merged,
+            json!([
+                {"role": "system", "content": "Agents: general\n\nBe brief."},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ])
+        );
+        let led = json!([
+            {"role": "system", "content": "You are Codex."},
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Sandbox: read-only."},
+        ]);
+        assert_eq!(
+            with_system_merged(&led).unwrap()[0]["content"],
+            "You are Codex.\n\nSandbox: read-only."
+        );
+        let plain = json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]);
+        assert_eq!(with_system_merged(&plain), None, "nothing to merge");
+
+        assert!(keeps_system_messages(
+            &led,
+            "You are Codex. hi Sandbox: read-only."
+        ));
+        assert!(
+            !keeps_system_messages(&led, "You are Codex. hi"),
+            "a template that skipped the later one"
+        );
+        assert!(
+            keeps_system_messages(&plain, "u"),
+            "the first place is the template's own business"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! the moment they finish, so a long prompt never stalls the others for longer than a chunk.
 //!
 //! With one sequence the arithmetic is mlx-lm's `generate_step`: the prompt but its last token
-//! is prefilled in chunks of [`PREFILL_STEP`], the last token produces the first logits, and
+//! is prefilled in chunks of [`PREFILL_STEP`] (or the configured step), the last token produces the first logits, and
 //! greedy decoding takes the argmax of the log-probabilities on the device. When every running
 //! sequence decodes greedily and nothing waits to join, the next step is queued before this
 //! one's tokens are read back, so the host never waits for the device between tokens.
@@ -49,11 +49,31 @@ pub struct SchedulerConfig {
     pub max_batch: usize,
     /// Bytes for the prompt cache; 0 turns it off.
     pub prompt_cache_bytes: usize,
+    /// Prompt tokens per prefill chunk when nothing else runs ([`PREFILL_STEP`] by default);
+    /// smaller chunks report progress more often at some cost in speed.
+    pub prefill_step: usize,
+}
+
+impl SchedulerConfig {
+    /// `max_batch` sequences, a prompt cache of `prompt_cache_bytes`, mlx-lm's prefill step.
+    pub fn new(max_batch: usize, prompt_cache_bytes: usize) -> Self {
+        SchedulerConfig {
+            max_batch,
+            prompt_cache_bytes,
+            prefill_step: PREFILL_STEP,
+        }
+    }
 }
 
 /// What a step produced for one request.
 #[derive(Debug)]
 pub enum Event {
+    /// A prefill chunk finished: `done` of the prompt's `total` tokens are read.
+    Progress {
+        id: u64,
+        done: usize,
+        total: usize,
+    },
     Chunk(u64, Chunk),
     Done(u64, Outcome),
     Error(u64, GenerateError),
@@ -267,9 +287,25 @@ impl<'e> Scheduler<'e> {
     /// generating sequence. Does nothing when nothing runs.
     pub fn step(&mut self, emit: &mut dyn FnMut(Event)) {
         if let Some(i) = self.seqs.iter().position(Sequence::prefilling) {
-            if let Err(e) = self.prefill_chunk(i) {
-                let seq = self.seqs.remove(i);
-                emit(Event::Error(seq.id, e));
+            match self.prefill_chunk(i) {
+                Ok(()) => {
+                    let seq = &self.seqs[i];
+                    // The last prompt token is read by the first decode step, at once.
+                    let done = if seq.prefilling() {
+                        seq.prefilled
+                    } else {
+                        seq.prompt_len
+                    };
+                    emit(Event::Progress {
+                        id: seq.id,
+                        done,
+                        total: seq.prompt_len,
+                    });
+                }
+                Err(e) => {
+                    let seq = self.seqs.remove(i);
+                    emit(Event::Error(seq.id, e));
+                }
             }
         }
         let step = match self.ahead.take() {
@@ -295,10 +331,11 @@ impl<'e> Scheduler<'e> {
     fn prefill_chunk(&mut self, i: usize) -> Result<(), GenerateError> {
         let others_generating = self.seqs.iter().any(|s| !s.prefilling());
         let size = if others_generating {
-            self.fair_chunk()
+            self.fair_chunk().min(self.config.prefill_step)
         } else {
-            PREFILL_STEP
-        };
+            self.config.prefill_step
+        }
+        .max(1);
         let seq = &mut self.seqs[i];
         let end = (seq.prefilled + size).min(seq.prompt_len - 1);
         let ids: Vec<i32> = seq.tokens[seq.prefilled..end]
@@ -656,13 +693,7 @@ pub fn generate(
     params: &GenerateParams,
     mut on_chunk: impl FnMut(Chunk) -> ControlFlow<()>,
 ) -> Result<Outcome, GenerateError> {
-    let mut sched = Scheduler::new(
-        engine,
-        SchedulerConfig {
-            max_batch: 1,
-            prompt_cache_bytes: 0,
-        },
-    );
+    let mut sched = Scheduler::new(engine, SchedulerConfig::new(1, 0));
     if let Admitted::Finished(outcome) =
         sched.add(0, prompt.to_vec(), params.clone(), Instant::now())?
     {
@@ -675,6 +706,7 @@ pub fn generate(
         while let Some(ev) = events.pop_front() {
             match ev {
                 Event::Chunk(_, chunk) => cancel |= on_chunk(chunk).is_break(),
+                Event::Progress { .. } => {}
                 Event::Done(_, outcome) => return Ok(outcome),
                 Event::Error(_, e) => return Err(e),
             }

@@ -75,6 +75,8 @@ pub struct Limits {
     pub prompt_cache_bytes: u64,
     /// The tool-call syntax configured for this model (`None`: the template's).
     pub tool_syntax: Option<crate::tool_syntax::ToolSyntax>,
+    /// Prompt tokens per prefill chunk; progress is reported after each.
+    pub prefill_step: usize,
     /// Serve as rank 0 of a tensor-parallel group.
     pub tensor_parallel: Option<TensorParallel>,
 }
@@ -299,6 +301,7 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
             max_batch: limits.max_batch.max(1) as u32,
             prompt_cache_bytes: limits.prompt_cache_bytes,
             tool_syntax: limits.tool_syntax.map(|s| s.name().to_string()),
+            prefill_step: saturating_u32(limits.prefill_step),
         };
         if let Err(e) = mirror::send(group, &start) {
             return load_failed(link, e.to_string());
@@ -309,6 +312,7 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
     let config = SchedulerConfig {
         max_batch: limits.max_batch.max(1),
         prompt_cache_bytes: usize::try_from(limits.prompt_cache_bytes).unwrap_or(usize::MAX),
+        prefill_step: limits.prefill_step.max(1),
     };
     let sched = Scheduler::new(&engine, config);
     let mut server = Server {
@@ -423,14 +427,19 @@ fn follow_main(dir: &Path, backend: &str, doorbell: bool) -> ExitCode {
             }
         };
     wait();
-    let (max_batch, prompt_cache_bytes) = match mirror::receive(&group) {
+    let (max_batch, prompt_cache_bytes, prefill_step) = match mirror::receive(&group) {
         Ok(Mirrored::Start {
             max_batch,
             prompt_cache_bytes,
             tool_syntax,
+            prefill_step,
         }) => {
             engine.tool_syntax = tool_syntax.as_deref().and_then(ToolSyntax::from_name);
-            (max_batch as usize, prompt_cache_bytes)
+            (
+                max_batch as usize,
+                prompt_cache_bytes,
+                prefill_step as usize,
+            )
         }
         Ok(Mirrored::Round(_)) => {
             log!("rank {}: rank 0 did not start the group", group.rank());
@@ -447,6 +456,7 @@ fn follow_main(dir: &Path, backend: &str, doorbell: bool) -> ExitCode {
     let config = SchedulerConfig {
         max_batch,
         prompt_cache_bytes: usize::try_from(prompt_cache_bytes).unwrap_or(usize::MAX),
+        prefill_step: prefill_step.max(1),
     };
     let mut server = Server {
         engine: &engine,
@@ -861,6 +871,11 @@ fn send_event(link: &Link, event: Event) {
             finish_reason: outcome.finish_reason,
             usage: outcome.usage,
             timings: outcome.timings,
+        },
+        Event::Progress { id, done, total } => FromWorker::Progress {
+            request_id: id,
+            done: saturating_u32(done),
+            total: saturating_u32(total),
         },
         Event::Error(request_id, e) => {
             log!("request {request_id} failed: {e}");

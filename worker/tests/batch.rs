@@ -172,6 +172,8 @@ struct Log {
     done: HashMap<u64, Outcome>,
     /// (request, step number) for every chunk.
     chunks: Vec<(u64, usize)>,
+    /// (request, tokens read, prompt tokens) after every prefill chunk.
+    progress: Vec<(u64, usize, usize)>,
 }
 
 fn step(sched: &mut Scheduler, log: &mut Log, step_no: usize) {
@@ -183,15 +185,13 @@ fn step(sched: &mut Scheduler, log: &mut Log, step_no: usize) {
         Event::Done(id, o) => {
             log.done.insert(id, o);
         }
+        Event::Progress { id, done, total } => log.progress.push((id, done, total)),
         Event::Error(id, e) => panic!("request {id} failed: {e}"),
     });
 }
 
 fn config(max_batch: usize, cache_mb: usize) -> SchedulerConfig {
-    SchedulerConfig {
-        max_batch,
-        prompt_cache_bytes: cache_mb << 20,
-    }
+    SchedulerConfig::new(max_batch, cache_mb << 20)
 }
 
 #[test]
@@ -293,6 +293,36 @@ fn a_long_prompt_is_read_in_chunks_while_others_keep_generating() {
     assert_eq!(tokens_of_1_meanwhile, first_of_2 - 3);
     // And the chunked prompt gives the same answer as reading it whole.
     assert_eq!(log.ids[&2], alone(&engine, &long, &greedy(4)));
+}
+
+/// A prompt read alone in configured steps reports its progress after every chunk, rising to
+/// the whole prompt, and gives the answer it gives read in mlx-lm's step.
+#[test]
+fn a_prefill_reports_progress_after_every_chunk() {
+    let engine = engine();
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+    let long = prompt(&engine, &user(&text));
+    let step_size = 64;
+    let mut sched = Scheduler::new(
+        &engine,
+        SchedulerConfig {
+            prefill_step: step_size,
+            ..config(1, 0)
+        },
+    );
+    let mut log = Log::default();
+    sched
+        .add(7, long.clone(), greedy(3), Instant::now())
+        .unwrap();
+    run_all(&mut sched, &mut log);
+    let chunks = (long.len() - 1).div_ceil(step_size);
+    assert_eq!(log.progress.len(), chunks, "one report per chunk");
+    let done: Vec<usize> = log.progress.iter().map(|p| p.1).collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+    assert_eq!(done[0], step_size);
+    assert!(log.progress.iter().all(|p| p.0 == 7 && p.2 == long.len()));
+    assert_eq!(log.progress.last().map(|p| p.1), Some(long.len()));
+    assert_eq!(log.ids[&7], alone(&engine, &long, &greedy(3)));
 }
 
 #[test]
@@ -410,6 +440,7 @@ fn constrained_and_free_rows_share_a_batch_and_the_prompt_cache() {
             Event::Done(id, o) => {
                 done.insert(id, o);
             }
+            Event::Progress { .. } => {}
             Event::Error(id, e) => panic!("request {id} failed: {e}"),
         });
     }

@@ -2,8 +2,9 @@
 //! Claude Code and the `anthropic` SDKs speak it: the request, its translation into the chat
 //! messages a template takes, and the response and stream shapes.
 //!
-//! Lenient where clients differ (unknown fields and tool types ignored), strict where a silent
-//! misreading would surprise: `max_tokens` is required, images are a 400 until vision lands.
+//! Lenient where clients differ (unknown fields and tool types ignored, `system` messages
+//! taken anywhere in `messages`, any `thinking` type), strict where a silent misreading would
+//! surprise: `max_tokens` is required, images are a 400 until vision lands.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,12 +30,12 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default)]
     pub stop_sequences: Option<Vec<String>>,
-    /// `{"type": "enabled", "budget_tokens": N}` or `{"type": "disabled"}`.
+    /// `{"type": "enabled", "budget_tokens": N}`, `{"type": "disabled"}` or
+    /// `{"type": "adaptive"}` (the model decides, as its template does by default).
     #[serde(default)]
     pub thinking: Option<Value>,
-    /// Anthropic's `{"user_id": ...}`: checked, not used.
-    #[serde(default)]
-    pub metadata: Option<Value>,
+    // Not acted on, and taken in any shape: `metadata` (Claude Code's `user_id` is a JSON
+    // string), `context_management`, `output_config`, `service_tier`, `cache_control`.
 }
 
 /// The body of `POST /v1/messages/count_tokens`: a request, without `max_tokens`.
@@ -48,11 +49,15 @@ impl super::Validate for CountTokensRequest {
     }
 }
 
+/// A message's role. Anthropic's API has two; Claude Code also puts `system` messages in
+/// the conversation (after the first user turn), and `developer` means the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Assistant,
+    #[serde(alias = "developer")]
+    System,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -122,12 +127,6 @@ impl MessagesRequest {
         super::expect_json(
             "thinking",
             self.thinking.as_ref(),
-            "an object",
-            Value::is_object,
-        )?;
-        super::expect_json(
-            "metadata",
-            self.metadata.as_ref(),
             "an object",
             Value::is_object,
         )?;
@@ -225,8 +224,10 @@ impl MessagesRequest {
             .collect()
     }
 
-    /// The conversation as the chat template takes it: the system prompt first, tool
-    /// results as `tool` messages, assistant tool uses as `tool_calls`.
+    /// The conversation as the chat template takes it: the system prompt first, `system`
+    /// messages where they stand (the worker merges them into the first one for a template
+    /// that does not take them there), tool results as `tool` messages, assistant tool uses
+    /// as `tool_calls`.
     pub fn template_messages(&self) -> Value {
         let mut out = Vec::new();
         if let Some(system) = &self.system {
@@ -287,6 +288,7 @@ impl MessagesRequest {
             let role = match m.role {
                 Role::User => "user",
                 Role::Assistant => "assistant",
+                Role::System => "system",
             };
             if !text.is_empty() || !calls.is_empty() {
                 let mut msg = json!({"role": role, "content": text.join("\n")});
@@ -325,10 +327,15 @@ impl MessagesRequest {
         }
     }
 
-    /// Template variables: thinking on or off, as Qwen3-style templates read it.
+    /// Template variables: thinking on or off, as Qwen3-style templates read it. `adaptive`
+    /// (and any type not known yet) leaves it to the template's default.
     pub fn template_kwargs(&self) -> Option<String> {
-        let kind = self.thinking.as_ref()?.get("type")?.as_str()?;
-        Some(json!({"enable_thinking": kind == "enabled"}).to_string())
+        let enable = match self.thinking.as_ref()?.get("type")?.as_str()? {
+            "enabled" => true,
+            "disabled" => false,
+            _ => return None,
+        };
+        Some(json!({"enable_thinking": enable}).to_string())
     }
 }
 
@@ -409,10 +416,21 @@ mod tests {
                 .and_then(|e| e.param().map(str::to_string))
         };
         assert_eq!(param(json!({"thinking": 5})).as_deref(), Some("thinking"));
-        assert_eq!(param(json!({"metadata": "x"})).as_deref(), Some("metadata"));
         assert_eq!(param(json!({"system": [1]})).as_deref(), Some("system[0]"));
         assert_eq!(param(json!({"tools": [1]})).as_deref(), Some("tools[0]"));
-        assert_eq!(param(json!({"metadata": {"user_id": "u"}})), None);
+        // What Claude Code sends and nothing here acts on: taken in any shape.
+        for extra in [
+            json!({"metadata": {"user_id": "{\"device_id\":\"d\",\"session_id\":\"s\"}"}}),
+            json!({"metadata": "x"}),
+            json!({"context_management": {"edits": [{"type": "clear_thinking_20251015"}]}}),
+            json!({"output_config": {"effort": "high"}}),
+            json!({"service_tier": "auto"}),
+            json!({"thinking": {"type": "adaptive"}}),
+            json!({"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+            json!({"thinking": {"type": "something_new"}}),
+        ] {
+            assert_eq!(param(extra.clone()), None, "{extra}");
+        }
         let count: CountTokensRequest =
             serde_json::from_value(json!({"max_tokens": -1, "messages": msg})).unwrap();
         assert_eq!(count.validate().unwrap_err().param(), Some("max_tokens"));
@@ -457,6 +475,52 @@ mod tests {
         );
         assert_eq!(m[4]["content"], "Error: boom");
         assert_eq!(m[5], json!({"role": "user", "content": "Thanks"}));
+    }
+
+    #[test]
+    fn system_messages_stay_where_the_client_put_them() {
+        // Claude Code's first request: a user turn, then a system message listing agents.
+        let r = req(json!({
+            "max_tokens": 32000,
+            "system": [
+                {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.d03; cc_entrypoint=sdk-cli;"},
+                {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "<system-reminder>x</system-reminder>"},
+                                             {"type": "text", "text": "Say hi", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "system", "content": "Available agent types: general-purpose"},
+                {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            ],
+            "thinking": {"type": "adaptive"},
+        }));
+        assert!(r.validate().is_ok());
+        let m = r.template_messages();
+        let roles: Vec<&str> = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "system", "system"]);
+        assert_eq!(
+            m[0]["content"], "You are Claude Code.",
+            "billing line removed"
+        );
+        assert_eq!(m[2]["content"], "Available agent types: general-purpose");
+        assert_eq!(m[3]["content"], "Be brief.");
+        assert_eq!(
+            r.template_kwargs(),
+            None,
+            "adaptive: the template's default"
+        );
+        let off = req(
+            json!({"max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+            "thinking": {"type": "disabled"}}),
+        );
+        assert_eq!(
+            off.template_kwargs().as_deref(),
+            Some(r#"{"enable_thinking":false}"#)
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! takes, and the store of past responses that `previous_response_id` continues from.
 //!
 //! Tolerant as Codex needs: tool types other than `function` are mapped (`custom` becomes a
-//! function of one string `input`) or left out, never refused; `developer` and `system`
-//! messages and `instructions` merge into one system message; reasoning items are dropped
-//! (templates do not replay past reasoning).
+//! function of one string `input`) or left out, never refused; `instructions` are the system
+//! message, `developer` and `system` messages stay where they stand (the worker merges them
+//! into the first one for a template that does not take them there); reasoning items go back
+//! with the calls after them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -243,16 +244,20 @@ impl ResponsesRequest {
             .collect()
     }
 
-    /// The conversation for the template: one system message (instructions, then every
-    /// system and developer message), then `history` (a previous response's conversation),
-    /// then the input items.
+    /// The conversation for the template: `instructions` as the system message, then
+    /// [`Self::conversation`].
     pub fn template_messages(&self, history: &[Value]) -> Vec<Value> {
-        let mut system: Vec<String> = self
-            .instructions
-            .iter()
-            .filter(|s| !s.is_empty())
-            .cloned()
-            .collect();
+        let mut out = Vec::new();
+        if let Some(text) = self.instructions.as_ref().filter(|s| !s.is_empty()) {
+            out.push(json!({"role": "system", "content": text}));
+        }
+        out.extend(self.conversation(history));
+        out
+    }
+
+    /// `history` (a previous response's conversation), then the input items as template
+    /// messages, `developer` and `system` ones as `system` messages where they stand.
+    pub fn conversation(&self, history: &[Value]) -> Vec<Value> {
         let mut turns: Vec<Value> = history.to_vec();
         let items = match &self.input {
             Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
@@ -264,10 +269,8 @@ impl ResponsesRequest {
                 "message" => {
                     let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
                     let text = text_of(item.get("content"));
-                    match role {
-                        "system" | "developer" => system.push(text),
-                        _ => turns.push(json!({"role": role, "content": text})),
-                    }
+                    let role = if role == "developer" { "system" } else { role };
+                    turns.push(json!({"role": role, "content": text}));
                 }
                 "reasoning" => {
                     // A turn's reasoning, sent back: the calls that follow join its turn, so
@@ -319,12 +322,7 @@ impl ResponsesRequest {
                 _ => {}
             }
         }
-        let mut out = Vec::new();
-        if !system.is_empty() {
-            out.push(json!({"role": "system", "content": system.join("\n\n")}));
-        }
-        out.extend(turns);
-        out
+        turns
     }
 
     /// The answer's shape for the worker.
@@ -488,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn codex_style_items_become_one_system_message_and_turns() {
+    fn codex_style_items_become_system_messages_and_turns() {
         let r = req(json!({
             "instructions": "You are Codex.",
             "input": [
@@ -509,11 +507,17 @@ mod tests {
             ],
         }));
         assert!(r.validate().is_ok());
-        let m = r.template_messages(&[]);
+        let all = r.template_messages(&[]);
         assert_eq!(
-            m[0],
-            json!({"role": "system", "content": "You are Codex.\n\nSandbox: read-only."})
+            all[0],
+            json!({"role": "system", "content": "You are Codex."})
         );
+        assert_eq!(
+            all[1],
+            json!({"role": "system", "content": "Sandbox: read-only."}),
+            "a developer message is a system message where it stands"
+        );
+        let m = &all[1..];
         assert_eq!(m[1], json!({"role": "user", "content": "List files"}));
         assert_eq!(
             m[2]["tool_calls"][0]["function"]["arguments"],

@@ -322,6 +322,18 @@ fn route(conn: &ConnShared, msg: FromWorker) {
             conn.route_of(request_id),
             StreamEvent::Accepted { prompt_tokens },
         ),
+        FromWorker::Progress {
+            request_id,
+            done,
+            total,
+        } => {
+            tracing::debug!(model = %conn.model, request = request_id, done, total, "prefill");
+            (
+                request_id,
+                conn.route_of(request_id),
+                StreamEvent::Progress { done, total },
+            )
+        }
         FromWorker::Chunk {
             request_id,
             deltas,

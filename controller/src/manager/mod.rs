@@ -55,6 +55,8 @@ pub struct ManagerConfig {
     pub max_batch: u32,
     /// The worker's `--prompt-cache-mb`.
     pub prompt_cache_mb: u64,
+    /// The worker's `--prefill-step`: prompt tokens per forward pass, progress after each.
+    pub prefill_step: u32,
     /// Per model id, the worker's `--tool-syntax` (`models.tool_call_format`).
     pub tool_syntax: std::collections::BTreeMap<String, String>,
     /// Per model id, how it is split over ranks (`models.tensor_parallel`).
@@ -255,6 +257,8 @@ pub(crate) enum Work {
 pub enum StreamEvent {
     /// The worker templated and tokenized the prompt, and it fits the context.
     Accepted { prompt_tokens: u32 },
+    /// Prefill progress: `done` of the prompt's `total` tokens are read.
+    Progress { done: u32, total: u32 },
     /// Output, in order (text, reasoning, tool-call deltas).
     Chunk {
         deltas: Vec<Delta>,

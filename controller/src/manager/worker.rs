@@ -43,6 +43,7 @@ pub(crate) struct Launch {
     pub stop_grace: Duration,
     pub max_batch: u32,
     pub prompt_cache_mb: u64,
+    pub prefill_step: u32,
     /// The worker's `--tool-syntax`, when configured for this model.
     pub tool_syntax: Option<String>,
     /// How the model is split over ranks, when it is.
@@ -100,6 +101,8 @@ pub(crate) async fn launch(
         .arg(l.max_batch.max(1).to_string())
         .arg("--prompt-cache-mb")
         .arg(l.prompt_cache_mb.to_string())
+        .arg("--prefill-step")
+        .arg(l.prefill_step.max(1).to_string())
         .args(
             l.tool_syntax
                 .iter()

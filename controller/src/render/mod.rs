@@ -135,6 +135,11 @@ pub trait Renderer: Send + 'static {
     fn keep_alive(&mut self) -> Sse {
         Sse::KeepAlive
     }
+    /// Events for prefill progress (`done` of `total` prompt tokens read); most dialects
+    /// have none, and their keep-alives cover the wait.
+    fn progress(&mut self, _done: u32, _total: u32) -> Vec<Sse> {
+        Vec::new()
+    }
     /// The whole (non-streamed) response.
     fn body(&mut self, out: Collected, end: &End) -> Value;
 }
@@ -166,7 +171,7 @@ async fn collect(mut events: GenerationStream) -> Result<(Collected, End), ApiEr
     let mut out = Collected::default();
     while let Some(event) = events.next().await {
         match event {
-            StreamEvent::Accepted { .. } => {}
+            StreamEvent::Accepted { .. } | StreamEvent::Progress { .. } => {}
             StreamEvent::Chunk { deltas, logprobs } => out.add(deltas, logprobs),
             StreamEvent::Done {
                 finish_reason,
@@ -227,6 +232,9 @@ struct Streaming<R> {
     called_tools: bool,
     model: String,
     began: Instant,
+    /// When a frame was last queued: worker events that send nothing (prefill progress) do
+    /// not hold back the keep-alive.
+    last_frame: Instant,
     /// The request's span (its id), entered whenever the body is polled after the handler
     /// returned.
     span: tracing::Span,
@@ -250,6 +258,7 @@ fn sse_response<R: Renderer>(
         called_tools: false,
         model,
         began: Instant::now(),
+        last_frame: Instant::now(),
         span: tracing::Span::current(),
         _permit: permit,
     };
@@ -277,6 +286,9 @@ fn sse_response<R: Renderer>(
 
 impl<R: Renderer> Streaming<R> {
     fn push(&mut self, events: Vec<Sse>) {
+        if !events.is_empty() {
+            self.last_frame = Instant::now();
+        }
         self.queue.extend(events.iter().map(Sse::frame));
     }
 
@@ -290,16 +302,18 @@ impl<R: Renderer> Streaming<R> {
         }
         // A long prefill (or a queue) can keep the worker quiet for a while; an SSE comment
         // keeps clients with short read timeouts and idle-closing proxies from giving up.
-        let next = match tokio::time::timeout(KEEP_ALIVE, self.events.next()).await {
+        let quiet = KEEP_ALIVE.saturating_sub(self.last_frame.elapsed());
+        let next = match tokio::time::timeout(quiet, self.events.next()).await {
             Ok(next) => next,
             Err(_) => {
-                let frame = self.renderer.keep_alive().frame();
-                self.queue.push_back(frame);
+                let keep_alive = self.renderer.keep_alive();
+                self.push(vec![keep_alive]);
                 return;
             }
         };
         let events = match next {
             Some(StreamEvent::Accepted { .. }) => Vec::new(),
+            Some(StreamEvent::Progress { done, total }) => self.renderer.progress(done, total),
             Some(StreamEvent::Chunk { deltas, logprobs }) => {
                 self.called_tools |= deltas.iter().any(|d| matches!(d, Delta::ToolCall { .. }));
                 self.renderer.chunk(&deltas, &logprobs)

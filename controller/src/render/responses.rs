@@ -35,7 +35,8 @@ pub struct ResponsesRenderer {
     state: Arc<AppState>,
     /// The request's fields the response echoes.
     echo: Value,
-    /// The conversation so far (without the system message), to store with the answer.
+    /// The conversation so far (without `instructions`, which a continuation gives anew),
+    /// to store with the answer.
     conversation: Vec<Value>,
     store: bool,
     custom_tools: Vec<String>,
@@ -77,10 +78,7 @@ impl ResponsesRenderer {
             created_at: sse::unix_now(),
             state,
             echo,
-            conversation: conversation
-                .into_iter()
-                .filter(|m| m["role"] != "system")
-                .collect(),
+            conversation,
             store: req.store.unwrap_or(true),
             custom_tools: req.custom_tools(),
             prompt_tokens,

@@ -310,7 +310,7 @@ impl GenerationApi for Responses {
         let history = responses::history(&state.responses, req).unwrap_or_default();
         ResponsesRenderer::new(
             req,
-            req.template_messages(&history),
+            req.conversation(&history),
             model,
             prompt_tokens,
             state.clone(),

@@ -256,6 +256,11 @@ fn from_worker_samples() -> Vec<FromWorker> {
             vectors: vec![vec![0.5, -0.25, f32::MIN_POSITIVE], vec![]],
             prompt_tokens: 9,
         },
+        FromWorker::Progress {
+            request_id: 10,
+            done: 2048,
+            total: u32::MAX,
+        },
     ]
 }
 
@@ -302,9 +307,10 @@ fn samples_cover_every_variant() {
             },
             FromWorker::Stats(_) => 13,
             FromWorker::Embeddings { .. } => 14,
+            FromWorker::Progress { .. } => 15,
         })
         .collect();
-    assert_eq!(from, (0..=14).collect());
+    assert_eq!(from, (0..=15).collect());
 
     let deltas: BTreeSet<u8> = from_worker_samples()
         .iter()
@@ -457,7 +463,7 @@ fn wire_format_fingerprint() {
     });
     assert_eq!(
         (PROTOCOL_VERSION, wire.len(), format!("{hash:016x}")),
-        (4, 1174, "064c54af67ae9553".to_string()),
+        (5, 1188, "80a8d19b53f1e42c".to_string()),
         "wire format changed: bump PROTOCOL_VERSION, then update this fingerprint"
     );
 }
