@@ -41,7 +41,11 @@ fn check_first_case(d: &Daemon, variant: &str) {
 #[test]
 fn gpt_oss_answers_through_the_daemon_as_mlx_lm_does() {
     let d = Daemon::start("");
-    for variant in ["tiny-random-gpt-oss-mxfp4", "tiny-random-gpt-oss-openai"] {
+    for variant in [
+        "tiny-random-gpt-oss-mxfp4",
+        "tiny-random-gpt-oss-openai",
+        "tiny-random-gpt-oss-convert-mxfp4",
+    ] {
         check_first_case(&d, variant);
     }
 }

@@ -59,6 +59,9 @@ clients. tiny-scripted-llama is it made to answer every chat with one fixed sent
 its turn (see scripted_llama), since both clients take an answer cut at its token limit for an
 error.
 
+tiny-random-gpt-oss-convert-mxfp4 is tiny-random-gpt-oss as mlx-lm's own quantize_model writes
+it in mode mxfp4 (what `mlx_lm.convert --q-mode mxfp4` writes): router overrides without a mode.
+
 tiny-random-ministral3-fp8 is tiny-random-ministral3 in Mistral's FP8 layout (float8 e4m3
 projections, per-tensor `weight_scale_inv`), and tiny-random-ministral3-fp8-dense the same
 weights expanded by MLX, which the reference is recorded from.
@@ -502,6 +505,28 @@ def mark_float8(path: Path) -> None:
 SCRIPTED_ANSWER = "Hello! I am a tiny test model."
 
 
+def converted_mxfp4(out: Path) -> None:
+    """tiny-random-gpt-oss-convert-mxfp4: tiny-random-gpt-oss quantized and written by mlx-lm
+    itself, as `mlx_lm.convert --q-mode mxfp4` does: MXFP4 by default, with per-module
+    overrides that name no mode for the routers (8-bit affine, as mlx-lm reads them)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx_lm import load
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    src = out / "tiny-random-gpt-oss"
+    dst = out / "tiny-random-gpt-oss-convert-mxfp4"
+    model, _ = load(str(src))
+    config = json.loads((src / "config.json").read_text())
+    model, config = quantize_model(model, config, group_size=32, bits=4, mode="mxfp4")
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(dst, model)
+    save_config(config, config_path=dst / "config.json")
+    for f in src.iterdir():
+        if f.name != "config.json" and not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    print(f"wrote {dst}")
+
+
 def scripted_llama(src: dict, config: dict, llama: dict[str, mx.array], out: Path, source: Path) -> None:
     """tiny-scripted-llama: tiny-random-llama-long made to answer every chat with
     SCRIPTED_ANSWER and end its turn, greedy or sampled.
@@ -750,6 +775,7 @@ def main() -> None:
 
     # Drawn after every model above, so that their weights stay as they were.
     gpt_oss(src, args.out, args.source)
+    converted_mxfp4(args.out)
     # No random draws: tiny-random-ministral3's weights in Mistral's FP8 layout.
     fp8_ministral(args.out, args.source)
     # No random draws: tiny-random-llama with a context long enough for agent clients' prompts.

@@ -59,6 +59,7 @@ MODELS = {
             "gpt-oss",
             "gpt-oss-mxfp4",
             "gpt-oss-openai",
+            "gpt-oss-convert-mxfp4",
             "ministral3-fp8",
         )
     },

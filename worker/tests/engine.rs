@@ -142,6 +142,7 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
         "tiny-random-gpt-oss",
         "tiny-random-gpt-oss-mxfp4",
         "tiny-random-gpt-oss-openai",
+        "tiny-random-gpt-oss-convert-mxfp4",
         "tiny-random-ministral3-fp8",
     ] {
         check_against_mlx_lm(variant);
