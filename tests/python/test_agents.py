@@ -125,7 +125,11 @@ def client_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 def claude(base: str, model: str, prompt: str, cwd: Path, *flags: str) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="claude-home-"))
+    with tempfile.TemporaryDirectory(prefix="claude-home-") as home:
+        return run_claude(base, model, prompt, cwd, Path(home), flags)
+
+
+def run_claude(base: str, model: str, prompt: str, cwd: Path, home: Path, flags) -> dict:
     env = client_env(home, {
         "ANTHROPIC_BASE_URL": base,
         "ANTHROPIC_API_KEY": "sk-ant-local",
@@ -158,12 +162,16 @@ plugins = false
 """
 
 
-def codex(args: list[str], cwd: Path, config: str, extra_env: dict[str, str] | None = None) -> str:
-    home = Path(tempfile.mkdtemp(prefix="codex-home-"))
+def codex(args: list[str], cwd: Path, config: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="codex-home-") as home:
+        return run_codex(args, cwd, config, Path(home))
+
+
+def run_codex(args: list[str], cwd: Path, config: str, home: Path) -> str:
     codex_home = home / ".codex"
     codex_home.mkdir()
     (codex_home / "config.toml").write_text(config)
-    env = client_env(home, {"CODEX_HOME": str(codex_home), **(extra_env or {})})
+    env = client_env(home, {"CODEX_HOME": str(codex_home)})
     p = subprocess.run(
         [str(AGENTS / "codex"), "exec", "--skip-git-repo-check", *args],
         cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
