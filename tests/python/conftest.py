@@ -30,31 +30,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    port = free_port()
+def start_daemon(config: str = "", port: int | None = None, env: dict[str, str] | None = None):
+    """`opta-lmx serve` with the config text `config` on `port` (a free one by default), once
+    it answers: (process, base URL, its temporary folder)."""
+    port = port or free_port()
     tmp = tempfile.TemporaryDirectory()
-    env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name)
+    cfg = Path(tmp.name) / "config.yaml"
+    cfg.write_text(config)
+    full_env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name)
+    full_env.update(env or {})
     proc = subprocess.Popen(
-        [str(TARGET / "opta-lmx"), "serve", "--port", str(port), "--models-dir", str(MODELS)], env=env
+        [str(TARGET / "opta-lmx"), "serve", "--config", str(cfg), "--port", str(port),
+         "--models-dir", str(MODELS)], env=full_env,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
             urllib.request.urlopen(base + "/admin/health", timeout=1)
-            break
+            return proc, base, tmp
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("opta-lmx did not start")
-    yield base
+    proc.kill()
+    raise RuntimeError("opta-lmx did not start")
+
+
+def stop_daemon(proc, tmp) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 10 s."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
     tmp.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, base, tmp = start_daemon()
+    yield base
+    stop_daemon(proc, tmp)
 
 
 @pytest.fixture(scope="module")

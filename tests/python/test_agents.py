@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import MODELS, ROOT, TARGET, free_port
+from conftest import ROOT, TARGET, free_port, start_daemon, stop_daemon
 
 AGENTS = ROOT / ".deps/agents/node_modules/.bin"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -38,36 +35,6 @@ SCRIPTED = "opta/tiny-scripted-llama"
 ANSWER = "Hello! I am a tiny test model."
 TINY = "opta/tiny-random-llama"
 CLIENT_TIMEOUT = 600
-
-
-def start_daemon(config: str, port: int, env: dict[str, str] | None = None):
-    tmp = tempfile.TemporaryDirectory()
-    cfg = Path(tmp.name) / "config.yaml"
-    cfg.write_text(config)
-    full_env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name)
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        [str(TARGET / "opta-lmx"), "serve", "--config", str(cfg), "--port", str(port),
-         "--models-dir", str(MODELS)], env=full_env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(base + "/admin/health", timeout=1)
-            return proc, base, tmp
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("opta-lmx did not start")
-
-
-def stop_daemon(proc, tmp) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    tmp.cleanup()
 
 
 def post(base: str, path: str, body: dict) -> dict:
