@@ -48,6 +48,9 @@ impl Drop for ChildGuard {
 struct Worker {
     child: ChildGuard,
     stream: Option<UnixStream>,
+    /// Prefill progress frames as they came, (request, done, total): `recv` sets them aside,
+    /// since they may come between any two other frames.
+    progress: Vec<(u64, u32, u32)>,
     _dir: tempfile::TempDir,
 }
 
@@ -101,6 +104,7 @@ impl Worker {
         Worker {
             child,
             stream: Some(stream),
+            progress: Vec::new(),
             _dir: dir,
         }
     }
@@ -113,10 +117,21 @@ impl Worker {
         write_frame_blocking(self.stream(), &msg).unwrap();
     }
 
+    /// The next frame but prefill progress, which goes to `progress`.
     fn recv(&mut self) -> FromWorker {
-        read_frame_blocking(self.stream())
-            .expect("read a frame")
-            .expect("worker closed the socket")
+        loop {
+            let frame = read_frame_blocking(self.stream())
+                .expect("read a frame")
+                .expect("worker closed the socket");
+            match frame {
+                FromWorker::Progress {
+                    request_id,
+                    done,
+                    total,
+                } => self.progress.push((request_id, done, total)),
+                other => return other,
+            }
+        }
     }
 
     /// Expects `Hello` then `Ready`.
@@ -380,6 +395,8 @@ fn greedy_chat_streams_chunks_and_answers_paris() {
     let prompt_tokens = tokenizer.encode(&rendered).unwrap().len() as u32;
     assert_eq!(usage.prompt_tokens, prompt_tokens);
     assert_eq!(a.accepted(), prompt_tokens);
+    // The prompt fits one prefill chunk: one report, of the whole prompt.
+    assert_eq!(w.progress, [(1, prompt_tokens, prompt_tokens)]);
     assert_eq!(
         usage.completion_tokens as usize,
         a.tokens + 1,
