@@ -173,12 +173,9 @@ impl Discovery {
         self.scan().0
     }
 
-    /// Every folder with a `config.json` that cannot be loaded, and why, sorted by id.
-    pub fn unloadable(&self) -> Vec<Unloadable> {
-        self.scan().1
-    }
-
-    fn scan(&self) -> (Vec<ModelEntry>, Vec<Unloadable>) {
+    /// In one pass over the folders: every model that could be loaded, and every folder with
+    /// a `config.json` that cannot be, with why; each sorted by id.
+    pub fn scan(&self) -> (Vec<ModelEntry>, Vec<Unloadable>) {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         fn take(

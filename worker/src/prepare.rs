@@ -223,15 +223,18 @@ fn render(
 ) -> Result<String, GenerateError> {
     let tok = &engine.tokenizer;
     let native = tok.template().is_some_and(|t| t.contains("tools"));
-    let merged = with_system_merged(messages);
-    let plain = without_reasoning(messages);
-    let merged_plain = merged.as_ref().and_then(without_reasoning);
-    let candidates = std::iter::once(messages)
-        .chain(merged.as_ref())
-        .chain(plain.as_ref())
-        .chain(merged_plain.as_ref());
+    // Built only when the one before did not render: the usual request renders as sent and
+    // copies nothing.
+    let merged = || with_system_merged(messages);
+    let alternatives: [&dyn Fn() -> Option<Value>; 3] =
+        [&merged, &|| without_reasoning(messages), &|| {
+            merged().as_ref().and_then(without_reasoning)
+        }];
     let mut first_error = None;
-    for candidate in candidates {
+    let mut next = 0;
+    let mut owned;
+    let mut candidate = messages;
+    loop {
         let taught;
         let (conversation, tools) = match tools {
             Some(tools) if !native => {
@@ -247,6 +250,14 @@ fn render(
                 first_error.get_or_insert(e);
             }
         }
+        let Some(alternative) = alternatives[next..].iter().find_map(|make| {
+            next += 1;
+            make()
+        }) else {
+            break;
+        };
+        owned = alternative;
+        candidate = &owned;
     }
     match first_error {
         Some(e) => Err(e.into()),

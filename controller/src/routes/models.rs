@@ -107,7 +107,8 @@ fn lms_model(s: &AppState, e: &ModelEntry, status: Option<&ModelStatus>) -> Valu
 
 pub async fn v0_models(State(s): State<Arc<AppState>>) -> Json<Value> {
     let statuses = s.manager.models();
-    let mut entries = s.discovery.list();
+    // One pass over the folders: each config and weight listing is read once per request.
+    let (mut entries, unloadable) = s.discovery.scan();
     for st in &statuses {
         if !entries.iter().any(|e| e.id == st.model_id) {
             entries.extend(s.discovery.resolve(&st.model_id));
@@ -118,9 +119,7 @@ pub async fn v0_models(State(s): State<Arc<AppState>>) -> Json<Value> {
         .map(|e| lms_model(&s, e, statuses.iter().find(|st| st.model_id == e.id)))
         .collect();
     // Folders that look like models but cannot load, with the reason, rather than nothing.
-    let unloadable: Vec<Value> = s
-        .discovery
-        .unloadable()
+    let unloadable: Vec<Value> = unloadable
         .into_iter()
         .map(|u| json!({"id": u.id, "path": u.dir, "reason": u.reason}))
         .collect();
