@@ -559,6 +559,115 @@ def scripted_llama(src: dict, config: dict, llama: dict[str, mx.array], out: Pat
     write(out / "tiny-scripted-llama", source, {**config, "tie_word_embeddings": False}, w)
 
 
+# Qwen3-Next and Qwen3.5/3.6's text model at test size: 2 key heads of 32 and 4 value heads of 16
+# in the Gated DeltaNet layers (so q and k are repeated), a kernel-4 convolution, gated
+# attention with 4 query and 2 key-value heads rotating a quarter of each head.
+HYBRID = {
+    "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": 4, "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "linear_key_head_dim": 32, "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+    "max_position_embeddings": 4096, "attention_bias": False,
+}
+HYBRID_MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+              "shared_expert_intermediate_size": 96, "decoder_sparse_step": 1, "mlp_only_layers": [],
+              "norm_topk_prob": True}
+# The norms Hugging Face stores zero-centred (mlx-lm's qwen3_5 `sanitize` adds 1 to them).
+CENTRED_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
+                 ".q_norm.weight", ".k_norm.weight")
+
+
+def hybrids(src: dict, out: Path, source: Path) -> None:
+    """The Gated DeltaNet hybrids, built by mlx-lm's own classes with their weights redrawn:
+    tiny-random-qwen3-next (Qwen3-Next: fused `in_proj_qkvz`/`in_proj_ba`, MoE with a gated
+    shared expert, three DeltaNet layers to one attention layer, tied embeddings);
+    tiny-random-qwen3.5 (dense, inside Qwen3.5's vision-language wrapper as mlx-lm saves it:
+    `text_config`, `language_model.*`, DeltaNet and attention alternating, an untied head);
+    tiny-random-qwen3.5-moe, its MoE sibling, and -4bit (quantized by mlx-lm, routers at 8
+    bits by its predicate) and -hf (Hugging Face's layout: `model.language_model.*`, convolution
+    weights [channels, 1, kernel], zero-centred norms, fused `experts.gate_up_proj`, and a
+    stand-in vision tower and MTP head that loaders must leave out)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.models import qwen3_5, qwen3_5_moe, qwen3_next
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    tokens = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 1, 1]}
+
+    def redraw(model) -> dict[str, mx.array]:
+        """Every weight drawn afresh, norms near 1 so that a missed offset shows."""
+        params = {}
+        for name, p in tree_flatten(model.parameters()):
+            if name.endswith("A_log"):
+                params[name] = mx.log(mx.random.uniform(1, 16, p.shape))
+            elif name.endswith("dt_bias") or "norm" in name:
+                params[name] = 1.0 + mx.random.normal(p.shape) * 0.1
+            elif "embed_tokens" in name:
+                params[name] = mx.random.normal(p.shape) * 0.5
+            elif name.endswith("mlp.gate.weight"):
+                params[name] = mx.random.normal(p.shape) * 0.5
+            elif "conv1d" in name:
+                params[name] = mx.random.normal(p.shape) * 0.3
+            else:
+                params[name] = mx.random.normal(p.shape) * 0.1
+        model.update(tree_unflatten(list(params.items())))
+        return params
+
+    next_config = {**tokens, **HYBRID, **HYBRID_MOE, "model_type": "qwen3_next",
+                   "architectures": ["Qwen3NextForCausalLM"], "rope_theta": 10000.0,
+                   "partial_rotary_factor": 0.25, "full_attention_interval": 4, "rms_norm_eps": 1e-6,
+                   "tie_word_embeddings": True, "vocab_size": src["vocab_size"], "torch_dtype": "float32"}
+    model = qwen3_next.Model(qwen3_next.ModelArgs.from_dict(next_config))
+    write(out / "tiny-random-qwen3-next", source, next_config, redraw(model))
+
+    def wrapped(kind: str, text: dict) -> dict:
+        return {**tokens, "model_type": kind, "architectures": ["Qwen3_5ForConditionalGeneration"],
+                "tie_word_embeddings": False, "torch_dtype": "float32",
+                "text_config": {**tokens, **HYBRID, **text, "model_type": f"{kind}_text", "rms_norm_eps": 1e-6,
+                                "full_attention_interval": 2, "tie_word_embeddings": False,
+                                "vocab_size": src["vocab_size"], "rope_parameters": rope}}
+
+    dense_config = wrapped("qwen3_5", {})
+    model = qwen3_5.Model(qwen3_5.ModelArgs.from_dict(dense_config))
+    write(out / "tiny-random-qwen3.5", source, dense_config, redraw(model))
+
+    moe_config = wrapped("qwen3_5_moe", HYBRID_MOE)
+    model = qwen3_5_moe.Model(qwen3_5_moe.ModelArgs.from_dict(moe_config))
+    w = redraw(model)
+    write(out / "tiny-random-qwen3.5-moe", source, moe_config, w)
+
+    hf = {}
+    for name, t in w.items():
+        name = name.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
+        if "conv1d" in name:
+            t = t.swapaxes(1, 2)
+        elif any(name.endswith(n) for n in CENTRED_NORMS):
+            t = t - 1.0
+        if ".switch_mlp.gate_proj." in name:
+            up = w[name.replace("model.language_model.", "language_model.model.").replace("gate_proj", "up_proj")]
+            name, t = name.replace("switch_mlp.gate_proj.weight", "experts.gate_up_proj"), mx.concatenate([t, up], axis=-2)
+        elif ".switch_mlp.up_proj." in name:
+            continue
+        elif ".switch_mlp.down_proj." in name:
+            name = name.replace("switch_mlp.down_proj.weight", "experts.down_proj")
+        hf[name] = t
+    hf["model.visual.patch_embed.proj.weight"] = mx.zeros((8, 3, 2, 2))
+    hf["mtp.fc.weight"] = mx.zeros((HIDDEN, 2 * HIDDEN))
+    write(out / "tiny-random-qwen3.5-moe-hf", source, moe_config, hf)
+
+    dst = out / "tiny-random-qwen3.5-moe-4bit"
+    model, config = quantize_model(model, dict(moe_config), group_size=64, bits=4,
+                                   quant_predicate=model.quant_predicate)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(dst, model)
+    save_config(config, config_path=dst / "config.json")
+    for f in (out / "tiny-random-qwen3.5-moe").iterdir():
+        if f.name != "config.json" and not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    print(f"wrote {dst}")
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -782,6 +891,9 @@ def main() -> None:
     long = {**base_config(src, "llama"), "max_position_embeddings": 131072}
     write(args.out / "tiny-random-llama-long", args.source, long, llama)
     scripted_llama(src, long, llama, args.out, args.source)
+    # Their own seed, so that adding them changed no model above.
+    mx.random.seed(args.seed + 35)
+    hybrids(src, args.out, args.source)
 
 
 if __name__ == "__main__":

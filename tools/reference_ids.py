@@ -61,6 +61,11 @@ MODELS = {
             "gpt-oss-openai",
             "gpt-oss-convert-mxfp4",
             "ministral3-fp8",
+            "qwen3-next",
+            "qwen3.5",
+            "qwen3.5-moe",
+            "qwen3.5-moe-4bit",
+            "qwen3.5-moe-hf",
         )
     },
 }
@@ -72,7 +77,8 @@ RECORD_FROM = {"tiny-random-ministral3-fp8": "tiny-random-ministral3-fp8-dense"}
 # A prompt far longer than the tiny Gemma 3's window of 8, so that its local layers' caches
 # trim old positions while the prompt is read.
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
-EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG]}
+EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
+         "tiny-random-qwen3-next": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

@@ -206,6 +206,23 @@ pub struct ModelConfig {
     pub num_local_experts: Option<usize>,
     #[serde(default)]
     pub swiglu_limit: Option<f32>,
+    /// Qwen3-Next/3.5's Gated DeltaNet layers: key and value heads, their sizes, and the
+    /// short convolution's kernel; every `full_attention_interval`-th layer is attention.
+    #[serde(default)]
+    pub linear_num_key_heads: Option<usize>,
+    #[serde(default)]
+    pub linear_num_value_heads: Option<usize>,
+    #[serde(default)]
+    pub linear_key_head_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_value_head_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_conv_kernel_dim: Option<usize>,
+    #[serde(default)]
+    pub full_attention_interval: Option<usize>,
+    /// Qwen3-Next/3.5 MoE: the gated shared expert's hidden size.
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }
@@ -366,6 +383,12 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
         if let (false, Some(theta)) = (declared, params.get("rope_theta").and_then(Value::as_f64)) {
             config.rope_theta = theta as f32;
         }
+        if config.partial_rotary_factor.is_none() {
+            config.partial_rotary_factor = params
+                .get("partial_rotary_factor")
+                .and_then(Value::as_f64)
+                .map(|f| f as f32);
+        }
         if config.rope_scaling.as_ref().is_none_or(Value::is_null) {
             config.rope_scaling = Some(params);
         }
@@ -384,6 +407,15 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
 /// any other config as it is.
 fn text_part(raw: Value) -> Value {
     let Value::Object(top) = &raw else { return raw };
+    // mlx-lm reads a Qwen3.5 config with or without the wrapper around it.
+    if let Some(kind @ ("qwen3_5" | "qwen3_5_moe")) = top.get("model_type").and_then(Value::as_str)
+    {
+        let text = match top.get("text_config") {
+            Some(Value::Object(text)) => text,
+            _ => top,
+        };
+        return qwen3_5_text(kind, top, text);
+    }
     let Some(Value::Object(text)) = top.get("text_config") else {
         return raw;
     };
@@ -434,6 +466,45 @@ fn text_part(raw: Value) -> Value {
         m.insert("vocab_size".into(), vocab);
         m.insert("model_type".into(), "gemma3".into());
     }
+    merged
+}
+
+/// Qwen3.5/3.6's text model config with mlx-lm's defaults for what it leaves out (its
+/// `TextModelArgs`), RoPE settings from `rope_parameters`, and the wrapper's quantization and
+/// special tokens.
+fn qwen3_5_text(
+    kind: &str,
+    top: &serde_json::Map<String, Value>,
+    text: &serde_json::Map<String, Value>,
+) -> Value {
+    let mut merged = serde_json::json!({
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "rms_norm_eps": 1.0e-6, "vocab_size": 151_936,
+        "num_key_value_heads": 8, "max_position_embeddings": 131_072,
+        "linear_num_value_heads": 64, "linear_num_key_heads": 16, "linear_key_head_dim": 192,
+        "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "tie_word_embeddings": false,
+        "attention_bias": false, "full_attention_interval": 4, "norm_topk_prob": true,
+        "rope_parameters": {"type": "default", "mrope_section": [11, 11, 10],
+                            "rope_theta": 100_000, "partial_rotary_factor": 0.25},
+    });
+    let Value::Object(m) = &mut merged else {
+        return merged;
+    };
+    m.extend(text.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let params = m.get("rope_parameters").cloned().unwrap_or(Value::Null);
+    let get = |key: &str, default: f64| params.get(key).and_then(Value::as_f64).unwrap_or(default);
+    let (factor, theta) = (get("partial_rotary_factor", 0.25), get("rope_theta", 100_000.0));
+    m.insert("partial_rotary_factor".into(), factor.into());
+    m.insert("rope_theta".into(), theta.into());
+    if !params.is_null() {
+        m.insert("rope_scaling".into(), params);
+    }
+    for key in ["quantization", "eos_token_id", "bos_token_id", "torch_dtype"] {
+        if let (Some(v), false) = (top.get(key), m.contains_key(key)) {
+            m.insert(key.to_string(), v.clone());
+        }
+    }
+    m.insert("model_type".into(), kind.into());
     merged
 }
 
@@ -574,6 +645,9 @@ pub const GENERATION_TYPES: &[&str] = &[
     "qwen2",
     "qwen3",
     "qwen3_moe",
+    "qwen3_next",
+    "qwen3_5",
+    "qwen3_5_moe",
     "glm4_moe",
     "gpt_oss",
     "gemma3_text",

@@ -7,6 +7,11 @@
 //! `window - 1 + SLACK` positions before the new ones. Unlike mlx-lm's `RotatingKVCache` it keeps
 //! them in order, so a slice of it is still a valid prefix state for the prompt cache, and the
 //! `SLACK` lets a later prompt that diverges near the end still reuse it.
+//!
+//! A recurrent layer (Qwen3.5's Gated DeltaNet) holds a fixed-size state instead, which cannot
+//! be cut back to an earlier position: it keeps snapshots at the positions the scheduler marks
+//! (each prefill chunk's end, so the prompt's end too), and the prompt cache serves exactly
+//! those lengths.
 
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
@@ -44,6 +49,184 @@ impl CacheState {
             Some(w) if self.start > 0 => (self.start + w - 1) as usize,
             _ => 0,
         }
+    }
+}
+
+/// One layer's cache, of the kind its mixer needs.
+pub enum LayerCache {
+    Kv(KvCache),
+    Recurrent(RecurrentCache),
+}
+
+/// What the prompt cache keeps of one layer.
+pub enum Saved {
+    Kv(CacheState),
+    /// Snapshots in position order, the last one the state at the sequence's end.
+    Recurrent(Vec<Snapshot>),
+}
+
+impl Saved {
+    /// The shortest prefix these states can serve.
+    pub fn min_prefix(&self) -> usize {
+        match self {
+            Saved::Kv(state) => state.min_prefix(),
+            Saved::Recurrent(_) => 0,
+        }
+    }
+
+    /// The prefix lengths a recurrent layer can serve (None: any from `min_prefix` on).
+    pub fn points(&self) -> Option<Vec<usize>> {
+        match self {
+            Saved::Kv(_) => None,
+            Saved::Recurrent(snaps) => Some(snaps.iter().map(|s| s.at as usize).collect()),
+        }
+    }
+}
+
+impl LayerCache {
+    /// Positions already cached: the RoPE offset of the next token.
+    pub fn offset(&self) -> i32 {
+        match self {
+            LayerCache::Kv(c) => c.offset(),
+            LayerCache::Recurrent(c) => c.offset,
+        }
+    }
+
+    /// Bytes held, a recurrent layer's snapshots included.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            LayerCache::Kv(c) => c.nbytes(),
+            LayerCache::Recurrent(c) => c.nbytes(),
+        }
+    }
+
+    /// The arrays to evaluate after a prefill chunk.
+    pub fn state(&self) -> Box<dyn Iterator<Item = &Array> + '_> {
+        match self {
+            LayerCache::Kv(c) => Box::new(c.state()),
+            LayerCache::Recurrent(c) => Box::new(c.conv.iter().chain(c.state.iter())),
+        }
+    }
+
+    /// Records the current state as one the prompt cache may serve later (recurrent layers;
+    /// a key/value cache can serve any prefix anyway).
+    pub fn mark(&mut self) {
+        if let LayerCache::Recurrent(c) = self {
+            c.mark();
+        }
+    }
+
+    /// What the prompt cache keeps of this layer (None: nothing cached yet).
+    pub fn saved(&self) -> Option<Saved> {
+        match self {
+            LayerCache::Kv(c) => c.filled().map(Saved::Kv),
+            LayerCache::Recurrent(c) => {
+                let mut snaps = c.snapshots.clone();
+                if c.offset > 0 && snaps.last().is_none_or(|s| s.at != c.offset) {
+                    snaps.push(c.snapshot());
+                }
+                (!snaps.is_empty()).then_some(Saved::Recurrent(snaps))
+            }
+        }
+    }
+
+    /// A cache holding the first `len` positions of `saved`: any `len` from
+    /// [`Saved::min_prefix`] on for keys and values, one of [`Saved::points`] for a recurrent
+    /// layer (None otherwise).
+    pub fn from_saved(saved: &Saved, len: usize) -> Option<Self> {
+        match saved {
+            Saved::Kv(state) => Some(LayerCache::Kv(KvCache::from_prefix(state, len as i32))),
+            Saved::Recurrent(snaps) => {
+                let snap = snaps.iter().find(|s| s.at as usize == len)?;
+                Some(LayerCache::Recurrent(RecurrentCache {
+                    conv: snap.conv.clone(),
+                    state: snap.state.clone(),
+                    offset: snap.at,
+                    snapshots: vec![snap.clone()],
+                }))
+            }
+        }
+    }
+
+    pub(crate) fn kv(&mut self) -> Option<&mut KvCache> {
+        match self {
+            LayerCache::Kv(c) => Some(c),
+            LayerCache::Recurrent(_) => None,
+        }
+    }
+
+    pub(crate) fn recurrent(&mut self) -> Option<&mut RecurrentCache> {
+        match self {
+            LayerCache::Recurrent(c) => Some(c),
+            LayerCache::Kv(_) => None,
+        }
+    }
+}
+
+/// Snapshots a recurrent cache keeps at most; past this every other older one goes, so they
+/// stay spread over the whole prompt.
+const MAX_SNAPSHOTS: usize = 8;
+
+/// A recurrent layer's state after `offset` tokens: the last `kernel - 1` inputs of its
+/// short convolution ([1, kernel - 1, channels]) and its recurrent matrices
+/// ([1, heads, value_dim, key_dim], float32).
+#[derive(Default, Clone)]
+pub struct RecurrentCache {
+    pub(crate) conv: Option<Array>,
+    pub(crate) state: Option<Array>,
+    pub(crate) offset: i32,
+    snapshots: Vec<Snapshot>,
+}
+
+/// A recurrent layer's state at position `at`. MLX arrays are immutable and shared, so a
+/// snapshot costs the memory of the state it keeps alive, and no copy.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub at: i32,
+    conv: Option<Array>,
+    state: Option<Array>,
+}
+
+impl RecurrentCache {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: self.offset,
+            conv: self.conv.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    fn mark(&mut self) {
+        if self.offset == 0 || self.snapshots.last().is_some_and(|s| s.at == self.offset) {
+            return;
+        }
+        self.snapshots.push(self.snapshot());
+        if self.snapshots.len() > MAX_SNAPSHOTS {
+            let last = self.snapshots.len() - 1;
+            let mut i = 0;
+            self.snapshots.retain(|_| {
+                i += 1;
+                i % 2 == 1 || i - 1 == last
+            });
+        }
+    }
+
+    fn nbytes(&self) -> usize {
+        let bytes = |c: &Option<Array>, s: &Option<Array>| {
+            c.as_ref().map_or(0, Array::nbytes) + s.as_ref().map_or(0, Array::nbytes)
+        };
+        let kept: usize = self
+            .snapshots
+            .iter()
+            .filter(|s| s.at != self.offset)
+            .map(|s| bytes(&s.conv, &s.state))
+            .sum();
+        kept + bytes(&self.conv, &self.state)
+    }
+
+    /// Advances the position after the mixer consumed `n` tokens.
+    pub(crate) fn advance(&mut self, n: i32) {
+        self.offset += n;
     }
 }
 

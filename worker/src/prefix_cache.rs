@@ -1,17 +1,31 @@
 //! The prompt (prefix) cache: key/value states of finished sequences, kept so that a request
 //! whose prompt starts with the same tokens (a multi-turn chat resending its history, a shared
 //! system prompt) skips recomputing them. Bounded by a byte budget, least recently used first
-//! out.
+//! out. Key/value states serve any prefix of what they hold; a model with recurrent layers is
+//! served only at the positions where those kept snapshots (see `cache`).
 
-use crate::cache::{CacheState, KvCache};
+use crate::cache::{LayerCache, Saved};
 
 /// One finished sequence's states: `tokens[i]` produced position i of every layer's cache.
 struct Entry {
     tokens: Vec<u32>,
-    layers: Vec<CacheState>,
+    layers: Vec<Saved>,
     /// The shortest prefix the states can serve (sliding-window layers forget old positions).
     min_prefix: usize,
+    /// The only prefix lengths it can serve, ascending, when recurrent layers hold snapshots.
+    points: Option<Vec<usize>>,
     bytes: usize,
+}
+
+impl Entry {
+    /// The longest prefix of at most `len` tokens that the states can serve, if any.
+    fn servable(&self, len: usize) -> Option<usize> {
+        let best = match &self.points {
+            None => len,
+            Some(points) => *points.iter().rev().find(|&&p| p <= len)?,
+        };
+        (best > 0 && best >= self.min_prefix).then_some(best)
+    }
 }
 
 pub struct PrefixCache {
@@ -51,24 +65,25 @@ impl PrefixCache {
     /// Caches for a new sequence with `prompt`, filled with the longest cached prefix, and its
     /// length. At least the prompt's last token is left to compute: its logits are the first
     /// decode step's.
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(Vec<KvCache>, usize)> {
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(Vec<LayerCache>, usize)> {
         let limit = prompt.len().saturating_sub(1);
         let (best, len) = self
             .entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
-            .filter(|&(i, len)| len >= self.entries[i].min_prefix)
+            .filter_map(|(i, e)| Some((i, e.servable(common_prefix(&e.tokens, prompt).min(limit))?)))
             .max_by_key(|&(i, len)| (len, i))?;
-        if len == 0 {
-            return None;
-        }
         let entry = self.entries.remove(best);
         let caches = entry
             .layers
             .iter()
-            .map(|state| KvCache::from_prefix(state, len as i32))
-            .collect();
+            .map(|saved| LayerCache::from_saved(saved, len))
+            .collect::<Option<Vec<_>>>();
+        let Some(caches) = caches else {
+            // Unreachable by `servable`; an unusable entry is dropped rather than served.
+            self.used -= entry.bytes;
+            return None;
+        };
         self.entries.push(entry);
         self.hits += 1;
         self.hit_tokens += len as u64;
@@ -77,25 +92,36 @@ impl PrefixCache {
 
     /// Keeps a finished sequence's states. `tokens` are the tokens fed to the model, at least
     /// as many as the caches hold; the caches' own length decides how many are kept.
-    pub fn insert(&mut self, tokens: &[u32], caches: &[KvCache]) {
+    pub fn insert(&mut self, tokens: &[u32], caches: &[LayerCache]) {
         let Some(len) = caches.first().map(|c| c.offset() as usize) else {
             return;
         };
         if len == 0 || len > tokens.len() {
             return;
         }
-        let layers: Option<Vec<_>> = caches.iter().map(KvCache::filled).collect();
+        let layers: Option<Vec<_>> = caches.iter().map(LayerCache::saved).collect();
         let Some(layers) = layers else { return };
-        let min_prefix = layers.iter().map(CacheState::min_prefix).max().unwrap_or(0);
+        let min_prefix = layers.iter().map(Saved::min_prefix).max().unwrap_or(0);
+        // Every recurrent layer is marked at the same positions; keep those all of them have.
+        let points = layers
+            .iter()
+            .filter_map(Saved::points)
+            .reduce(|a, b| a.into_iter().filter(|p| b.contains(p)).collect());
         // The buffers behind the slices stay alive, so they are what the budget counts.
-        let bytes = caches.iter().map(KvCache::nbytes).sum();
+        let bytes = caches.iter().map(LayerCache::nbytes).sum();
         if bytes > self.budget {
             return;
         }
         let tokens = tokens[..len].to_vec();
         // An entry that the new one extends (or repeats) is redundant.
         self.entries.retain(|e| {
-            let redundant = common_prefix(&e.tokens, &tokens) == e.tokens.len();
+            // Recurrent states serve only their snapshots: the old entry must hold no
+            // position the new one lacks.
+            let covered = match (&e.points, &points) {
+                (Some(old), Some(new)) => old.iter().all(|p| new.contains(p)),
+                _ => true,
+            };
+            let redundant = covered && common_prefix(&e.tokens, &tokens) == e.tokens.len();
             if redundant {
                 self.used -= e.bytes;
             }
@@ -110,6 +136,7 @@ impl PrefixCache {
             tokens,
             layers,
             min_prefix,
+            points,
             bytes,
         });
     }
@@ -123,15 +150,20 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
     use mlx_rs::ops::indexing::IndexOp;
+    use crate::cache::KvCache;
     use mlx_rs::Array;
 
     /// One layer's cache with `n` positions whose values are the position numbers.
-    fn caches(n: i32) -> Vec<KvCache> {
+    fn caches(n: i32) -> Vec<LayerCache> {
         let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let k = Array::from_slice(&data, &[1, 1, n, 1]);
         let mut c = KvCache::default();
         c.update_and_fetch(&k, &k).unwrap();
-        vec![c]
+        vec![LayerCache::Kv(c)]
+    }
+
+    fn kv(c: &mut LayerCache) -> &mut KvCache {
+        c.kv().expect("a key/value cache")
     }
 
     #[test]
@@ -148,7 +180,7 @@ mod tests {
         assert!(min > 0, "the window layer never trimmed");
         let tokens: Vec<u32> = (0..n as u32).collect();
         let mut pc = PrefixCache::new(1 << 30);
-        pc.insert(&tokens, &[c]);
+        pc.insert(&tokens, &[LayerCache::Kv(c)]);
         // A prompt that diverges after the kept range can reuse it...
         let mut prompt = tokens[..min + 10].to_vec();
         prompt.push(9999);
@@ -181,17 +213,17 @@ mod tests {
         let (mut c, len) = pc.lookup(&[1, 2, 3, 6, 6]).unwrap();
         assert_eq!(len, 3);
         let new = Array::from_slice(&[100.0f32], &[1, 1, 1, 1]);
-        let (k, _, _) = c[0].update_and_fetch(&new, &new).unwrap();
+        let (k, _, _) = kv(&mut c[0]).update_and_fetch(&new, &new).unwrap();
         assert_eq!(k.as_slice::<f32>(), [0.0, 1.0, 2.0, 100.0]);
         // The entry still holds position 3 as it was.
-        let (c2, _) = pc.lookup(&[1, 2, 3, 4, 9]).unwrap();
-        let k2 = c2[0].filled().unwrap().keys;
+        let (mut c2, _) = pc.lookup(&[1, 2, 3, 4, 9]).unwrap();
+        let k2 = c2[0].kv().unwrap().filled().unwrap().keys;
         assert_eq!(k2.as_slice::<f32>(), [0.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]
     fn budget_evicts_least_recently_used_and_drops_superseded() {
-        let one = caches(4).iter().map(KvCache::nbytes).sum::<usize>();
+        let one = caches(4).iter().map(LayerCache::nbytes).sum::<usize>();
         let mut pc = PrefixCache::new(2 * one);
         pc.insert(&[1, 1, 1, 1], &caches(4));
         pc.insert(&[2, 2, 2, 2], &caches(4));
@@ -209,5 +241,39 @@ mod tests {
         let mut off = PrefixCache::new(0);
         off.insert(&[1, 2], &caches(2));
         assert!(off.is_empty());
+    }
+
+    /// A recurrent layer whose state is its position, marked at 3 and 6 and ended at 8,
+    /// beside a key/value layer: served at exactly the marked lengths, with their states.
+    #[test]
+    fn recurrent_states_serve_only_their_snapshots() {
+        use crate::cache::RecurrentCache;
+        let mut rec = LayerCache::Recurrent(RecurrentCache::default());
+        for n in [3, 3, 2] {
+            let r = rec.recurrent().unwrap();
+            r.advance(n);
+            r.state = Some(Array::from_int(r.offset));
+            rec.mark();
+        }
+        let tokens: Vec<u32> = (0..8).collect();
+        let mut pc = PrefixCache::new(1 << 30);
+        pc.insert(&tokens, &[caches(8).remove(0), rec]);
+        let state_at = |c: &mut Vec<LayerCache>| {
+            let r = c[1].recurrent().unwrap();
+            (r.offset, r.state.as_ref().unwrap().item::<i32>())
+        };
+        // Diverging after 7 tokens: the snapshot at 6 is the longest usable.
+        let mut prompt = tokens[..7].to_vec();
+        prompt.push(99);
+        let (mut c, len) = pc.lookup(&prompt).unwrap();
+        assert_eq!((len, c[0].offset()), (6, 6));
+        assert_eq!(state_at(&mut c), (6, 6));
+        // The whole sequence resent and extended: its end state.
+        let mut longer = tokens.clone();
+        longer.extend([1, 2]);
+        let (mut c, len) = pc.lookup(&longer).unwrap();
+        assert_eq!((len, state_at(&mut c)), (8, (8, 8)));
+        // Diverging before the first snapshot: nothing to serve.
+        assert!(pc.lookup(&[0, 1, 7, 7]).is_none());
     }
 }

@@ -20,7 +20,7 @@ use mlx_rs::transforms::{async_eval, eval};
 use mlx_rs::{ops, Array, Dtype};
 use opta_lmx_shared::protocol::{FinishReason, Timings, TokenLogprob, TopLogprob, Usage};
 
-use crate::cache::KvCache;
+use crate::cache::LayerCache;
 use crate::detok::Detokenizer;
 use crate::engine::Engine;
 use crate::grammar::Constraint;
@@ -97,7 +97,7 @@ struct Sequence {
     prompt_len: usize,
     /// Prompt tokens already in the cache.
     prefilled: usize,
-    cache: Vec<KvCache>,
+    cache: Vec<LayerCache>,
     sampler: Sampler,
     detok: Detokenizer,
     /// The grammar the output must follow, if any.
@@ -347,7 +347,9 @@ impl<'e> Scheduler<'e> {
         let start = Instant::now();
         // Only the cache is needed; MLX never computes the unused hidden states.
         let _ = self.engine.model.forward_hidden(&ids, &mut seq.cache)?;
-        eval(seq.cache.iter().flat_map(KvCache::state))?;
+        eval(seq.cache.iter().flat_map(LayerCache::state))?;
+        // Recurrent layers keep this state for the prompt cache (the prompt's end included).
+        seq.cache.iter_mut().for_each(LayerCache::mark);
         seq.prefilled = end;
         let seconds = start.elapsed().as_secs_f64();
         if self.timed_chunks && n >= MIN_CHUNK && seconds > 0.0 {
@@ -399,7 +401,7 @@ impl<'e> Scheduler<'e> {
             }
         };
         let mut greedy = true;
-        let mut caches: Vec<&mut [KvCache]> = Vec::with_capacity(rows.len());
+        let mut caches: Vec<&mut [LayerCache]> = Vec::with_capacity(rows.len());
         // `rows` follows `self.seqs`' order, so one pass finds them all.
         let mut wanted = rows.iter().peekable();
         for seq in self.seqs.iter_mut() {

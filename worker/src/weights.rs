@@ -38,9 +38,12 @@ pub fn load(dir: &Path) -> Result<Weights, LoadError> {
             message: e.to_string(),
         })?;
         for (name, array) in loaded {
-            // A vision-language wrapper (Gemma 3, Mistral 3): run its language model, leave
+            // A vision-language wrapper (Gemma 3, Mistral 3, Qwen3.5): run its language model, leave
             // the vision tower and projector unloaded.
-            if name.contains("vision_tower") || name.contains("multi_modal_projector") {
+            if name.contains("vision_tower")
+                || name.contains("multi_modal_projector")
+                || name.starts_with("model.visual.")
+            {
                 continue;
             }
             let name = if let Some(rest) = name.strip_prefix("model.language_model.") {

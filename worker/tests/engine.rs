@@ -149,6 +149,21 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
     }
 }
 
+/// The Gated DeltaNet hybrids (Qwen3-Next, Qwen3.5/3.6 dense and MoE) in mlx-lm's layouts,
+/// quantized, and in Hugging Face's.
+#[test]
+fn gated_delta_hybrids_match_mlx_lm() {
+    for variant in [
+        "tiny-random-qwen3-next",
+        "tiny-random-qwen3.5",
+        "tiny-random-qwen3.5-moe",
+        "tiny-random-qwen3.5-moe-4bit",
+        "tiny-random-qwen3.5-moe-hf",
+    ] {
+        check_against_mlx_lm(variant);
+    }
+}
+
 /// Google's Gemma 3 270M, dequantized from its GGUF: sliding-window layers, GeGLU, sandwich
 /// norms and its SentencePiece tokenizer, on real weights.
 #[test]

@@ -3,6 +3,7 @@
 
 use opta_lmx_shared::model_dir::ModelConfig;
 
+use super::delta::DeltaLayout;
 use super::*;
 
 /// The MLP's gate activation.
@@ -54,6 +55,11 @@ pub(crate) struct ArchSpec {
     /// gpt-oss's experts: a router with a bias whose top-k raw logits are softmaxed, experts
     /// with biases and a clamped SwiGLU, under `mlp.router` and `mlp.experts`.
     pub(crate) oai_moe: bool,
+    /// Gated DeltaNet layers between the attention ones (Qwen3-Next, Qwen3.5), stored as
+    /// the layout says.
+    pub(crate) gated_delta: Option<DeltaLayout>,
+    /// Attention scaled by a sigmoid gate that `q_proj` also yields (Qwen3-Next, Qwen3.5).
+    pub(crate) output_gate: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -74,6 +80,8 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     typed_windows: false,
     sinks: false,
     oai_moe: false,
+    gated_delta: None,
+    output_gate: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -107,6 +115,22 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             typed_windows: true,
             sinks: true,
             oai_moe: true,
+            ..LLAMA
+        }),
+        // Qwen3-Next and Qwen3.5/3.6 (dense and MoE): three Gated DeltaNet layers to one
+        // gated attention layer with q/k norms and partial RoPE; MoE with a gated shared
+        // expert.
+        "qwen3_next" | "qwen3_5" | "qwen3_5_moe" => Ok(ArchSpec {
+            qkv_bias: bias,
+            o_bias: bias,
+            qk_norm: true,
+            moe: true,
+            gated_delta: Some(if config.model_type == "qwen3_next" {
+                DeltaLayout::Grouped
+            } else {
+                DeltaLayout::Split
+            }),
+            output_gate: true,
             ..LLAMA
         }),
         "granite" => Ok(ArchSpec {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use opta_lmx_shared::model_dir::QuantMode;
 
 use super::*;
+use crate::cache::{KvCache, LayerCache};
 use crate::distributed::Group;
 
 /// A linear layer, dense or MLX-quantized (affine with per-group biases, or a floating-point
@@ -31,6 +32,20 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// Every array it holds, to evaluate at load time.
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Linear::Dense { weight, bias } => std::iter::once(weight).chain(bias).collect(),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                ..
+            } => [weight, scales].into_iter().chain(biases).chain(bias).collect(),
+        }
+    }
+
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(match self {
             // mlx.nn.Linear: addmm when there is a bias, a plain matmul otherwise.
@@ -127,6 +142,9 @@ pub struct Attention {
     pub(crate) query_scale: Option<(f32, f32)>,
     /// gpt-oss: per head, a logit that joins every softmax without a value ([heads]).
     pub(crate) sinks: Option<Array>,
+    /// Qwen3-Next/3.5: `q_proj` also yields, per head, a gate whose sigmoid scales the
+    /// attention output before `o_proj`.
+    pub(crate) output_gate: bool,
     /// Tensor parallel: this rank holds some heads; outputs are summed over the group.
     pub(crate) group: Option<Arc<Group>>,
 }
@@ -136,29 +154,39 @@ impl Attention {
     /// token from each of n sequences when it holds n. The projections run once over all n
     /// rows (where batching pays); RoPE, the cache and attention run per sequence, so each
     /// keeps its own length and no padding or mask is needed.
-    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
-        let (q, k, v) = self.project(x)?;
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
+        let (q, k, v, gate) = self.project(x)?;
         let out = match caches {
-            [cache] => self.attend(&q, &k, &v, cache)?,
+            [cache] => self.attend(&q, &k, &v, kv(cache)?)?,
             _ => {
                 let mut rows = Vec::with_capacity(caches.len());
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let i = i as i32;
                     let row = |a: &Array| a.index((.., i..i + 1));
-                    rows.push(self.attend(&row(&q), &row(&k), &row(&v), cache)?);
+                    rows.push(self.attend(&row(&q), &row(&k), &row(&v), kv(cache)?)?);
                 }
                 ops::concatenate(&rows, 1)?
             }
         };
-        reduce(&self.group, self.o_proj.forward(&out)?)
+        reduce(&self.group, self.o_proj.forward(&gated(out, gate)?)?)
     }
 
     /// Queries, keys and values of `x` ([b, l, hidden]) as [b, l, heads, head_dim], with the
-    /// per-head norms of the families that have them (Qwen3, Gemma 3).
-    fn project(&self, x: &Array) -> Result<(Array, Array, Array)> {
+    /// per-head norms of the families that have them (Qwen3, Gemma 3), and the output gate
+    /// ([b, l, heads * head_dim]) of those that have one.
+    fn project(&self, x: &Array) -> Result<(Array, Array, Array, Option<Array>)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let split = |y: Array, n: i32| -> Result<Array> { Ok(y.reshape(&[b, l, n, -1])?) };
         let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut gate = None;
+        if self.output_gate {
+            // Each head's rows hold its queries, then its gate.
+            let halves = q.split_equal(2, -1)?;
+            if let [queries, g] = halves.as_slice() {
+                gate = Some(g.reshape(&[b, l, -1])?);
+                q = queries.clone();
+            }
+        }
         let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
         if let Some(norm) = &self.q_norm {
@@ -167,7 +195,7 @@ impl Attention {
         if let Some(norm) = &self.k_norm {
             k = norm.forward(&k)?;
         }
-        Ok((q, k, v))
+        Ok((q, k, v, gate))
     }
 
     /// A padded batch read whole, without a cache (embedders): `x` is [b, l, hidden], every
@@ -176,7 +204,7 @@ impl Attention {
     /// hidden by that mask ([b, 1, 1, l], true for real tokens).
     pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v) = self.project(x)?;
+        let (q, k, v, gate) = self.project(x)?;
         let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let q = self.rope.forward(&heads(&q)?, 0)?;
         let k = self.rope.forward(&heads(&k)?, 0)?;
@@ -192,9 +220,8 @@ impl Attention {
             mask,
             self.sinks.as_ref(),
         )?;
-        let out = self
-            .o_proj
-            .forward(&out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?;
+        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        let out = self.o_proj.forward(&gated(out, gate)?)?;
         reduce(&self.group, out)
     }
 
@@ -254,6 +281,18 @@ impl Attention {
     }
 }
 
+fn kv<'a>(cache: &'a mut LayerCache) -> Result<&'a mut KvCache> {
+    cache.kv().ok_or(ModelError::CacheLayers)
+}
+
+/// The attention output scaled by sigmoid(gate), when there is a gate.
+fn gated(out: Array, gate: Option<Array>) -> Result<Array> {
+    match gate {
+        Some(g) => Ok(out.multiply(ops::sigmoid(&g)?)?),
+        None => Ok(out),
+    }
+}
+
 pub struct Mlp {
     pub(crate) gate_proj: Linear,
     pub(crate) up_proj: Linear,
@@ -310,8 +349,47 @@ pub struct SandwichNorms {
     pub(crate) pre_mlp: RmsNorm,
 }
 
+/// What mixes information across positions in a block, each with its own cache kind.
+pub enum Mixer {
+    /// Softmax attention over a key/value cache.
+    Attention(Attention),
+    /// Gated DeltaNet over a recurrent state (Qwen3-Next, Qwen3.5).
+    GatedDelta(Box<delta::GatedDelta>),
+}
+
+impl Mixer {
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
+        match self {
+            Mixer::Attention(a) => a.forward(x, caches),
+            Mixer::GatedDelta(d) => d.forward(x, caches),
+        }
+    }
+
+    /// A fresh cache of this mixer's kind.
+    pub(crate) fn new_cache(&self) -> LayerCache {
+        match self {
+            Mixer::Attention(a) => LayerCache::Kv(KvCache::new(a.window)),
+            Mixer::GatedDelta(_) => LayerCache::Recurrent(Default::default()),
+        }
+    }
+
+    pub(crate) fn attention(&self) -> Option<&Attention> {
+        match self {
+            Mixer::Attention(a) => Some(a),
+            Mixer::GatedDelta(_) => None,
+        }
+    }
+
+    pub(crate) fn attention_mut(&mut self) -> Option<&mut Attention> {
+        match self {
+            Mixer::Attention(a) => Some(a),
+            Mixer::GatedDelta(_) => None,
+        }
+    }
+}
+
 pub struct Block {
-    pub(crate) attn: Attention,
+    pub(crate) mixer: Mixer,
     pub(crate) mlp: FeedForward,
     pub(crate) input_norm: RmsNorm,
     pub(crate) post_attn_norm: RmsNorm,
@@ -321,16 +399,17 @@ pub struct Block {
 }
 
 impl Block {
-    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
-        let r = self.attn.forward(&self.input_norm.forward(x)?, caches)?;
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
+        let r = self.mixer.forward(&self.input_norm.forward(x)?, caches)?;
         self.finish(x, r)
     }
 
     /// The block over a padded batch without caches (see `Attention::forward_padded`).
     pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
-        let r = self
-            .attn
-            .forward_padded(&self.input_norm.forward(x)?, keys)?;
+        let Mixer::Attention(attn) = &self.mixer else {
+            return Err(Exception::custom("embedding through a recurrent layer").into());
+        };
+        let r = attn.forward_padded(&self.input_norm.forward(x)?, keys)?;
         self.finish(x, r)
     }
 

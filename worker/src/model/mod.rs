@@ -17,7 +17,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 use opta_lmx_shared::model_dir::ModelConfig;
 
-use crate::cache::KvCache;
+use crate::cache::LayerCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -37,6 +37,8 @@ pub enum ModelError {
     },
     #[error("unsupported rope_scaling: {0}")]
     RopeScaling(String),
+    #[error("config.json lacks {0}")]
+    MissingConfig(&'static str),
     #[error("a sequence's cache has fewer layers than the model")]
     CacheLayers,
     #[error("cannot split the model for tensor parallelism: {0}")]
@@ -95,6 +97,7 @@ impl LoadOptions {
 }
 
 mod arch;
+mod delta;
 mod layers;
 mod moe;
 mod quant;
@@ -103,6 +106,7 @@ mod shard;
 mod source;
 
 use arch::*;
+use delta::hugging_face_hybrid;
 pub use layers::Linear;
 use layers::*;
 use moe::*;
@@ -134,6 +138,9 @@ impl Model {
         let mut tensors = tensors;
         if spec.oai_moe {
             openai_experts(&mut tensors)?;
+        }
+        if spec.gated_delta.is_some() {
+            hugging_face_hybrid(&mut tensors, config.num_hidden_layers)?;
         }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
@@ -214,6 +221,10 @@ impl Model {
                     window = config.sliding_window.or(default).map(|w| w as i32);
                 }
             }
+            // Qwen3-Next/3.5: Gated DeltaNet layers, every `full_attention_interval`-th one
+            // attention.
+            let interval = config.full_attention_interval.unwrap_or(4).max(1);
+            let recurrent = spec.gated_delta.is_some() && !(i + 1).is_multiple_of(interval);
             // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
             let (q_rows, kv_rows) = (n_heads * head_dim, n_kv * head_dim);
             w.split_rows(
@@ -224,10 +235,19 @@ impl Model {
                 &format!("{p}.mlp.gate_up_proj"),
                 &[("gate_proj", inter), ("up_proj", inter)],
             )?;
-            let attn = Attention {
+            let mixer = if let (true, Some(layout)) = (recurrent, spec.gated_delta) {
+                Mixer::GatedDelta(Box::new(delta::load(
+                    &mut w,
+                    &format!("{p}.linear_attn"),
+                    &config,
+                    layout,
+                )?))
+            } else {
+            let q_rows = if spec.output_gate { 2 * q_rows } else { q_rows };
+            Mixer::Attention(Attention {
                 q_proj: w.linear(
                     &format!("{p}.self_attn.q_proj"),
-                    n_heads * head_dim,
+                    q_rows,
                     hidden,
                     spec.qkv_bias,
                 )?,
@@ -263,7 +283,9 @@ impl Model {
                 } else {
                     None
                 },
+                output_gate: spec.output_gate,
                 group: None,
+            })
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(Box::new(w.moe(
@@ -297,7 +319,7 @@ impl Model {
                 (norm(&mut w, "post_attention_layernorm", hidden)?, None)
             };
             layers.push(Block {
-                attn,
+                mixer,
                 mlp,
                 input_norm,
                 post_attn_norm,
@@ -341,9 +363,9 @@ impl Model {
     /// unrounded to bfloat16 as mlx-embeddings computes it. For embedders only: generation
     /// stays causal.
     pub fn make_bidirectional(&mut self) {
-        for layer in &mut self.layers {
-            layer.attn.causal = false;
-            layer.attn.window = None;
+        for attn in self.layers.iter_mut().filter_map(|l| l.mixer.attention_mut()) {
+            attn.causal = false;
+            attn.window = None;
         }
         if self.embed_scale.is_some() {
             self.embed_scale = Some((self.config.hidden_size as f32).sqrt());
@@ -353,7 +375,10 @@ impl Model {
     /// Whether every token attends only to those before it (all generation models; not
     /// bidirectional embedders).
     pub fn is_causal(&self) -> bool {
-        self.layers.first().is_none_or(|l| l.attn.causal)
+        self.layers
+            .iter()
+            .filter_map(|l| l.mixer.attention())
+            .all(|a| a.causal)
     }
 
     /// Final hidden states ([b, l, hidden]) of a batch of sequences padded at their ends
@@ -371,23 +396,28 @@ impl Model {
     }
 
     /// Fresh per-layer caches for one sequence.
-    pub fn new_cache(&self) -> Vec<KvCache> {
+    pub fn new_cache(&self) -> Vec<LayerCache> {
+        self.layers.iter().map(|l| l.mixer.new_cache()).collect()
+    }
+
+    /// Whether some layer keeps a recurrent state, which the prompt cache can serve only at
+    /// marked positions.
+    pub fn has_recurrent_layers(&self) -> bool {
         self.layers
             .iter()
-            .map(|l| KvCache::new(l.attn.window))
-            .collect()
+            .any(|l| matches!(l.mixer, Mixer::GatedDelta(_)))
     }
 
     /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
     /// to `cache`. Returns the final hidden states; call `logits` on the positions that need
     /// them.
-    pub fn forward_hidden(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+    pub fn forward_hidden(&self, ids: &Array, cache: &mut [LayerCache]) -> Result<Array> {
         self.forward_rows(ids, &mut [cache])
     }
 
     /// One decode step for several sequences: `ids` is [1, n] with one token per sequence,
     /// `caches[i]` the caches of sequence i. Returns [n, vocab] logits.
-    pub fn forward_batch(&self, ids: &Array, caches: &mut [&mut [KvCache]]) -> Result<Array> {
+    pub fn forward_batch(&self, ids: &Array, caches: &mut [&mut [LayerCache]]) -> Result<Array> {
         let h = self.forward_rows(ids, caches)?;
         let logits = self.logits(&h)?;
         let n = logits.shape()[1];
@@ -396,13 +426,17 @@ impl Model {
 
     /// The transformer over `ids` ([1, n]) with one cache per sequence in `seqs` (see
     /// `Attention::forward` for the two shapes).
-    pub(crate) fn forward_rows(&self, ids: &Array, seqs: &mut [&mut [KvCache]]) -> Result<Array> {
+    pub(crate) fn forward_rows(
+        &self,
+        ids: &Array,
+        seqs: &mut [&mut [LayerCache]],
+    ) -> Result<Array> {
         let mut h = self.embed.lookup(ids)?;
         if let Some(scale) = self.embed_scale {
             h = h.multiply(Array::from_f32(scale).as_dtype(h.dtype())?)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut caches: Vec<&mut KvCache> = seqs
+            let mut caches: Vec<&mut LayerCache> = seqs
                 .iter_mut()
                 .map(|seq| seq.get_mut(i).ok_or(ModelError::CacheLayers))
                 .collect::<Result<_>>()?;
@@ -424,7 +458,7 @@ impl Model {
     }
 
     /// Logits of the last position of `ids` ([1, n]): the next-token distribution.
-    pub fn forward_last(&self, ids: &Array, cache: &mut [KvCache]) -> Result<Array> {
+    pub fn forward_last(&self, ids: &Array, cache: &mut [LayerCache]) -> Result<Array> {
         let h = self.forward_hidden(ids, cache)?;
         let n = h.shape()[1];
         let last = h.index((.., (n - 1)..n, ..));
@@ -439,23 +473,7 @@ impl Model {
     /// All weight arrays, to evaluate them once at load time.
     pub fn arrays(&self) -> Vec<&Array> {
         fn lin<'a>(l: &'a Linear, out: &mut Vec<&'a Array>) {
-            match l {
-                Linear::Dense { weight, bias } => {
-                    out.push(weight);
-                    out.extend(bias);
-                }
-                Linear::Quantized {
-                    weight,
-                    scales,
-                    biases,
-                    bias,
-                    ..
-                } => {
-                    out.extend([weight, scales]);
-                    out.extend(biases);
-                    out.extend(bias);
-                }
-            }
+            out.extend(l.arrays());
         }
         let mut out = Vec::new();
         lin(&self.embed.table, &mut out);
@@ -464,9 +482,17 @@ impl Model {
         }
         out.push(&self.norm.weight);
         for l in &self.layers {
-            let a = &l.attn;
-            for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
-                lin(x, &mut out);
+            match &l.mixer {
+                Mixer::Attention(a) => {
+                    for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                        lin(x, &mut out);
+                    }
+                    for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
+                        out.push(&n.weight);
+                    }
+                    out.extend(&a.sinks);
+                }
+                Mixer::GatedDelta(d) => out.extend(d.arrays()),
             }
             match &l.mlp {
                 FeedForward::Dense(m) => {
@@ -476,6 +502,14 @@ impl Model {
                 }
                 FeedForward::Experts(m) => {
                     lin(&m.gate, &mut out);
+                    if let Some(shared) = &m.shared {
+                        for x in [&shared.gate_proj, &shared.up_proj, &shared.down_proj] {
+                            lin(x, &mut out);
+                        }
+                    }
+                    if let Some(g) = &m.shared_gate {
+                        lin(g, &mut out);
+                    }
                     for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
                         out.extend(x.arrays());
                     }
@@ -486,10 +520,6 @@ impl Model {
             if let Some(n) = &l.sandwich {
                 out.extend([&n.post_attn.weight, &n.pre_mlp.weight]);
             }
-            for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
-                out.push(&n.weight);
-            }
-            out.extend(&a.sinks);
         }
         out
     }

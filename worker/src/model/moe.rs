@@ -160,6 +160,8 @@ pub struct MoeBlock {
     pub(crate) norm_topk_prob: bool,
     /// Experts every token uses, added after the routed ones (GLM-4.5).
     pub(crate) shared: Option<Mlp>,
+    /// Qwen3-Next/3.5: the shared expert's output is scaled by sigmoid of this ([1, hidden]).
+    pub(crate) shared_gate: Option<Linear>,
     /// Tensor parallel: this rank holds part of every expert; outputs are summed over it.
     pub(crate) group: Option<std::sync::Arc<crate::distributed::Group>>,
 }
@@ -237,7 +239,13 @@ impl MoeBlock {
         let weighted = y.multiply(scores.expand_dims(-1)?)?;
         let routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
         let out = match &self.shared {
-            Some(mlp) => routed.add(mlp.forward(x)?)?,
+            Some(mlp) => {
+                let mut shared = mlp.forward(x)?;
+                if let Some(gate) = &self.shared_gate {
+                    shared = ops::sigmoid(&gate.forward(x)?)?.multiply(&shared)?;
+                }
+                routed.add(shared)?
+            }
             None => routed,
         };
         reduce(&self.group, out)

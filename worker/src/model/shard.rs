@@ -110,7 +110,12 @@ impl Model {
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let what = format!("layer {i}");
-            let a = &mut layer.attn;
+            let Some(a) = layer.mixer.attention_mut() else {
+                return Err(ModelError::Shard(format!(
+                    "{what} is a Gated DeltaNet layer, which tensor parallelism does not split \
+                     yet"
+                )));
+            };
             if a.n_heads % n != 0 || a.n_kv_heads % n != 0 {
                 return Err(ModelError::Shard(format!(
                     "{what} has {} attention heads and {} key-value heads, which do not split \

@@ -134,6 +134,23 @@ impl TensorSource<'_> {
             }
             None => None,
         };
+        // Qwen3-Next/3.5: one shared expert of its own size behind sigmoid(shared_expert_gate).
+        let (shared, shared_gate) = match config.shared_expert_intermediate_size {
+            Some(size) if shared.is_none() && size > 0 => {
+                let p = format!("{module}.shared_expert");
+                let size = size as i32;
+                let mlp = Mlp {
+                    gate_proj: self.linear(&format!("{p}.gate_proj"), size, hidden, false)?,
+                    up_proj: self.linear(&format!("{p}.up_proj"), size, hidden, false)?,
+                    down_proj: self.linear(&format!("{p}.down_proj"), hidden, size, false)?,
+                    activation: Activation::Silu,
+                    group: None,
+                };
+                let gate = self.linear(&format!("{module}.shared_expert_gate"), 1, hidden, false)?;
+                (Some(mlp), Some(gate))
+            }
+            _ => (shared, None),
+        };
         let mut stacked = |name: &str, out: i32, inp: i32| -> Result<ExpertLinear> {
             let base = if oai {
                 format!("{module}.experts.{name}")
@@ -178,6 +195,7 @@ impl TensorSource<'_> {
             router,
             activation,
             shared,
+            shared_gate,
             top_k: config
                 .num_experts_per_tok
                 .unwrap_or(1)
