@@ -64,3 +64,59 @@ fn gemma3_answers_through_the_daemon_as_mlx_lm_does() {
         assert_eq!(entry["type"], "llm", "{entry}");
     }
 }
+
+/// The Gated DeltaNet hybrids through the daemon: Qwen3-Next, Qwen3.5 in mlx-lm's layout and
+/// Qwen3.5 MoE in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
+/// starts from the recurrent snapshot its first turn left, and answers as it does without it.
+#[test]
+fn qwen3_5_hybrids_answer_through_the_daemon_as_mlx_lm_does() {
+    let d = Daemon::start("");
+    for variant in [
+        "tiny-random-qwen3-next",
+        "tiny-random-qwen3.5",
+        "tiny-random-qwen3.5-moe-hf",
+    ] {
+        check_first_case(&d, variant);
+    }
+    let (code, list) = d.get("/api/v0/models");
+    assert_eq!(code, 200);
+    let entry = entry_where(&list["data"], "id", "opta/tiny-random-qwen3.5-moe-hf");
+    assert_eq!(entry["arch"], "qwen3_5_moe", "{entry}");
+
+    let ask = |messages: &Value| {
+        let body = json!({"model": "opta/tiny-random-qwen3.5", "messages": messages,
+                          "temperature": 0, "max_tokens": 8});
+        let (code, out) = d.post("/v1/chat/completions", &body);
+        assert_eq!(code, 200, "{out}");
+        out
+    };
+    let first = json!([{"role": "user", "content": "Tell me about the sea. ".repeat(20)}]);
+    let one = ask(&first);
+    let mut turns = first.as_array().expect("turns").clone();
+    turns.push(json!({"role": "assistant", "content": one["choices"][0]["message"]["content"]}));
+    turns.push(json!({"role": "user", "content": "And the mountains?"}));
+    let second = Value::Array(turns);
+    let two = ask(&second);
+    let cached = two["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached tokens");
+    let first_len = one["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+    assert!(cached + 1 >= first_len, "reused {cached} of {first_len}");
+    // The same conversation on a fresh worker (nothing cached) answers the same.
+    let (code, _) = d.post(
+        "/admin/models/unload",
+        &json!({"model_id": "opta/tiny-random-qwen3.5"}),
+    );
+    assert_eq!(code, 200);
+    let again = ask(&second);
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{again}"
+    );
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        two["choices"][0]["message"]["content"]
+    );
+}

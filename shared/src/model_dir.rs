@@ -493,13 +493,21 @@ fn qwen3_5_text(
     m.extend(text.iter().map(|(k, v)| (k.clone(), v.clone())));
     let params = m.get("rope_parameters").cloned().unwrap_or(Value::Null);
     let get = |key: &str, default: f64| params.get(key).and_then(Value::as_f64).unwrap_or(default);
-    let (factor, theta) = (get("partial_rotary_factor", 0.25), get("rope_theta", 100_000.0));
+    let (factor, theta) = (
+        get("partial_rotary_factor", 0.25),
+        get("rope_theta", 100_000.0),
+    );
     m.insert("partial_rotary_factor".into(), factor.into());
     m.insert("rope_theta".into(), theta.into());
     if !params.is_null() {
         m.insert("rope_scaling".into(), params);
     }
-    for key in ["quantization", "eos_token_id", "bos_token_id", "torch_dtype"] {
+    for key in [
+        "quantization",
+        "eos_token_id",
+        "bos_token_id",
+        "torch_dtype",
+    ] {
         if let (Some(v), false) = (top.get(key), m.contains_key(key)) {
             m.insert(key.to_string(), v.clone());
         }

@@ -71,7 +71,9 @@ impl PrefixCache {
             .entries
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| Some((i, e.servable(common_prefix(&e.tokens, prompt).min(limit))?)))
+            .filter_map(|(i, e)| {
+                Some((i, e.servable(common_prefix(&e.tokens, prompt).min(limit))?))
+            })
             .max_by_key(|&(i, len)| (len, i))?;
         let entry = self.entries.remove(best);
         let caches = entry
@@ -149,8 +151,8 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mlx_rs::ops::indexing::IndexOp;
     use crate::cache::KvCache;
+    use mlx_rs::ops::indexing::IndexOp;
     use mlx_rs::Array;
 
     /// One layer's cache with `n` positions whose values are the position numbers.
@@ -260,7 +262,7 @@ mod tests {
         pc.insert(&tokens, &[caches(8).remove(0), rec]);
         let state_at = |c: &mut Vec<LayerCache>| {
             let r = c[1].recurrent().unwrap();
-            (r.offset, r.state.as_ref().unwrap().item::<i32>())
+            (r.offset, r.state.as_ref().unwrap().item_exact::<i32>())
         };
         // Diverging after 7 tokens: the snapshot at 6 is the longest usable.
         let mut prompt = tokens[..7].to_vec();

@@ -193,7 +193,7 @@ fn pieces<const N: usize>(x: &Array, at: &[i32]) -> Result<[Array; N]> {
     <[Array; N]>::try_from(parts).map_err(|_| Exception::custom("split: wrong part count").into())
 }
 
-fn recurrent<'a>(cache: &'a mut LayerCache) -> Result<&'a mut RecurrentCache> {
+fn recurrent(cache: &mut LayerCache) -> Result<&mut RecurrentCache> {
     cache.recurrent().ok_or(ModelError::CacheLayers)
 }
 

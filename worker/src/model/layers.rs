@@ -42,7 +42,11 @@ impl Linear {
                 biases,
                 bias,
                 ..
-            } => [weight, scales].into_iter().chain(biases).chain(bias).collect(),
+            } => [weight, scales]
+                .into_iter()
+                .chain(biases)
+                .chain(bias)
+                .collect(),
         }
     }
 
@@ -281,7 +285,7 @@ impl Attention {
     }
 }
 
-fn kv<'a>(cache: &'a mut LayerCache) -> Result<&'a mut KvCache> {
+fn kv(cache: &mut LayerCache) -> Result<&mut KvCache> {
     cache.kv().ok_or(ModelError::CacheLayers)
 }
 
@@ -354,7 +358,7 @@ pub enum Mixer {
     /// Softmax attention over a key/value cache.
     Attention(Attention),
     /// Gated DeltaNet over a recurrent state (Qwen3-Next, Qwen3.5).
-    GatedDelta(Box<delta::GatedDelta>),
+    GatedDelta(delta::GatedDelta),
 }
 
 impl Mixer {

@@ -236,56 +236,56 @@ impl Model {
                 &[("gate_proj", inter), ("up_proj", inter)],
             )?;
             let mixer = if let (true, Some(layout)) = (recurrent, spec.gated_delta) {
-                Mixer::GatedDelta(Box::new(delta::load(
+                Mixer::GatedDelta(delta::load(
                     &mut w,
                     &format!("{p}.linear_attn"),
                     &config,
                     layout,
-                )?))
+                )?)
             } else {
-            let q_rows = if spec.output_gate { 2 * q_rows } else { q_rows };
-            Mixer::Attention(Attention {
-                q_proj: w.linear(
-                    &format!("{p}.self_attn.q_proj"),
-                    q_rows,
-                    hidden,
-                    spec.qkv_bias,
-                )?,
-                k_proj: w.linear(
-                    &format!("{p}.self_attn.k_proj"),
-                    n_kv * head_dim,
-                    hidden,
-                    spec.qkv_bias,
-                )?,
-                v_proj: w.linear(
-                    &format!("{p}.self_attn.v_proj"),
-                    n_kv * head_dim,
-                    hidden,
-                    spec.qkv_bias,
-                )?,
-                o_proj: w.linear(
-                    &format!("{p}.self_attn.o_proj"),
-                    hidden,
-                    n_heads * head_dim,
-                    spec.o_bias,
-                )?,
-                q_norm: qk_norm(&mut w, "q_norm")?,
-                k_norm: qk_norm(&mut w, "k_norm")?,
-                n_heads,
-                n_kv_heads: n_kv,
-                scale,
-                rope,
-                window,
-                causal: true,
-                query_scale,
-                sinks: if spec.sinks {
-                    Some(w.take_shaped(&format!("{p}.self_attn.sinks"), &[n_heads])?)
-                } else {
-                    None
-                },
-                output_gate: spec.output_gate,
-                group: None,
-            })
+                let q_rows = if spec.output_gate { 2 * q_rows } else { q_rows };
+                Mixer::Attention(Attention {
+                    q_proj: w.linear(
+                        &format!("{p}.self_attn.q_proj"),
+                        q_rows,
+                        hidden,
+                        spec.qkv_bias,
+                    )?,
+                    k_proj: w.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        n_kv * head_dim,
+                        hidden,
+                        spec.qkv_bias,
+                    )?,
+                    v_proj: w.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        n_kv * head_dim,
+                        hidden,
+                        spec.qkv_bias,
+                    )?,
+                    o_proj: w.linear(
+                        &format!("{p}.self_attn.o_proj"),
+                        hidden,
+                        n_heads * head_dim,
+                        spec.o_bias,
+                    )?,
+                    q_norm: qk_norm(&mut w, "q_norm")?,
+                    k_norm: qk_norm(&mut w, "k_norm")?,
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    scale,
+                    rope,
+                    window,
+                    causal: true,
+                    query_scale,
+                    sinks: if spec.sinks {
+                        Some(w.take_shaped(&format!("{p}.self_attn.sinks"), &[n_heads])?)
+                    } else {
+                        None
+                    },
+                    output_gate: spec.output_gate,
+                    group: None,
+                })
             };
             let mlp = if spec.moe && moe_layer(&config, i) {
                 FeedForward::Experts(Box::new(w.moe(
@@ -363,7 +363,11 @@ impl Model {
     /// unrounded to bfloat16 as mlx-embeddings computes it. For embedders only: generation
     /// stays causal.
     pub fn make_bidirectional(&mut self) {
-        for attn in self.layers.iter_mut().filter_map(|l| l.mixer.attention_mut()) {
+        for attn in self
+            .layers
+            .iter_mut()
+            .filter_map(|l| l.mixer.attention_mut())
+        {
             attn.causal = false;
             attn.window = None;
         }

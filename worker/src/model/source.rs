@@ -146,7 +146,8 @@ impl TensorSource<'_> {
                     activation: Activation::Silu,
                     group: None,
                 };
-                let gate = self.linear(&format!("{module}.shared_expert_gate"), 1, hidden, false)?;
+                let gate =
+                    self.linear(&format!("{module}.shared_expert_gate"), 1, hidden, false)?;
                 (Some(mlp), Some(gate))
             }
             _ => (shared, None),
