@@ -576,6 +576,53 @@ CENTRED_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", 
                  ".q_norm.weight", ".k_norm.weight")
 
 
+def redraw(model) -> dict[str, mx.array]:
+    """Every weight of an mlx-lm model drawn afresh, norms near 1 so that a missed offset
+    shows; returns them as a safetensors dict."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    params = {}
+    for name, p in tree_flatten(model.parameters()):
+        if name.endswith("A_log"):
+            params[name] = mx.log(mx.random.uniform(1, 16, p.shape))
+        elif name.endswith("dt_bias") or "norm" in name:
+            params[name] = 1.0 + mx.random.normal(p.shape) * 0.1
+        elif "embed_tokens" in name:
+            params[name] = mx.random.normal(p.shape) * 0.5
+        elif name.endswith("mlp.gate.weight"):
+            params[name] = mx.random.normal(p.shape) * 0.5
+        elif "conv1d" in name:
+            params[name] = mx.random.normal(p.shape) * 0.3
+        else:
+            params[name] = mx.random.normal(p.shape) * 0.1
+    model.update(tree_unflatten(list(params.items())))
+    return params
+
+
+def attention_families(src: dict, out: Path, source: Path) -> None:
+    """Attention-only families of 2025-26, built by mlx-lm's own classes with their weights
+    redrawn: tiny-random-olmo3 (OLMo 3: norms after attention and the MLP rather than before,
+    q/k norms over all heads at once, three sliding-window layers (window 8, plain RoPE) to one
+    full layer with linear RoPE scaling) and tiny-random-smollm3 (SmolLM3: Llama with a NoPE
+    layer, from `no_rope_layers`)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx_lm.models import olmo3, smollm3
+
+    common = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    common.update({"hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": 4,
+                   "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+                   "max_position_embeddings": 4096, "vocab_size": src["vocab_size"], "rms_norm_eps": 1e-6,
+                   "rope_theta": 10000.0, "torch_dtype": "float32", "attention_bias": False})
+    olmo = {**common, "model_type": "olmo3", "architectures": ["Olmo3ForCausalLM"], "sliding_window": 8,
+            "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "tie_word_embeddings": False}
+    model = olmo3.Model(olmo3.ModelArgs.from_dict(olmo))
+    write(out / "tiny-random-olmo3", source, olmo, redraw(model))
+    smol = {**common, "model_type": "smollm3", "architectures": ["SmolLM3ForCausalLM"],
+            "no_rope_layers": [1, 1, 0, 1], "tie_word_embeddings": True, "mlp_bias": False}
+    model = smollm3.Model(smollm3.ModelArgs.from_dict(smol))
+    write(out / "tiny-random-smollm3", source, smol, redraw(model))
+
+
 def hybrids(src: dict, out: Path, source: Path) -> None:
     """The Gated DeltaNet hybrids, built by mlx-lm's own classes with their weights redrawn:
     tiny-random-qwen3-next (Qwen3-Next: fused `in_proj_qkvz`/`in_proj_ba`, MoE with a gated
@@ -587,32 +634,12 @@ def hybrids(src: dict, out: Path, source: Path) -> None:
     weights [channels, 1, kernel], zero-centred norms, fused `experts.gate_up_proj`, and a
     stand-in vision tower and MTP head that loaders must leave out)."""
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
-    from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.models import qwen3_5, qwen3_5_moe, qwen3_next
     from mlx_lm.utils import quantize_model, save_config, save_model
 
     tokens = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
             "mrope_section": [2, 1, 1]}
-
-    def redraw(model) -> dict[str, mx.array]:
-        """Every weight drawn afresh, norms near 1 so that a missed offset shows."""
-        params = {}
-        for name, p in tree_flatten(model.parameters()):
-            if name.endswith("A_log"):
-                params[name] = mx.log(mx.random.uniform(1, 16, p.shape))
-            elif name.endswith("dt_bias") or "norm" in name:
-                params[name] = 1.0 + mx.random.normal(p.shape) * 0.1
-            elif "embed_tokens" in name:
-                params[name] = mx.random.normal(p.shape) * 0.5
-            elif name.endswith("mlp.gate.weight"):
-                params[name] = mx.random.normal(p.shape) * 0.5
-            elif "conv1d" in name:
-                params[name] = mx.random.normal(p.shape) * 0.3
-            else:
-                params[name] = mx.random.normal(p.shape) * 0.1
-        model.update(tree_unflatten(list(params.items())))
-        return params
 
     next_config = {**tokens, **HYBRID, **HYBRID_MOE, "model_type": "qwen3_next",
                    "architectures": ["Qwen3NextForCausalLM"], "rope_theta": 10000.0,
@@ -894,6 +921,8 @@ def main() -> None:
     # Their own seed, so that adding them changed no model above.
     mx.random.seed(args.seed + 35)
     hybrids(src, args.out, args.source)
+    mx.random.seed(args.seed + 36)
+    attention_families(src, args.out, args.source)
 
 
 if __name__ == "__main__":

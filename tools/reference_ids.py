@@ -66,6 +66,8 @@ MODELS = {
             "qwen3.5-moe",
             "qwen3.5-moe-4bit",
             "qwen3.5-moe-hf",
+            "olmo3",
+            "smollm3",
         )
     },
 }
@@ -78,7 +80,7 @@ RECORD_FROM = {"tiny-random-ministral3-fp8": "tiny-random-ministral3-fp8-dense"}
 # trim old positions while the prompt is read.
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
 EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
-         "tiny-random-qwen3-next": [LONG]}
+         "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

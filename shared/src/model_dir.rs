@@ -220,6 +220,12 @@ pub struct ModelConfig {
     pub linear_conv_kernel_dim: Option<usize>,
     #[serde(default)]
     pub full_attention_interval: Option<usize>,
+    /// SmolLM3: per layer, 1 where it uses RoPE and 0 where it does not (NoPE); by default
+    /// every `no_rope_layer_interval`-th layer goes without.
+    #[serde(default)]
+    pub no_rope_layers: Option<Vec<usize>>,
+    #[serde(default)]
+    pub no_rope_layer_interval: Option<usize>,
     /// Qwen3-Next/3.5 MoE: the gated shared expert's hidden size.
     #[serde(default)]
     pub shared_expert_intermediate_size: Option<usize>,
@@ -656,6 +662,8 @@ pub const GENERATION_TYPES: &[&str] = &[
     "qwen3_next",
     "qwen3_5",
     "qwen3_5_moe",
+    "olmo3",
+    "smollm3",
     "glm4_moe",
     "gpt_oss",
     "gemma3_text",

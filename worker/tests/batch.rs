@@ -52,6 +52,7 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-llama-nvfp4",
         "tiny-random-gpt-oss-mxfp4",
         "tiny-random-qwen3.5-moe-4bit",
+        "tiny-random-smollm3",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
@@ -98,8 +99,13 @@ fn batched_as_alone(
 /// must reuse its cached prefix (the trimmed one included) and still answer as alone.
 #[test]
 fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
-    // Gemma 3's local layers, and gpt-oss's alternating windows with attention sinks.
-    for name in ["tiny-random-gemma3", "tiny-random-gpt-oss"] {
+    // Gemma 3's local layers, gpt-oss's alternating windows with attention sinks, and
+    // OLMo 3's three sliding layers to one full.
+    for name in [
+        "tiny-random-gemma3",
+        "tiny-random-gpt-oss",
+        "tiny-random-olmo3",
+    ] {
         windowed_model_batches_and_reuses(name);
     }
 }

@@ -164,6 +164,15 @@ fn gated_delta_hybrids_match_mlx_lm() {
     }
 }
 
+/// OLMo 3 (post-norms, all-head q/k norms, sliding layers with plain RoPE) and SmolLM3 (NoPE
+/// layers).
+#[test]
+fn olmo3_and_smollm3_match_mlx_lm() {
+    for variant in ["tiny-random-olmo3", "tiny-random-smollm3"] {
+        check_against_mlx_lm(variant);
+    }
+}
+
 /// Google's Gemma 3 270M, dequantized from its GGUF: sliding-window layers, GeGLU, sandwich
 /// norms and its SentencePiece tokenizer, on real weights.
 #[test]

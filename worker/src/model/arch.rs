@@ -60,6 +60,11 @@ pub(crate) struct ArchSpec {
     pub(crate) gated_delta: Option<DeltaLayout>,
     /// Attention scaled by a sigmoid gate that `q_proj` also yields (Qwen3-Next, Qwen3.5).
     pub(crate) output_gate: bool,
+    /// OLMo 3: q/k norms over all heads at once, norms after attention and the MLP instead
+    /// of before, plain RoPE on the sliding-window layers.
+    pub(crate) olmo: bool,
+    /// SmolLM3: layers without RoPE where `no_rope_layers` says 0.
+    pub(crate) nope_layers: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -82,6 +87,8 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     oai_moe: false,
     gated_delta: None,
     output_gate: false,
+    olmo: false,
+    nope_layers: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -132,6 +139,18 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             }),
             output_gate: true,
             ..LLAMA
+        }),
+        "olmo3" => Ok(ArchSpec {
+            qkv_bias: bias,
+            o_bias: bias,
+            qk_norm: true,
+            typed_windows: true,
+            olmo: true,
+            ..LLAMA
+        }),
+        "smollm3" => Ok(ArchSpec {
+            nope_layers: true,
+            ..llama
         }),
         "granite" => Ok(ArchSpec {
             multipliers: true,

@@ -133,6 +133,8 @@ pub struct Attention {
     pub(crate) o_proj: Linear,
     pub(crate) q_norm: Option<RmsNorm>,
     pub(crate) k_norm: Option<RmsNorm>,
+    /// The q/k norms span all heads at once, before the split into heads (OLMo 2/3).
+    pub(crate) full_qk_norm: bool,
     pub(crate) n_heads: i32,
     pub(crate) n_kv_heads: i32,
     pub(crate) scale: f32,
@@ -181,7 +183,13 @@ impl Attention {
     fn project(&self, x: &Array) -> Result<(Array, Array, Array, Option<Array>)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let split = |y: Array, n: i32| -> Result<Array> { Ok(y.reshape(&[b, l, n, -1])?) };
-        let mut q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let full = |y: Array, norm: &Option<RmsNorm>| -> Result<Array> {
+            match norm {
+                Some(n) if self.full_qk_norm => n.forward(&y),
+                _ => Ok(y),
+            }
+        };
+        let mut q = split(full(self.q_proj.forward(x)?, &self.q_norm)?, self.n_heads)?;
         let mut gate = None;
         if self.output_gate {
             // Each head's rows hold its queries, then its gate.
@@ -191,13 +199,18 @@ impl Attention {
                 q = queries.clone();
             }
         }
-        let mut k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let mut k = split(
+            full(self.k_proj.forward(x)?, &self.k_norm)?,
+            self.n_kv_heads,
+        )?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(&q)?;
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(&k)?;
+        if !self.full_qk_norm {
+            if let Some(norm) = &self.q_norm {
+                q = norm.forward(&q)?;
+            }
+            if let Some(norm) = &self.k_norm {
+                k = norm.forward(&k)?;
+            }
         }
         Ok((q, k, v, gate))
     }
@@ -350,7 +363,10 @@ impl FeedForward {
 /// before the MLP; the block's `post_attn_norm` then follows the MLP.
 pub struct SandwichNorms {
     pub(crate) post_attn: RmsNorm,
-    pub(crate) pre_mlp: RmsNorm,
+    /// Absent in OLMo 3, whose blocks norm only the branches' outputs.
+    pub(crate) pre_mlp: Option<RmsNorm>,
+    /// Gemma's float16 residual adds in float32, clipped (see `residual`).
+    pub(crate) clip: bool,
 }
 
 /// What mixes information across positions in a block, each with its own cache kind.
@@ -395,7 +411,8 @@ impl Mixer {
 pub struct Block {
     pub(crate) mixer: Mixer,
     pub(crate) mlp: FeedForward,
-    pub(crate) input_norm: RmsNorm,
+    /// None in OLMo 3, which norms the attention's output instead of its input.
+    pub(crate) input_norm: Option<RmsNorm>,
     pub(crate) post_attn_norm: RmsNorm,
     pub(crate) sandwich: Option<SandwichNorms>,
     /// Granite scales each residual branch before adding it.
@@ -404,7 +421,7 @@ pub struct Block {
 
 impl Block {
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
-        let r = self.mixer.forward(&self.input_norm.forward(x)?, caches)?;
+        let r = self.mixer.forward(&self.normed(x)?, caches)?;
         self.finish(x, r)
     }
 
@@ -413,8 +430,16 @@ impl Block {
         let Mixer::Attention(attn) = &self.mixer else {
             return Err(Exception::custom("embedding through a recurrent layer").into());
         };
-        let r = attn.forward_padded(&self.input_norm.forward(x)?, keys)?;
+        let r = attn.forward_padded(&self.normed(x)?, keys)?;
         self.finish(x, r)
+    }
+
+    /// The mixer's input: `x` through the input norm, if the block has one.
+    fn normed(&self, x: &Array) -> Result<Array> {
+        match &self.input_norm {
+            Some(n) => n.forward(x),
+            None => Ok(x.clone()),
+        }
     }
 
     /// Everything after attention: residuals, norms and the feed-forward part.
@@ -432,9 +457,19 @@ impl Block {
                 Ok(h.add(scaled(r)?)?)
             }
             Some(n) => {
-                let h = residual(x, &n.post_attn.forward(&r)?)?;
-                let r = self.mlp.forward(&n.pre_mlp.forward(&h)?)?;
-                residual(&h, &self.post_attn_norm.forward(&r)?)
+                let add = |a: &Array, b: &Array| {
+                    if n.clip {
+                        residual(a, b)
+                    } else {
+                        Ok(a.add(b)?)
+                    }
+                };
+                let h = add(x, &n.post_attn.forward(&r)?)?;
+                let r = match &n.pre_mlp {
+                    Some(pre) => self.mlp.forward(&pre.forward(&h)?)?,
+                    None => self.mlp.forward(&h)?,
+                };
+                add(&h, &self.post_attn_norm.forward(&r)?)
             }
         }
     }

@@ -188,19 +188,26 @@ impl Model {
             let norm = |w: &mut TensorSource, name: &str, dim: i32| {
                 w.norm(&format!("{p}.{name}"), dim, eps)
             };
-            let qk_norm = |w: &mut TensorSource, name: &str| -> Result<Option<RmsNorm>> {
-                if spec.qk_norm {
-                    Ok(Some(norm(w, &format!("self_attn.{name}"), head_dim)?))
-                } else {
-                    Ok(None)
-                }
-            };
+            // Per head, or over all heads at once (OLMo 3).
+            let qk_norm =
+                |w: &mut TensorSource, name: &str, heads: i32| -> Result<Option<RmsNorm>> {
+                    if spec.qk_norm {
+                        let dim = if spec.olmo {
+                            heads * head_dim
+                        } else {
+                            head_dim
+                        };
+                        Ok(Some(norm(w, &format!("self_attn.{name}"), dim)?))
+                    } else {
+                        Ok(None)
+                    }
+                };
             // Gemma 3: every `pattern`-th layer is global; the others attend through a window
             // with their own RoPE base.
             let local = spec.local_layers && i % pattern != pattern - 1;
             // Phi-3.5/4 rotate only a leading part of each head.
             let rope_dims = (head_dim as f32 * config.partial_rotary_factor.unwrap_or(1.0)) as i32;
-            let (rope, mut window) = if local {
+            let (mut rope, mut window) = if local {
                 let base = config.rope_local_base_freq.unwrap_or(10_000.0);
                 let window = config.sliding_window.unwrap_or(512) as i32;
                 (Rope::plain(head_dim, base), Some(window))
@@ -212,13 +219,32 @@ impl Model {
             if spec.typed_windows {
                 // gpt-oss without `layer_types` alternates, sliding first (mlx-lm's default).
                 let kind = config.layer_types.as_ref().and_then(|t| t.get(i));
+                // OLMo 3 without them: every fourth layer full.
                 let sliding = match kind {
                     Some(k) => k == "sliding_attention",
+                    None if spec.olmo => !(i + 1).is_multiple_of(4),
                     None => spec.oai_moe && i % 2 == 0,
                 };
                 if sliding {
                     let default = spec.oai_moe.then_some(128);
                     window = config.sliding_window.or(default).map(|w| w as i32);
+                    // OLMo 3's sliding layers rotate unscaled.
+                    if spec.olmo {
+                        rope = Rope::plain(head_dim, config.rope_theta);
+                    }
+                }
+            }
+            // SmolLM3: `no_rope_layers[i]` 0 means no RoPE; by default every fourth layer.
+            if spec.nope_layers {
+                let uses_rope = match &config.no_rope_layers {
+                    Some(flags) => flags.get(i).is_none_or(|&f| f != 0),
+                    None => {
+                        let every = config.no_rope_layer_interval.unwrap_or(4).max(1);
+                        !(i + 1).is_multiple_of(every)
+                    }
+                };
+                if !uses_rope {
+                    rope = Rope::none();
                 }
             }
             // Qwen3-Next/3.5: Gated DeltaNet layers, every `full_attention_interval`-th one
@@ -269,8 +295,9 @@ impl Model {
                         n_heads * head_dim,
                         spec.o_bias,
                     )?,
-                    q_norm: qk_norm(&mut w, "q_norm")?,
-                    k_norm: qk_norm(&mut w, "k_norm")?,
+                    q_norm: qk_norm(&mut w, "q_norm", n_heads)?,
+                    k_norm: qk_norm(&mut w, "k_norm", n_kv)?,
+                    full_qk_norm: spec.olmo,
                     n_heads,
                     n_kv_heads: n_kv,
                     scale,
@@ -303,13 +330,23 @@ impl Model {
                     group: None,
                 })
             };
-            let input_norm = norm(&mut w, "input_layernorm", hidden)?;
+            let input_norm = if spec.olmo {
+                None
+            } else {
+                Some(norm(&mut w, "input_layernorm", hidden)?)
+            };
             // Gemma's post_attention_layernorm is inside the attention residual; its last norm
-            // (post_feedforward_layernorm) takes the Llama post-attention norm's place.
-            let (post_attn_norm, sandwich) = if spec.sandwich_norms {
+            // (post_feedforward_layernorm) takes the Llama post-attention norm's place. OLMo 3
+            // has the two without the one before the MLP.
+            let (post_attn_norm, sandwich) = if spec.sandwich_norms || spec.olmo {
                 let sandwich = SandwichNorms {
                     post_attn: norm(&mut w, "post_attention_layernorm", hidden)?,
-                    pre_mlp: norm(&mut w, "pre_feedforward_layernorm", hidden)?,
+                    pre_mlp: if spec.olmo {
+                        None
+                    } else {
+                        Some(norm(&mut w, "pre_feedforward_layernorm", hidden)?)
+                    },
+                    clip: !spec.olmo,
                 };
                 (
                     norm(&mut w, "post_feedforward_layernorm", hidden)?,
@@ -519,10 +556,11 @@ impl Model {
                     }
                 }
             }
-            out.push(&l.input_norm.weight);
+            out.extend(l.input_norm.as_ref().map(|n| &n.weight));
             out.push(&l.post_attn_norm.weight);
             if let Some(n) = &l.sandwich {
-                out.extend([&n.post_attn.weight, &n.pre_mlp.weight]);
+                out.push(&n.post_attn.weight);
+                out.extend(n.pre_mlp.as_ref().map(|n| &n.weight));
             }
         }
         out

@@ -123,7 +123,18 @@ impl Rope {
         }
     }
 
+    /// No rotation at all: SmolLM3's NoPE layers.
+    pub(crate) fn none() -> Self {
+        Rope {
+            dims: 0,
+            ..Rope::plain(0, 10_000.0)
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        if self.dims == 0 {
+            return Ok(x.clone());
+        }
         let scaled;
         let x = match self.input_scale {
             None => x,
