@@ -65,16 +65,17 @@ fn gemma3_answers_through_the_daemon_as_mlx_lm_does() {
     }
 }
 
-/// The Gated DeltaNet hybrids through the daemon: Qwen3-Next, Qwen3.5 in mlx-lm's layout and
-/// Qwen3.5 MoE in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
+/// The 2026 families through the daemon: Qwen3-Next, Qwen3.5 in mlx-lm's layout, Qwen3.5 MoE
+/// and DeepSeek-V3 in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
 /// starts from the recurrent snapshot its first turn left, and answers as it does without it.
 #[test]
-fn qwen3_5_hybrids_answer_through_the_daemon_as_mlx_lm_does() {
+fn hybrid_and_latent_attention_models_answer_through_the_daemon_as_mlx_lm_does() {
     let d = Daemon::start("");
     for variant in [
         "tiny-random-qwen3-next",
         "tiny-random-qwen3.5",
         "tiny-random-qwen3.5-moe-hf",
+        "tiny-random-deepseek-v3-hf",
     ] {
         check_first_case(&d, variant);
     }

@@ -623,6 +623,58 @@ def attention_families(src: dict, out: Path, source: Path) -> None:
     write(out / "tiny-random-smollm3", source, smol, redraw(model))
 
 
+def deepseek(src: dict, out: Path, source: Path) -> None:
+    """tiny-random-deepseek-v3 (DeepSeek-V3 / Kimi K2, built by mlx-lm's class, weights
+    redrawn): latent attention (a 32-wide latent, a 48-wide query bottleneck, 16 rotary and 32
+    plain dimensions per head) with YaRN whose original context of 16 the test prompts pass
+    (its mscale squared into the softmax scale), a dense first layer, then 8 experts behind
+    the grouped sigmoid router (2 groups, the best kept, 2 experts per token, weights times 2.5)
+    and a shared expert. -4bit is it quantized by mlx-lm (groups of 32, so the per-head latent
+    matrices are too); -hf is Hugging Face's layout (`kv_b_proj` whole, experts one by one)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx_lm.models import deepseek_v3
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config.update({
+        "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": HIDDEN,
+        "intermediate_size": INTER, "moe_intermediate_size": 64, "num_hidden_layers": 3,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "n_shared_experts": 1,
+        "n_routed_experts": 8, "routed_scaling_factor": 2.5, "kv_lora_rank": 32, "q_lora_rank": 48,
+        "qk_rope_head_dim": 16, "v_head_dim": 32, "qk_nope_head_dim": 32, "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid", "norm_topk_prob": True, "n_group": 2, "topk_group": 1,
+        "num_experts_per_tok": 2, "moe_layer_freq": 1, "first_k_dense_replace": 1,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+        "attention_bias": False, "tie_word_embeddings": False, "vocab_size": src["vocab_size"],
+        "torch_dtype": "float32",
+    })
+    model = deepseek_v3.Model(deepseek_v3.ModelArgs.from_dict(config))
+    w = redraw(model)
+    write(out / "tiny-random-deepseek-v3", source, config, w)
+
+    hf = {}
+    for name, t in per_expert(w).items():
+        if name.endswith("embed_q.weight") and "unembed" not in name:
+            wv = w[name.replace("embed_q", "unembed_out")]
+            kv_b = mx.concatenate([t.swapaxes(-1, -2), wv], axis=1)
+            hf[name.replace("embed_q", "kv_b_proj")] = kv_b.reshape(-1, kv_b.shape[-1])
+        elif not name.endswith("unembed_out.weight"):
+            hf[name] = t
+    write(out / "tiny-random-deepseek-v3-hf", source, config, hf)
+
+    dst = out / "tiny-random-deepseek-v3-4bit"
+    model, quantized = quantize_model(model, dict(config), group_size=32, bits=4)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(dst, model)
+    save_config(quantized, config_path=dst / "config.json")
+    for f in (out / "tiny-random-deepseek-v3").iterdir():
+        if f.name != "config.json" and not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    print(f"wrote {dst}")
+
+
 def hybrids(src: dict, out: Path, source: Path) -> None:
     """The Gated DeltaNet hybrids, built by mlx-lm's own classes with their weights redrawn:
     tiny-random-qwen3-next (Qwen3-Next: fused `in_proj_qkvz`/`in_proj_ba`, MoE with a gated
@@ -923,6 +975,8 @@ def main() -> None:
     hybrids(src, args.out, args.source)
     mx.random.seed(args.seed + 36)
     attention_families(src, args.out, args.source)
+    mx.random.seed(args.seed + 37)
+    deepseek(src, args.out, args.source)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ MODELS = {
             "qwen3.5-moe-hf",
             "olmo3",
             "smollm3",
+            "deepseek-v3",
+            "deepseek-v3-4bit",
+            "deepseek-v3-hf",
         )
     },
 }
@@ -80,7 +83,8 @@ RECORD_FROM = {"tiny-random-ministral3-fp8": "tiny-random-ministral3-fp8-dense"}
 # trim old positions while the prompt is read.
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
 EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
-         "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG]}
+         "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG],
+         "tiny-random-deepseek-v3": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

@@ -220,6 +220,18 @@ pub struct ModelConfig {
     pub linear_conv_kernel_dim: Option<usize>,
     #[serde(default)]
     pub full_attention_interval: Option<usize>,
+    /// DeepSeek-V3's latent attention: the latent's width, the query bottleneck's (absent:
+    /// queries projected directly), and each head's rotary, non-rotary and value sizes.
+    #[serde(default)]
+    pub kv_lora_rank: Option<usize>,
+    #[serde(default)]
+    pub q_lora_rank: Option<usize>,
+    #[serde(default)]
+    pub qk_rope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub qk_nope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub v_head_dim: Option<usize>,
     /// SmolLM3: per layer, 1 where it uses RoPE and 0 where it does not (NoPE); by default
     /// every `no_rope_layer_interval`-th layer goes without.
     #[serde(default)]
@@ -398,6 +410,12 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
         if config.rope_scaling.as_ref().is_none_or(Value::is_null) {
             config.rope_scaling = Some(params);
         }
+    }
+    // mlx-lm's DeepSeek-V3 defaults that change the arithmetic: the router is always the
+    // grouped sigmoid one, and its chosen weights are renormalised.
+    if config.model_type == "deepseek_v3" {
+        config.n_group.get_or_insert(1);
+        config.norm_topk_prob.get_or_insert(true);
     }
     if config.num_attention_heads == 0 || config.hidden_size == 0 {
         return Err(ModelDirError::Invalid {
@@ -664,6 +682,7 @@ pub const GENERATION_TYPES: &[&str] = &[
     "qwen3_5_moe",
     "olmo3",
     "smollm3",
+    "deepseek_v3",
     "glm4_moe",
     "gpt_oss",
     "gemma3_text",

@@ -53,6 +53,7 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-gpt-oss-mxfp4",
         "tiny-random-qwen3.5-moe-4bit",
         "tiny-random-smollm3",
+        "tiny-random-deepseek-v3-4bit",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
@@ -118,6 +119,13 @@ fn recurrent_layers_batch_and_reuse_their_snapshots() {
     for name in ["tiny-random-qwen3.5", "tiny-random-qwen3-next"] {
         windowed_model_batches_and_reuses(name);
     }
+}
+
+/// DeepSeek-V3's latent cache the same way: a batch mixes prompts (expanded keys and values)
+/// and single-token steps (the absorbed form), and resent conversations reuse their latents.
+#[test]
+fn latent_attention_batches_and_reuses_cached_prefixes() {
+    windowed_model_batches_and_reuses("tiny-random-deepseek-v3");
 }
 
 fn windowed_model_batches_and_reuses(name: &str) {

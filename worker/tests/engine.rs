@@ -164,6 +164,19 @@ fn gated_delta_hybrids_match_mlx_lm() {
     }
 }
 
+/// DeepSeek-V3's latent attention (absorbed for single tokens, expanded for prompts) and
+/// grouped router, dense, quantized and in Hugging Face's layout.
+#[test]
+fn deepseek_v3_matches_mlx_lm() {
+    for variant in [
+        "tiny-random-deepseek-v3",
+        "tiny-random-deepseek-v3-4bit",
+        "tiny-random-deepseek-v3-hf",
+    ] {
+        check_against_mlx_lm(variant);
+    }
+}
+
 /// OLMo 3 (post-norms, all-head q/k norms, sliding layers with plain RoPE) and SmolLM3 (NoPE
 /// layers).
 #[test]

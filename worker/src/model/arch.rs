@@ -65,6 +65,8 @@ pub(crate) struct ArchSpec {
     pub(crate) olmo: bool,
     /// SmolLM3: layers without RoPE where `no_rope_layers` says 0.
     pub(crate) nope_layers: bool,
+    /// Multi-head latent attention (DeepSeek-V3, Kimi K2).
+    pub(crate) mla: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -89,6 +91,7 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     output_gate: false,
     olmo: false,
     nope_layers: false,
+    mla: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -138,6 +141,13 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
                 DeltaLayout::Split
             }),
             output_gate: true,
+            ..LLAMA
+        }),
+        // DeepSeek-V3 and Kimi K2: latent attention, then (after `first_k_dense_replace`
+        // dense layers) experts behind the grouped sigmoid router, with shared experts.
+        "deepseek_v3" => Ok(ArchSpec {
+            mla: true,
+            moe: true,
             ..LLAMA
         }),
         "olmo3" => Ok(ArchSpec {
@@ -200,16 +210,13 @@ mod tests {
             assert!(arch_spec(&config).is_ok(), "{t}");
         }
         let other: ModelConfig = serde_json::from_value(serde_json::json!({
-            "model_type": "deepseek_v3", "hidden_size": 8, "num_hidden_layers": 1,
+            "model_type": "mamba", "hidden_size": 8, "num_hidden_layers": 1,
             "intermediate_size": 8, "num_attention_heads": 1, "vocab_size": 4}))
         .expect("config");
         let e = match arch_spec(&other) {
-            Ok(_) => panic!("deepseek_v3 has a spec"),
+            Ok(_) => panic!("mamba has a spec"),
             Err(e) => e.to_string(),
         };
-        assert!(
-            e.contains("deepseek_v3") && e.contains("gemma3_text"),
-            "{e}"
-        );
+        assert!(e.contains("mamba") && e.contains("deepseek_v3"), "{e}");
     }
 }

@@ -68,7 +68,8 @@ impl Linear {
                 mode,
             } => {
                 let (g, b) = (*group_size, *bits);
-                let y = quant::quantized_matmul(x, weight, scales, biases.as_ref(), g, b, *mode)?;
+                let y =
+                    quant::quantized_matmul(x, weight, scales, biases.as_ref(), true, g, b, *mode)?;
                 match bias {
                     Some(b) => y.add(b)?,
                     None => y,
@@ -375,6 +376,8 @@ pub enum Mixer {
     Attention(Attention),
     /// Gated DeltaNet over a recurrent state (Qwen3-Next, Qwen3.5).
     GatedDelta(delta::GatedDelta),
+    /// Multi-head latent attention over a cache of latents (DeepSeek-V3, Kimi K2).
+    Mla(mla::Mla),
 }
 
 impl Mixer {
@@ -382,6 +385,7 @@ impl Mixer {
         match self {
             Mixer::Attention(a) => a.forward(x, caches),
             Mixer::GatedDelta(d) => d.forward(x, caches),
+            Mixer::Mla(m) => m.forward(x, caches),
         }
     }
 
@@ -390,20 +394,21 @@ impl Mixer {
         match self {
             Mixer::Attention(a) => LayerCache::Kv(KvCache::new(a.window)),
             Mixer::GatedDelta(_) => LayerCache::Recurrent(Default::default()),
+            Mixer::Mla(_) => LayerCache::Kv(KvCache::new(None)),
         }
     }
 
     pub(crate) fn attention(&self) -> Option<&Attention> {
         match self {
             Mixer::Attention(a) => Some(a),
-            Mixer::GatedDelta(_) => None,
+            Mixer::GatedDelta(_) | Mixer::Mla(_) => None,
         }
     }
 
     pub(crate) fn attention_mut(&mut self) -> Option<&mut Attention> {
         match self {
             Mixer::Attention(a) => Some(a),
-            Mixer::GatedDelta(_) => None,
+            Mixer::GatedDelta(_) | Mixer::Mla(_) => None,
         }
     }
 }

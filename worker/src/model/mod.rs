@@ -99,6 +99,7 @@ impl LoadOptions {
 mod arch;
 mod delta;
 mod layers;
+mod mla;
 mod moe;
 mod quant;
 mod rope;
@@ -141,6 +142,9 @@ impl Model {
         }
         if spec.gated_delta.is_some() {
             hugging_face_hybrid(&mut tensors, config.num_hidden_layers)?;
+        }
+        if spec.mla {
+            mla::split_kv_b(&mut tensors, &config)?;
         }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
@@ -261,7 +265,9 @@ impl Model {
                 &format!("{p}.mlp.gate_up_proj"),
                 &[("gate_proj", inter), ("up_proj", inter)],
             )?;
-            let mixer = if let (true, Some(layout)) = (recurrent, spec.gated_delta) {
+            let mixer = if spec.mla {
+                Mixer::Mla(mla::load(&mut w, &format!("{p}.self_attn"), &config)?)
+            } else if let (true, Some(layout)) = (recurrent, spec.gated_delta) {
                 Mixer::GatedDelta(delta::load(
                     &mut w,
                     &format!("{p}.linear_attn"),
@@ -534,6 +540,7 @@ impl Model {
                     out.extend(&a.sinks);
                 }
                 Mixer::GatedDelta(d) => out.extend(d.arrays()),
+                Mixer::Mla(m) => out.extend(m.arrays()),
             }
             match &l.mlp {
                 FeedForward::Dense(m) => {

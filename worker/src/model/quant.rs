@@ -73,11 +73,13 @@ fn call(
 }
 
 /// `x @ dequantize(w).T` for weights quantized in `mode`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn quantized_matmul(
     x: &Array,
     w: &Array,
     scales: &Array,
     biases: Option<&Array>,
+    transpose: bool,
     group_size: i32,
     bits: i32,
     mode: QuantMode,
@@ -90,7 +92,7 @@ pub(crate) fn quantized_matmul(
             w.as_ptr(),
             scales.as_ptr(),
             biases.handle,
-            true,
+            transpose,
             some_int(group_size),
             some_int(bits),
             mode_name(mode).as_ptr(),

@@ -16,6 +16,8 @@ pub struct Rope {
     pub(crate) freqs: Option<Array>,
     /// Phi-3's long-context RoPE also scales the rotated part of its input.
     pub(crate) input_scale: Option<f32>,
+    /// Rotates adjacent pairs rather than the two halves (DeepSeek's MLA).
+    pub(crate) traditional: bool,
 }
 
 impl Rope {
@@ -26,6 +28,7 @@ impl Rope {
             scale: 1.0,
             freqs: None,
             input_scale: None,
+            traditional: false,
         };
         let Some(scaling) = config.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
             return Ok(plain);
@@ -120,6 +123,7 @@ impl Rope {
             scale: 1.0,
             freqs: None,
             input_scale: None,
+            traditional: false,
         }
     }
 
@@ -151,8 +155,16 @@ impl Rope {
             }
         };
         Ok(match &self.freqs {
-            Some(freqs) => fast::rope(x, self.dims, false, None, 1.0, offset, freqs)?,
-            None => fast::rope(x, self.dims, false, self.base, self.scale, offset, None)?,
+            Some(freqs) => fast::rope(x, self.dims, self.traditional, None, 1.0, offset, freqs)?,
+            None => fast::rope(
+                x,
+                self.dims,
+                self.traditional,
+                self.base,
+                self.scale,
+                offset,
+                None,
+            )?,
         })
     }
 }

@@ -112,8 +112,8 @@ impl Model {
             let what = format!("layer {i}");
             let Some(a) = layer.mixer.attention_mut() else {
                 return Err(ModelError::Shard(format!(
-                    "{what} is a Gated DeltaNet layer, which tensor parallelism does not split \
-                     yet"
+                    "{what} is a Gated DeltaNet or latent-attention layer, which tensor \
+                     parallelism does not split yet"
                 )));
             };
             if a.n_heads % n != 0 || a.n_kv_heads % n != 0 {
