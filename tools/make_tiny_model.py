@@ -630,7 +630,9 @@ def deepseek(src: dict, out: Path, source: Path) -> None:
     (its mscale squared into the softmax scale), a dense first layer, then 8 experts behind
     the grouped sigmoid router (2 groups, the best kept, 2 experts per token, weights times 2.5)
     and a shared expert. -4bit is it quantized by mlx-lm (groups of 32, so the per-head latent
-    matrices are too); -hf is Hugging Face's layout (`kv_b_proj` whole, experts one by one)."""
+    matrices are too); -hf is Hugging Face's layout (`kv_b_proj` whole, experts one by one).
+    tiny-random-glm4-moe-lite is GLM-4.7-Flash's variant (queries projected directly, latents
+    normed with the model's epsilon, no RoPE scaling)."""
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
     from mlx_lm.models import deepseek_v3
     from mlx_lm.utils import quantize_model, save_config, save_model
@@ -673,6 +675,15 @@ def deepseek(src: dict, out: Path, source: Path) -> None:
         if f.name != "config.json" and not f.name.startswith("model"):
             shutil.copy(f, dst / f.name)
     print(f"wrote {dst}")
+
+    # GLM-4.7-Flash: the same layers, queries projected directly, latents normed with the
+    # model's own epsilon, plain RoPE, a router guarded against a zero sum.
+    from mlx_lm.models import glm4_moe_lite
+
+    lite = {**config, "model_type": "glm4_moe_lite", "architectures": ["Glm4MoeLiteForCausalLM"],
+            "q_lora_rank": None, "rms_norm_eps": 1e-2, "rope_scaling": None}
+    model = glm4_moe_lite.Model(glm4_moe_lite.ModelArgs.from_dict(lite))
+    write(out / "tiny-random-glm4-moe-lite", source, lite, redraw(model))
 
 
 def hybrids(src: dict, out: Path, source: Path) -> None:

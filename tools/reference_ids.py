@@ -71,6 +71,7 @@ MODELS = {
             "deepseek-v3",
             "deepseek-v3-4bit",
             "deepseek-v3-hf",
+            "glm4-moe-lite",
         )
     },
 }

@@ -411,9 +411,9 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
             config.rope_scaling = Some(params);
         }
     }
-    // mlx-lm's DeepSeek-V3 defaults that change the arithmetic: the router is always the
+    // mlx-lm's DeepSeek-V3 (and GLM-4.7-Flash) defaults that change the arithmetic: the router is always the
     // grouped sigmoid one, and its chosen weights are renormalised.
-    if config.model_type == "deepseek_v3" {
+    if matches!(config.model_type.as_str(), "deepseek_v3" | "glm4_moe_lite") {
         config.n_group.get_or_insert(1);
         config.norm_topk_prob.get_or_insert(true);
     }
@@ -683,6 +683,7 @@ pub const GENERATION_TYPES: &[&str] = &[
     "olmo3",
     "smollm3",
     "deepseek_v3",
+    "glm4_moe_lite",
     "glm4_moe",
     "gpt_oss",
     "gemma3_text",

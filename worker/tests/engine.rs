@@ -165,13 +165,14 @@ fn gated_delta_hybrids_match_mlx_lm() {
 }
 
 /// DeepSeek-V3's latent attention (absorbed for single tokens, expanded for prompts) and
-/// grouped router, dense, quantized and in Hugging Face's layout.
+/// grouped router, dense, quantized and in Hugging Face's layout; GLM-4.7-Flash's variant.
 #[test]
 fn deepseek_v3_matches_mlx_lm() {
     for variant in [
         "tiny-random-deepseek-v3",
         "tiny-random-deepseek-v3-4bit",
         "tiny-random-deepseek-v3-hf",
+        "tiny-random-glm4-moe-lite",
     ] {
         check_against_mlx_lm(variant);
     }

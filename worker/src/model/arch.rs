@@ -143,9 +143,9 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
             output_gate: true,
             ..LLAMA
         }),
-        // DeepSeek-V3 and Kimi K2: latent attention, then (after `first_k_dense_replace`
+        // DeepSeek-V3, Kimi K2 and GLM-4.7-Flash: latent attention, then (after `first_k_dense_replace`
         // dense layers) experts behind the grouped sigmoid router, with shared experts.
-        "deepseek_v3" => Ok(ArchSpec {
+        "deepseek_v3" | "glm4_moe_lite" => Ok(ArchSpec {
             mla: true,
             moe: true,
             ..LLAMA

@@ -195,13 +195,19 @@ pub(crate) fn load(w: &mut TensorSource, module: &str, config: &ModelConfig) -> 
     let bias = config.attention_bias.unwrap_or(false);
     let q_dim = nope_dim + rope_dim;
     let name = |part: &str| format!("{module}.{part}");
+    // GLM-4.7-Flash norms its latents with the model's epsilon; DeepSeek with 1e-6.
+    let eps = if config.model_type == "glm4_moe_lite" {
+        config.rms_norm_eps
+    } else {
+        1e-6
+    };
     let query = match config.q_lora_rank {
         None => MlaQuery::Direct(w.linear(&name("q_proj"), heads * q_dim, hidden, false)?),
         Some(q_rank) => {
             let q_rank = q_rank as i32;
             MlaQuery::LowRank {
                 a: w.linear(&name("q_a_proj"), q_rank, hidden, bias)?,
-                norm: w.norm(&name("q_a_layernorm"), q_rank, 1e-6)?,
+                norm: w.norm(&name("q_a_layernorm"), q_rank, eps)?,
                 b: w.linear(&name("q_b_proj"), heads * q_dim, q_rank, false)?,
             }
         }
@@ -222,7 +228,7 @@ pub(crate) fn load(w: &mut TensorSource, module: &str, config: &ModelConfig) -> 
     Ok(Mla {
         query,
         kv_a: w.linear(&name("kv_a_proj_with_mqa"), rank + rope_dim, hidden, bias)?,
-        kv_norm: w.norm(&name("kv_a_layernorm"), rank, 1e-6)?,
+        kv_norm: w.norm(&name("kv_a_layernorm"), rank, eps)?,
         embed_q: MultiLinear(w.linear_stacked(
             &name("embed_q"),
             &[heads],

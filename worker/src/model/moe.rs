@@ -177,6 +177,8 @@ pub enum Router {
     /// weights are the uncorrected scores of the chosen, renormalised, times `scale`.
     SigmoidGrouped {
         correction: Array,
+        /// Added to the chosen weights' sum before dividing by it.
+        guard: f32,
         n_group: i32,
         topk_group: i32,
         scale: f32,
@@ -208,6 +210,7 @@ impl MoeBlock {
                 }
                 Router::SigmoidGrouped {
                     correction,
+                    guard,
                     n_group,
                     topk_group,
                     scale,
@@ -230,7 +233,11 @@ impl MoeBlock {
                         ops::argpartition_axis(scores.negative()?, k - 1, -1)?.index((.., .., ..k));
                     let mut weights = original.take_along_axis(&chosen, -1)?;
                     if k > 1 && self.norm_topk_prob {
-                        weights = weights.divide(weights.sum_axis(-1, true)?)?;
+                        let mut sum = weights.sum_axis(-1, true)?;
+                        if *guard != 0.0 {
+                            sum = sum.add(Array::from_f32(*guard))?;
+                        }
+                        weights = weights.divide(&sum)?;
                     }
                     (chosen, weights.multiply(Array::from_f32(*scale))?)
                 }

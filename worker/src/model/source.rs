@@ -103,6 +103,12 @@ impl TensorSource<'_> {
                     &format!("{module}.gate.e_score_correction_bias"),
                     &[experts],
                 )?,
+                // GLM-4.7-Flash guards the renormalisation against a zero sum.
+                guard: if config.model_type == "glm4_moe_lite" {
+                    1e-20
+                } else {
+                    0.0
+                },
                 n_group: config.n_group.unwrap_or(1).max(1) as i32,
                 topk_group: config.topk_group.unwrap_or(1).max(1) as i32,
                 scale: config.routed_scaling_factor.unwrap_or(1.0),
