@@ -686,6 +686,31 @@ def deepseek(src: dict, out: Path, source: Path) -> None:
     write(out / "tiny-random-glm4-moe-lite", source, lite, redraw(model))
 
 
+def lfm2(src: dict, out: Path, source: Path) -> None:
+    """tiny-random-lfm2 (LFM2, built by mlx-lm's class, weights redrawn): gated short
+    convolutions (kernel 3, with biases) and one attention layer with q/k norms, the MLP width
+    derived from `block_*` as LFM2 does; -hf is it with Hugging Face's convolution weights
+    ([hidden, 1, kernel])."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx_lm.models import lfm2 as lfm2_model
+
+    config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config.update({
+        "model_type": "lfm2", "architectures": ["Lfm2ForCausalLM"], "vocab_size": src["vocab_size"],
+        "hidden_size": HIDDEN, "num_hidden_layers": 4, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "max_position_embeddings": 4096, "norm_eps": 1e-5,
+        "conv_bias": True, "conv_L_cache": 3, "block_dim": HIDDEN, "block_ff_dim": INTER,
+        "block_multiple_of": 32, "block_ffn_dim_multiplier": 1.5, "block_auto_adjust_ff_dim": True,
+        "rope_theta": 1000000.0, "layer_types": ["conv", "conv", "full_attention", "conv"],
+        "tie_word_embeddings": True, "torch_dtype": "float32",
+    })
+    model = lfm2_model.Model(lfm2_model.ModelArgs.from_dict(config))
+    w = redraw(model)
+    write(out / "tiny-random-lfm2", source, config, w)
+    hf = {k: (v.swapaxes(1, 2) if k.endswith("conv.weight") else v) for k, v in w.items()}
+    write(out / "tiny-random-lfm2-hf", source, config, hf)
+
+
 def hybrids(src: dict, out: Path, source: Path) -> None:
     """The Gated DeltaNet hybrids, built by mlx-lm's own classes with their weights redrawn:
     tiny-random-qwen3-next (Qwen3-Next: fused `in_proj_qkvz`/`in_proj_ba`, MoE with a gated
@@ -988,6 +1013,8 @@ def main() -> None:
     attention_families(src, args.out, args.source)
     mx.random.seed(args.seed + 37)
     deepseek(src, args.out, args.source)
+    mx.random.seed(args.seed + 38)
+    lfm2(src, args.out, args.source)
 
 
 if __name__ == "__main__":

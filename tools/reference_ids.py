@@ -72,6 +72,8 @@ MODELS = {
             "deepseek-v3-4bit",
             "deepseek-v3-hf",
             "glm4-moe-lite",
+            "lfm2",
+            "lfm2-hf",
         )
     },
 }
@@ -85,7 +87,7 @@ RECORD_FROM = {"tiny-random-ministral3-fp8": "tiny-random-ministral3-fp8-dense"}
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
 EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
          "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG],
-         "tiny-random-deepseek-v3": [LONG]}
+         "tiny-random-deepseek-v3": [LONG], "tiny-random-lfm2": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

@@ -232,6 +232,11 @@ pub struct ModelConfig {
     pub qk_nope_head_dim: Option<usize>,
     #[serde(default)]
     pub v_head_dim: Option<usize>,
+    /// LFM2's short convolutions: kernel size and biases.
+    #[serde(default, rename = "conv_L_cache")]
+    pub conv_l_cache: Option<usize>,
+    #[serde(default)]
+    pub conv_bias: Option<bool>,
     /// SmolLM3: per layer, 1 where it uses RoPE and 0 where it does not (NoPE); by default
     /// every `no_rope_layer_interval`-th layer goes without.
     #[serde(default)]
@@ -431,6 +436,9 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
 /// any other config as it is.
 fn text_part(raw: Value) -> Value {
     let Value::Object(top) = &raw else { return raw };
+    if top.get("model_type").and_then(Value::as_str) == Some("lfm2") {
+        return lfm2_config(top.clone());
+    }
     // mlx-lm reads a Qwen3.5 config with or without the wrapper around it.
     if let Some(kind @ ("qwen3_5" | "qwen3_5_moe")) = top.get("model_type").and_then(Value::as_str)
     {
@@ -538,6 +546,46 @@ fn qwen3_5_text(
     }
     m.insert("model_type".into(), kind.into());
     merged
+}
+
+/// LFM2's config in the shared names: `norm_eps`, the MLP width as mlx-lm derives it from
+/// `block_*`, the attention layers (`full_attn_idxs` or `layer_types`) as `layer_types`, and
+/// tied embeddings (its only kind).
+fn lfm2_config(mut m: serde_json::Map<String, Value>) -> Value {
+    let num = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_f64);
+    if let Some(eps) = num(&m, "norm_eps") {
+        m.insert("rms_norm_eps".into(), eps.into());
+    }
+    let mut ff = num(&m, "block_ff_dim")
+        .or(num(&m, "intermediate_size"))
+        .unwrap_or(0.0) as i64;
+    if m.get("block_auto_adjust_ff_dim").and_then(Value::as_bool) == Some(true) {
+        ff = 2 * ff / 3;
+        if let Some(mult) = num(&m, "block_ffn_dim_multiplier") {
+            ff = (mult * ff as f64) as i64;
+        }
+        let of = num(&m, "block_multiple_of").unwrap_or(1.0).max(1.0) as i64;
+        ff = of * ((ff + of - 1) / of);
+    }
+    m.insert("intermediate_size".into(), ff.into());
+    let layers = num(&m, "num_hidden_layers").unwrap_or(0.0) as usize;
+    if let Some(Value::Array(idxs)) = m.get("full_attn_idxs").cloned() {
+        let full: Vec<u64> = idxs.iter().filter_map(Value::as_u64).collect();
+        let types: Vec<Value> = (0..layers as u64)
+            .map(|i| {
+                if full.contains(&i) {
+                    "full_attention"
+                } else {
+                    "conv"
+                }
+                .into()
+            })
+            .collect();
+        m.insert("layer_types".into(), types.into());
+    }
+    m.insert("tie_word_embeddings".into(), true.into());
+    m.remove("head_dim");
+    Value::Object(m)
 }
 
 fn parse_quantization(value: &Value) -> Result<QuantizationConfig, String> {
@@ -684,6 +732,7 @@ pub const GENERATION_TYPES: &[&str] = &[
     "smollm3",
     "deepseek_v3",
     "glm4_moe_lite",
+    "lfm2",
     "glm4_moe",
     "gpt_oss",
     "gemma3_text",

@@ -111,12 +111,16 @@ fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
     }
 }
 
-/// Gated DeltaNet hybrids the same way: each sequence's recurrent state and convolution
-/// window through batched decode steps, and a resent conversation served from the snapshot
+/// Recurrent hybrids the same way (Gated DeltaNet, LFM2's short convolutions): each
+/// sequence's recurrent state and convolution window through batched decode steps, and a resent conversation served from the snapshot
 /// taken where its prompt ended (a recurrent state cannot be cut back like keys and values).
 #[test]
 fn recurrent_layers_batch_and_reuse_their_snapshots() {
-    for name in ["tiny-random-qwen3.5", "tiny-random-qwen3-next"] {
+    for name in [
+        "tiny-random-qwen3.5",
+        "tiny-random-qwen3-next",
+        "tiny-random-lfm2",
+    ] {
         windowed_model_batches_and_reuses(name);
     }
 }

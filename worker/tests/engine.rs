@@ -149,16 +149,18 @@ fn every_architecture_and_quantization_matches_mlx_lm() {
     }
 }
 
-/// The Gated DeltaNet hybrids (Qwen3-Next, Qwen3.5/3.6 dense and MoE) in mlx-lm's layouts,
-/// quantized, and in Hugging Face's.
+/// The recurrent hybrids: Gated DeltaNet (Qwen3-Next, Qwen3.5/3.6 dense and MoE) in mlx-lm's
+/// layouts, quantized, and in Hugging Face's; LFM2's short convolutions in both layouts.
 #[test]
-fn gated_delta_hybrids_match_mlx_lm() {
+fn recurrent_hybrids_match_mlx_lm() {
     for variant in [
         "tiny-random-qwen3-next",
         "tiny-random-qwen3.5",
         "tiny-random-qwen3.5-moe",
         "tiny-random-qwen3.5-moe-4bit",
         "tiny-random-qwen3.5-moe-hf",
+        "tiny-random-lfm2",
+        "tiny-random-lfm2-hf",
     ] {
         check_against_mlx_lm(variant);
     }

@@ -67,6 +67,8 @@ pub(crate) struct ArchSpec {
     pub(crate) nope_layers: bool,
     /// Multi-head latent attention (DeepSeek-V3, Kimi K2).
     pub(crate) mla: bool,
+    /// LFM2: gated short convolutions between attention layers, under its own tensor names.
+    pub(crate) short_conv: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -92,6 +94,7 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     olmo: false,
     nope_layers: false,
     mla: false,
+    short_conv: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -148,6 +151,13 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         "deepseek_v3" | "glm4_moe_lite" => Ok(ArchSpec {
             mla: true,
             moe: true,
+            ..LLAMA
+        }),
+        // LFM2: short convolutions and attention with q/k norms and plain RoPE.
+        "lfm2" => Ok(ArchSpec {
+            qk_norm: true,
+            plain_rope: true,
+            short_conv: true,
             ..LLAMA
         }),
         "olmo3" => Ok(ArchSpec {

@@ -306,3 +306,100 @@ pub(crate) fn hugging_face_hybrid(
     }
     Ok(())
 }
+
+/// LFM2's short convolution: `in_proj` yields gates B and C and the input x; B·x runs
+/// through a depthwise causal convolution (kernel `conv_L_cache`) whose last inputs are the
+/// layer's whole state, and C gates its output (mlx-lm's `ShortConv`).
+pub struct ShortConv {
+    pub(crate) in_proj: Linear,
+    pub(crate) out_proj: Linear,
+    /// [hidden, kernel, 1].
+    pub(crate) conv: Array,
+    pub(crate) conv_bias: Option<Array>,
+    pub(crate) kernel: i32,
+}
+
+impl ShortConv {
+    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
+        let [b, c, v] = <[Array; 3]>::try_from(self.in_proj.forward(x)?.split_equal(3, -1)?)
+            .map_err(|_| Exception::custom("split: wrong part count"))?;
+        let bx = b.multiply(&v)?;
+        let out = match caches {
+            [cache] => self.mix(&bx, recurrent(cache)?)?,
+            _ => {
+                let mut rows = Vec::with_capacity(caches.len());
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let i = i as i32;
+                    rows.push(self.mix(&bx.index((.., i..i + 1)), recurrent(cache)?)?);
+                }
+                ops::concatenate(&rows, 1)?
+            }
+        };
+        self.out_proj.forward(&c.multiply(&out)?)
+    }
+
+    /// One sequence's B·x [1, l, hidden] through the convolution, updating its cache.
+    fn mix(&self, bx: &Array, cache: &mut RecurrentCache) -> Result<Array> {
+        let l = bx.shape()[1];
+        let hidden = bx.shape()[2];
+        let keep = self.kernel - 1;
+        let state = match cache.conv.take() {
+            Some(s) => s,
+            None => ops::zeros_dtype(&[1, keep, hidden], bx.dtype())?,
+        };
+        let input = ops::concatenate(&[state, bx.clone()], 1)?;
+        let total = input.shape()[1];
+        let tail = input.index((.., (total - keep)..));
+        // A copy, not a view of the chunk (see `GatedDelta::mix`).
+        cache.conv = Some(tail.multiply(Array::from_f32(1.0).as_dtype(tail.dtype())?)?);
+        cache.advance(l);
+        let y = ops::conv1d(&input, &self.conv, 1, 0, 1, hidden)?;
+        Ok(match &self.conv_bias {
+            Some(bias) => y.add(bias)?,
+            None => y,
+        })
+    }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        let mut out = vec![&self.conv];
+        out.extend(&self.conv_bias);
+        out.extend(self.in_proj.arrays());
+        out.extend(self.out_proj.arrays());
+        out
+    }
+}
+
+/// Reads LFM2's short-convolution layer under `module` (`model.layers.{i}.conv`).
+pub(crate) fn load_short_conv(
+    w: &mut TensorSource,
+    module: &str,
+    config: &ModelConfig,
+) -> Result<ShortConv> {
+    let hidden = config.hidden_size as i32;
+    let kernel = config.conv_l_cache.unwrap_or(3) as i32;
+    let bias = config.conv_bias.unwrap_or(false);
+    let name = |part: &str| format!("{module}.{part}");
+    let mut conv = w.take(&name("conv.weight"))?;
+    // Hugging Face stores [hidden, 1, kernel].
+    if conv.shape().last() != Some(&1) {
+        conv = conv.swap_axes(1, 2)?;
+    }
+    if conv.shape() != [hidden, kernel, 1] {
+        return Err(ModelError::Shape {
+            name: name("conv.weight"),
+            actual: conv.shape().to_vec(),
+            expected: vec![hidden, kernel, 1],
+        });
+    }
+    Ok(ShortConv {
+        in_proj: w.linear(&name("in_proj"), 3 * hidden, hidden, bias)?,
+        out_proj: w.linear(&name("out_proj"), hidden, hidden, bias)?,
+        conv,
+        conv_bias: if bias {
+            Some(w.take_shaped(&name("conv.bias"), &[hidden])?)
+        } else {
+            None
+        },
+        kernel,
+    })
+}

@@ -378,6 +378,8 @@ pub enum Mixer {
     GatedDelta(delta::GatedDelta),
     /// Multi-head latent attention over a cache of latents (DeepSeek-V3, Kimi K2).
     Mla(mla::Mla),
+    /// A gated short convolution whose state is its last inputs (LFM2).
+    ShortConv(delta::ShortConv),
 }
 
 impl Mixer {
@@ -386,6 +388,7 @@ impl Mixer {
             Mixer::Attention(a) => a.forward(x, caches),
             Mixer::GatedDelta(d) => d.forward(x, caches),
             Mixer::Mla(m) => m.forward(x, caches),
+            Mixer::ShortConv(c) => c.forward(x, caches),
         }
     }
 
@@ -393,7 +396,7 @@ impl Mixer {
     pub(crate) fn new_cache(&self) -> LayerCache {
         match self {
             Mixer::Attention(a) => LayerCache::Kv(KvCache::new(a.window)),
-            Mixer::GatedDelta(_) => LayerCache::Recurrent(Default::default()),
+            Mixer::GatedDelta(_) | Mixer::ShortConv(_) => LayerCache::Recurrent(Default::default()),
             Mixer::Mla(_) => LayerCache::Kv(KvCache::new(None)),
         }
     }
@@ -401,14 +404,14 @@ impl Mixer {
     pub(crate) fn attention(&self) -> Option<&Attention> {
         match self {
             Mixer::Attention(a) => Some(a),
-            Mixer::GatedDelta(_) | Mixer::Mla(_) => None,
+            _ => None,
         }
     }
 
     pub(crate) fn attention_mut(&mut self) -> Option<&mut Attention> {
         match self {
             Mixer::Attention(a) => Some(a),
-            Mixer::GatedDelta(_) | Mixer::Mla(_) => None,
+            _ => None,
         }
     }
 }

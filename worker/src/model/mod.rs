@@ -146,6 +146,9 @@ impl Model {
         if spec.mla {
             mla::split_kv_b(&mut tensors, &config)?;
         }
+        if spec.short_conv {
+            lfm2_names(&mut tensors);
+        }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
         let mut w = TensorSource {
@@ -265,7 +268,20 @@ impl Model {
                 &format!("{p}.mlp.gate_up_proj"),
                 &[("gate_proj", inter), ("up_proj", inter)],
             )?;
-            let mixer = if spec.mla {
+            // LFM2: short convolutions except where `layer_types` says full attention.
+            let conv_layer = spec.short_conv
+                && config
+                    .layer_types
+                    .as_ref()
+                    .and_then(|t| t.get(i))
+                    .is_some_and(|k| k != "full_attention");
+            let mixer = if conv_layer {
+                Mixer::ShortConv(delta::load_short_conv(
+                    &mut w,
+                    &format!("{p}.conv"),
+                    &config,
+                )?)
+            } else if spec.mla {
                 Mixer::Mla(mla::load(&mut w, &format!("{p}.self_attn"), &config)?)
             } else if let (true, Some(layout)) = (recurrent, spec.gated_delta) {
                 Mixer::GatedDelta(delta::load(
@@ -452,7 +468,7 @@ impl Model {
     pub fn has_recurrent_layers(&self) -> bool {
         self.layers
             .iter()
-            .any(|l| matches!(l.mixer, Mixer::GatedDelta(_)))
+            .any(|l| matches!(l.mixer, Mixer::GatedDelta(_) | Mixer::ShortConv(_)))
     }
 
     /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
@@ -541,6 +557,7 @@ impl Model {
                 }
                 Mixer::GatedDelta(d) => out.extend(d.arrays()),
                 Mixer::Mla(m) => out.extend(m.arrays()),
+                Mixer::ShortConv(c) => out.extend(c.arrays()),
             }
             match &l.mlp {
                 FeedForward::Dense(m) => {
@@ -572,6 +589,31 @@ impl Model {
         }
         out
     }
+}
+
+/// LFM2's tensor names as the shared layers call them.
+fn lfm2_names(tensors: &mut HashMap<String, Array>) {
+    const RENAMES: [(&str, &str); 8] = [
+        (".operator_norm.", ".input_layernorm."),
+        (".ffn_norm.", ".post_attention_layernorm."),
+        (".feed_forward.w1.", ".mlp.gate_proj."),
+        (".feed_forward.w3.", ".mlp.up_proj."),
+        (".feed_forward.w2.", ".mlp.down_proj."),
+        (".self_attn.out_proj.", ".self_attn.o_proj."),
+        (".self_attn.q_layernorm.", ".self_attn.q_norm."),
+        (".self_attn.k_layernorm.", ".self_attn.k_norm."),
+    ];
+    let renamed = std::mem::take(tensors)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut k = k.replace("model.embedding_norm.", "model.norm.");
+            for (from, to) in RENAMES {
+                k = k.replace(from, to);
+            }
+            (k, v)
+        })
+        .collect();
+    *tensors = renamed;
 }
 
 /// Loads and checks a model folder: config, weights, shapes. Weights are read lazily by MLX;
