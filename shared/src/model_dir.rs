@@ -929,6 +929,54 @@ mod tests {
         assert_eq!(max_seq_length(d), Some(256));
     }
 
+    fn config_of(raw: Value) -> ModelConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), raw.to_string()).unwrap();
+        read_config(dir.path()).unwrap()
+    }
+
+    /// Qwen3.5's wrapper: the text model with mlx-lm's defaults, RoPE from `rope_parameters`
+    /// (a quarter of each head rotated unless it says otherwise), the wrapper's quantization.
+    #[test]
+    fn qwen3_5_text_config_inside_its_wrapper() {
+        let c = config_of(json!({
+            "model_type": "qwen3_5_moe", "eos_token_id": 7,
+            "quantization": {"group_size": 64, "bits": 4},
+            "text_config": {"model_type": "qwen3_5_moe_text", "hidden_size": 64,
+                "num_hidden_layers": 4, "num_attention_heads": 4, "num_experts": 8,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e7}}}));
+        assert_eq!(c.model_type, "qwen3_5_moe");
+        assert_eq!((c.hidden_size, c.intermediate_size), (64, 14336));
+        assert_eq!(c.partial_rotary_factor, Some(0.25));
+        assert_eq!(c.rope_theta, 1e7);
+        assert_eq!(c.linear_num_value_heads, Some(64));
+        assert_eq!(c.full_attention_interval, Some(4));
+        assert_eq!(c.norm_topk_prob, Some(true));
+        assert_eq!(c.quantization_label(), "4bit");
+        assert_eq!(c.eos_token_id, Some(json!(7)));
+    }
+
+    /// LFM2: its epsilon, the MLP width derived from `block_*`, attention layers from
+    /// `full_attn_idxs`, tied embeddings.
+    #[test]
+    fn lfm2_config_in_the_shared_names() {
+        let c = config_of(json!({
+            "model_type": "lfm2", "vocab_size": 16, "hidden_size": 64, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "norm_eps": 1e-5,
+            "block_ff_dim": 256, "block_auto_adjust_ff_dim": true,
+            "block_ffn_dim_multiplier": 1.5, "block_multiple_of": 32, "full_attn_idxs": [1],
+            "conv_L_cache": 3}));
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        // int(2 * 256 / 3) = 170, int(1.5 * 170) = 255, rounded up to a multiple of 32.
+        assert_eq!(c.intermediate_size, 256);
+        let types = c.layer_types.unwrap();
+        assert_eq!(types, ["conv", "full_attention", "conv"]);
+        assert_eq!(
+            (c.tie_word_embeddings, c.conv_l_cache),
+            (Some(true), Some(3))
+        );
+    }
+
     #[test]
     fn quantization_with_per_module_overrides() {
         let q = parse_quantization(&json!({

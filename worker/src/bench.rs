@@ -180,3 +180,72 @@ pub fn run_batch(
         tokens_per_s: tokens as f64 / seconds,
     })
 }
+
+/// A resent conversation's cost with and without the prompt cache.
+#[derive(Debug, Serialize)]
+pub struct ResendResult {
+    pub first_prompt_tokens: usize,
+    pub resent_prompt_tokens: usize,
+    /// Prompt tokens the second request took from the prompt cache.
+    pub cached_tokens: usize,
+    /// Time to the resent request's first token, served from the cache and computed afresh.
+    pub cached_ttft_ms: f64,
+    pub fresh_ttft_ms: f64,
+}
+
+/// Sends a `prompt_tokens`-token conversation, lets it answer `gen_tokens` greedy tokens, then
+/// resends it with the answer and 32 more tokens: once to the same scheduler (its prompt cache:
+/// key/value prefixes, or a recurrent model's snapshots) and once to a fresh one without a
+/// cache.
+pub fn run_resend(
+    engine: &Engine,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<ResendResult> {
+    use crate::scheduler::{Event, Scheduler, SchedulerConfig};
+
+    let first = filler_prompt(engine, prompt_tokens)?;
+    let params = |n| GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(n),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Returns the generated ids, the time to the first one and the cached prompt tokens.
+    let ask = |sched: &mut Scheduler, id: u64, prompt: Vec<u32>, n: usize| {
+        let start = Instant::now();
+        sched.add(id, prompt, params(n), start)?;
+        let (mut ids, mut ttft, mut cached, mut failure) = (Vec::new(), None, 0, None);
+        while !sched.is_empty() {
+            sched.step(&mut |ev| match ev {
+                Event::Chunk(_, c) => {
+                    ttft.get_or_insert_with(|| start.elapsed());
+                    ids.extend(c.token_ids);
+                }
+                Event::Done(_, outcome) => cached = outcome.usage.cached_prompt_tokens as usize,
+                Event::Progress { .. } => {}
+                Event::Error(_, e) => failure = Some(e.to_string()),
+            });
+        }
+        if let Some(e) = failure {
+            anyhow::bail!("the request failed: {e}");
+        }
+        let ms = ttft.map_or(0.0, |t| t.as_secs_f64() * 1e3);
+        anyhow::Ok((ids, ms, cached))
+    };
+    let mut cached_sched = Scheduler::new(engine, SchedulerConfig::new(1, 4 << 30));
+    let (answer, _, _) = ask(&mut cached_sched, 1, first.clone(), gen_tokens)?;
+    let mut resent = first.clone();
+    resent.extend(&answer);
+    resent.extend(filler_prompt(engine, 32)?);
+    let (_, cached_ttft_ms, cached_tokens) = ask(&mut cached_sched, 2, resent.clone(), 1)?;
+    let mut fresh = Scheduler::new(engine, SchedulerConfig::new(1, 0));
+    let (_, fresh_ttft_ms, _) = ask(&mut fresh, 3, resent.clone(), 1)?;
+    Ok(ResendResult {
+        first_prompt_tokens: first.len(),
+        resent_prompt_tokens: resent.len(),
+        cached_tokens,
+        cached_ttft_ms,
+        fresh_ttft_ms,
+    })
+}

@@ -34,6 +34,10 @@ struct Cli {
     /// and the constrained/free throughput ratio
     #[arg(long, value_name = "N")]
     constrained_batch: Option<usize>,
+    /// Instead: a --prompt-tokens conversation answered with --gen-tokens, then resent with
+    /// its answer and a new turn, timed with the prompt cache and without
+    #[arg(long)]
+    resend: bool,
 }
 
 fn main() {
@@ -52,6 +56,9 @@ fn main() {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(streams) = cli.constrained_batch {
         return run_constrained(cli, streams);
+    }
+    if cli.resend {
+        return run_resend(cli);
     }
     let prompt = match &cli.prompt_ids {
         Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
@@ -87,6 +94,35 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 r.generation_tokens_per_s,
                 r.time_to_first_token_ms,
                 r.peak_memory_bytes as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The resend comparison, `runs` times.
+fn run_resend(cli: &Cli) -> anyhow::Result<()> {
+    use opta_lmx_worker::engine::Engine;
+
+    let options = if cli.exact {
+        LoadOptions::EXACT
+    } else {
+        LoadOptions::for_this_machine()
+    };
+    let engine = Engine::load_with(&cli.model, options)?;
+    for _ in 0..cli.runs.max(1) {
+        let r = opta_lmx_worker::bench::run_resend(&engine, cli.prompt_tokens, cli.gen_tokens)?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "resent {} tokens ({} cached): first token after {:.0} ms from the cache, \
+                 {:.0} ms computed afresh ({:.1}x)",
+                r.resent_prompt_tokens,
+                r.cached_tokens,
+                r.cached_ttft_ms,
+                r.fresh_ttft_ms,
+                r.fresh_ttft_ms / r.cached_ttft_ms.max(1e-9)
             );
         }
     }

@@ -1,12 +1,16 @@
 //! The transformer: one skeleton for every supported family (Llama, Mistral/Ministral, Phi-3,
-//! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3). The families differ only in data (which
-//! biases and norms exist, the activation, how RoPE is scaled, which layers attend through a
-//! sliding window, which carry experts and how they are routed), so the differences live in
-//! `arch::ArchSpec` and in which tensors the folder holds, not in copies of the forward pass.
+//! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3, gpt-oss, Qwen3-Next/3.5, DeepSeek-V3, GLM-4.7
+//! Flash, LFM2, OLMo 3, SmolLM3). Each block has a mixer (softmax attention, latent attention,
+//! Gated DeltaNet or a short convolution), each with its own cache kind, and a feed-forward
+//! part; beyond that the families differ only in data (which biases and norms exist, the
+//! activation, how RoPE is scaled, which layers attend through a sliding window, which carry
+//! experts and how they are routed), so the differences live in `arch::ArchSpec` and in which
+//! tensors the folder holds, not in copies of the forward pass.
 //! The arithmetic follows mlx-lm op for op, so that greedy output is token-identical on
 //! identical weights.
 //!
-//! `arch` says what each `model_type` is; `layers`, `rope` and `moe` are the shared parts;
+//! `arch` says what each `model_type` is; `layers`, `rope` and `moe` are the shared parts,
+//! `mla` and `delta` the latent-attention and recurrent mixers;
 //! `source` builds them from a folder's tensors; this module holds the model and its loaders.
 
 use std::collections::HashMap;
