@@ -348,8 +348,11 @@ impl<'e> Scheduler<'e> {
         // Only the cache is needed; MLX never computes the unused hidden states.
         let _ = self.engine.model.forward_hidden(&ids, &mut seq.cache)?;
         eval(seq.cache.iter().flat_map(LayerCache::state))?;
-        // Recurrent layers keep this state for the prompt cache (the prompt's end included).
-        seq.cache.iter_mut().for_each(LayerCache::mark);
+        // Recurrent layers keep this state for the prompt cache (the prompt's end included);
+        // without a prompt cache nobody would read it.
+        if self.config.prompt_cache_bytes > 0 {
+            seq.cache.iter_mut().for_each(LayerCache::mark);
+        }
         seq.prefilled = end;
         let seconds = start.elapsed().as_secs_f64();
         if self.timed_chunks && n >= MIN_CHUNK && seconds > 0.0 {

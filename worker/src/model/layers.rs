@@ -436,7 +436,9 @@ impl Block {
     /// The block over a padded batch without caches (see `Attention::forward_padded`).
     pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
         let Mixer::Attention(attn) = &self.mixer else {
-            return Err(Exception::custom("embedding through a recurrent layer").into());
+            return Err(
+                Exception::custom("embeddings are read through attention layers only").into(),
+            );
         };
         let r = attn.forward_padded(&self.normed(x)?, keys)?;
         self.finish(x, r)
