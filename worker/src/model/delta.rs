@@ -50,18 +50,9 @@ impl GatedDelta {
     /// recurrence per sequence.
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
         let (qkv, z, b, a) = self.project(x)?;
-        let out = match caches {
-            [cache] => self.mix(&qkv, &b, &a, recurrent(cache)?)?,
-            _ => {
-                let mut rows = Vec::with_capacity(caches.len());
-                for (i, cache) in caches.iter_mut().enumerate() {
-                    let i = i as i32;
-                    let row = |t: &Array| t.index((.., i..i + 1));
-                    rows.push(self.mix(&row(&qkv), &row(&b), &row(&a), recurrent(cache)?)?);
-                }
-                ops::concatenate(&rows, 1)?
-            }
-        };
+        let out = per_sequence(caches, &[&qkv, &b, &a], |t, cache| {
+            self.mix(&t[0], &t[1], &t[2], recurrent(cache)?)
+        })?;
         // RMSNorm, then silu(z) times it in float32, back in the output's dtype (mlx-lm's
         // `precise_swiglu`).
         let normed = self.norm.forward(&out)?;
@@ -324,17 +315,9 @@ impl ShortConv {
         let [b, c, v] = <[Array; 3]>::try_from(self.in_proj.forward(x)?.split_equal(3, -1)?)
             .map_err(|_| Exception::custom("split: wrong part count"))?;
         let bx = b.multiply(&v)?;
-        let out = match caches {
-            [cache] => self.mix(&bx, recurrent(cache)?)?,
-            _ => {
-                let mut rows = Vec::with_capacity(caches.len());
-                for (i, cache) in caches.iter_mut().enumerate() {
-                    let i = i as i32;
-                    rows.push(self.mix(&bx.index((.., i..i + 1)), recurrent(cache)?)?);
-                }
-                ops::concatenate(&rows, 1)?
-            }
-        };
+        let out = per_sequence(caches, &[&bx], |t, cache| {
+            self.mix(&t[0], recurrent(cache)?)
+        })?;
         self.out_proj.forward(&c.multiply(&out)?)
     }
 

@@ -163,18 +163,9 @@ impl Attention {
     /// keeps its own length and no padding or mask is needed.
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
         let (q, k, v, gate) = self.project(x)?;
-        let out = match caches {
-            [cache] => self.attend(&q, &k, &v, kv(cache)?)?,
-            _ => {
-                let mut rows = Vec::with_capacity(caches.len());
-                for (i, cache) in caches.iter_mut().enumerate() {
-                    let i = i as i32;
-                    let row = |a: &Array| a.index((.., i..i + 1));
-                    rows.push(self.attend(&row(&q), &row(&k), &row(&v), kv(cache)?)?);
-                }
-                ops::concatenate(&rows, 1)?
-            }
-        };
+        let out = per_sequence(caches, &[&q, &k, &v], |t, cache| {
+            self.attend(&t[0], &t[1], &t[2], kv(cache)?)
+        })?;
         reduce(&self.group, self.o_proj.forward(&gated(out, gate)?)?)
     }
 
@@ -299,7 +290,28 @@ impl Attention {
     }
 }
 
-fn kv(cache: &mut LayerCache) -> Result<&mut KvCache> {
+/// `f` per sequence, as every mixer runs its cached part: on the whole of `inputs` with the one
+/// cache of a single sequence, or on row i of each input ([1, n, ...]) with cache i of n
+/// sequences decoding together, the outputs joined along the sequence axis.
+pub(crate) fn per_sequence(
+    caches: &mut [&mut LayerCache],
+    inputs: &[&Array],
+    mut f: impl FnMut(&[Array], &mut LayerCache) -> Result<Array>,
+) -> Result<Array> {
+    if let [cache] = caches {
+        let whole: Vec<Array> = inputs.iter().map(|&a| a.clone()).collect();
+        return f(&whole, cache);
+    }
+    let mut rows = Vec::with_capacity(caches.len());
+    for (i, cache) in caches.iter_mut().enumerate() {
+        let i = i as i32;
+        let row: Vec<Array> = inputs.iter().map(|a| a.index((.., i..i + 1))).collect();
+        rows.push(f(&row, cache)?);
+    }
+    Ok(ops::concatenate(&rows, 1)?)
+}
+
+pub(crate) fn kv(cache: &mut LayerCache) -> Result<&mut KvCache> {
     cache.kv().ok_or(ModelError::CacheLayers)
 }
 

@@ -85,18 +85,9 @@ impl Mla {
             .kv_norm
             .forward(&compressed.index((.., .., ..self.rank)))?;
         let k_pe = compressed.index((.., .., self.rank..));
-        let out = match caches {
-            [cache] => self.attend(&q, &latent, &k_pe, kv(cache)?)?,
-            _ => {
-                let mut rows = Vec::with_capacity(caches.len());
-                for (i, cache) in caches.iter_mut().enumerate() {
-                    let i = i as i32;
-                    let row = |a: &Array| a.index((.., i..i + 1));
-                    rows.push(self.attend(&row(&q), &row(&latent), &row(&k_pe), kv(cache)?)?);
-                }
-                ops::concatenate(&rows, 1)?
-            }
-        };
+        let out = per_sequence(caches, &[&q, &latent, &k_pe], |t, cache| {
+            self.attend(&t[0], &t[1], &t[2], kv(cache)?)
+        })?;
         self.o_proj.forward(&out)
     }
 
@@ -175,10 +166,6 @@ fn lowest(dtype: Dtype) -> f32 {
         Dtype::Bfloat16 => -3.389_531_4e38,
         _ => f32::MIN,
     }
-}
-
-fn kv(cache: &mut LayerCache) -> Result<&mut KvCache> {
-    cache.kv().ok_or(ModelError::CacheLayers)
 }
 
 /// Reads an MLA layer under `module` (`model.layers.{i}.self_attn`).
