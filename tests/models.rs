@@ -65,8 +65,8 @@ fn gemma3_answers_through_the_daemon_as_mlx_lm_does() {
     }
 }
 
-/// The 2026 families through the daemon: Qwen3-Next, Qwen3.5 in mlx-lm's layout, Qwen3.5 MoE
-/// and DeepSeek-V3 in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
+/// The 2026 families through the daemon: Qwen3-Next, Qwen3.5 and Gemma 4 in mlx-lm's layout,
+/// Qwen3.5 MoE, DeepSeek-V3 and Gemma 4 MoE in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
 /// starts from the recurrent snapshot its first turn left, and answers as it does without it.
 #[test]
 fn hybrid_and_latent_attention_models_answer_through_the_daemon_as_mlx_lm_does() {
@@ -76,13 +76,20 @@ fn hybrid_and_latent_attention_models_answer_through_the_daemon_as_mlx_lm_does()
         "tiny-random-qwen3.5",
         "tiny-random-qwen3.5-moe-hf",
         "tiny-random-deepseek-v3-hf",
+        "tiny-random-gemma4",
+        "tiny-random-gemma4-moe-hf",
     ] {
         check_first_case(&d, variant);
     }
     let (code, list) = d.get("/api/v0/models");
     assert_eq!(code, 200);
-    let entry = entry_where(&list["data"], "id", "opta/tiny-random-qwen3.5-moe-hf");
-    assert_eq!(entry["arch"], "qwen3_5_moe", "{entry}");
+    for (id, arch) in [
+        ("opta/tiny-random-qwen3.5-moe-hf", "qwen3_5_moe"),
+        ("opta/tiny-random-gemma4-moe-hf", "gemma4"),
+    ] {
+        let entry = entry_where(&list["data"], "id", id);
+        assert_eq!(entry["arch"], arch, "{entry}");
+    }
 
     let ask = |messages: &Value| {
         let body = json!({"model": "opta/tiny-random-qwen3.5", "messages": messages,

@@ -783,6 +783,92 @@ def hybrids(src: dict, out: Path, source: Path) -> None:
     print(f"wrote {dst}")
 
 
+def gemma4(src: dict, out: Path, source: Path) -> None:
+    """Gemma 4, built by mlx-lm's own classes with their weights redrawn (layer scalars and
+    per-expert scales near 1): tiny-random-gemma4 (`gemma4_text`: two sliding layers (window 8,
+    plain RoPE) to one global layer with twice the head size and proportional partial RoPE,
+    the last two layers sharing the keys and values of the last earlier layer of their kind
+    with double-wide MLPs, per-layer input embeddings, soft-capped logits, tied embeddings);
+    tiny-random-gemma4-moe (inside the `gemma4` wrapper as mlx-lm saves it: global layers whose
+    values are their keys' projection with their own key-value heads, a dense MLP and 4
+    experts side by side, one KV-shared layer), -4bit (quantized by mlx-lm, routers at 8 bits
+    by its predicate) and -hf (Hugging Face's layout: `model.language_model.*`, fused
+    `experts.gate_up_proj`, the shared layer's unused key/value projections, rotary tables and
+    stand-in vision and audio towers that loaders must leave out)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx.utils import tree_unflatten
+    from mlx_lm.models import gemma4 as gemma4_model
+    from mlx_lm.models import gemma4_text
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    def near_one(model, w: dict[str, mx.array]) -> dict[str, mx.array]:
+        for name, t in w.items():
+            if name.endswith(("layer_scalar", "per_expert_scale")):
+                w[name] = mx.random.uniform(0.5, 1.5, t.shape)
+            elif name.endswith("embed_tokens.weight"):
+                # Smaller than `redraw`'s, so that tied logits stay below the soft cap.
+                w[name] = mx.random.normal(t.shape) * 0.05
+        model.update(tree_unflatten(list(w.items())))
+        return w
+
+    tokens = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    rope = {"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+            "sliding_attention": {"partial_rotary_factor": 1.0, "rope_theta": 10000.0, "rope_type": "default"}}
+    text = {**tokens, "model_type": "gemma4_text", "architectures": ["Gemma4ForCausalLM"], "hidden_size": HIDDEN,
+            "intermediate_size": INTER, "num_hidden_layers": 6, "num_attention_heads": HEADS,
+            "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "global_head_dim": 2 * HEAD_DIM,
+            "num_kv_shared_layers": 2, "hidden_size_per_layer_input": 8,
+            "vocab_size": src["vocab_size"], "vocab_size_per_layer_input": src["vocab_size"],
+            "sliding_window": 8, "sliding_window_pattern": 3, "final_logit_softcapping": 30.0,
+            "use_double_wide_mlp": True, "rope_parameters": rope, "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "torch_dtype": "float32"}
+    model = gemma4_text.Model(gemma4_text.ModelArgs.from_dict(text))
+    write(out / "tiny-random-gemma4", source, text, near_one(model, redraw(model)))
+
+    moe_text = {**text, "num_hidden_layers": 4, "sliding_window_pattern": 2, "num_kv_shared_layers": 1,
+                "layer_types": ["sliding_attention", "full_attention"] * 2,
+                "hidden_size_per_layer_input": 0, "attention_k_eq_v": True, "num_global_key_value_heads": 1,
+                "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64,
+                "use_double_wide_mlp": False}
+    del moe_text["architectures"]
+    config = {**tokens, "model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+              "vocab_size": src["vocab_size"], "torch_dtype": "float32", "text_config": moe_text}
+    model = gemma4_model.Model(gemma4_model.ModelArgs.from_dict(config))
+    w = near_one(model, redraw(model))
+    write(out / "tiny-random-gemma4-moe", source, config, w)
+
+    hf = {}
+    for name, t in w.items():
+        name = name.replace("language_model.model.", "model.language_model.")
+        if ".switch_glu.gate_proj." in name:
+            up = w[name.replace("model.language_model.", "language_model.model.").replace("gate_proj", "up_proj")]
+            name, t = name.replace("switch_glu.gate_proj.weight", "gate_up_proj"), mx.concatenate([t, up], axis=-2)
+        elif ".switch_glu.up_proj." in name:
+            continue
+        elif ".switch_glu.down_proj." in name:
+            name = name.replace("switch_glu.down_proj.weight", "down_proj")
+        hf[name] = t
+    shared = "model.language_model.layers.3.self_attn"
+    hf[f"{shared}.k_proj.weight"] = mx.zeros((2 * HEAD_DIM, HIDDEN))
+    hf[f"{shared}.k_norm.weight"] = mx.zeros((2 * HEAD_DIM,))
+    hf["model.language_model.layers.0.self_attn.rotary_emb.inv_freq"] = mx.zeros((HEAD_DIM // 2,))
+    hf["model.vision_tower.patch_embedder.weight"] = mx.zeros((8, 3))
+    hf["model.embed_vision.embedding_projection.weight"] = mx.zeros((HIDDEN, 8))
+    hf["model.audio_tower.conv.weight"] = mx.zeros((8, 3))
+    write(out / "tiny-random-gemma4-moe-hf", source, config, hf)
+
+    dst = out / "tiny-random-gemma4-moe-4bit"
+    model, quantized = quantize_model(model, dict(config), group_size=64, bits=4,
+                                      quant_predicate=model.quant_predicate)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(dst, model)
+    save_config(quantized, config_path=dst / "config.json")
+    for f in (out / "tiny-random-gemma4-moe").iterdir():
+        if f.name != "config.json" and not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    print(f"wrote {dst}")
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -1015,6 +1101,8 @@ def main() -> None:
     deepseek(src, args.out, args.source)
     mx.random.seed(args.seed + 38)
     lfm2(src, args.out, args.source)
+    mx.random.seed(args.seed + 39)
+    gemma4(src, args.out, args.source)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ MODELS = {
             "glm4-moe-lite",
             "lfm2",
             "lfm2-hf",
+            "gemma4",
+            "gemma4-moe",
+            "gemma4-moe-4bit",
+            "gemma4-moe-hf",
         )
     },
 }
@@ -87,7 +91,8 @@ RECORD_FROM = {"tiny-random-ministral3-fp8": "tiny-random-ministral3-fp8-dense"}
 LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
 EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
          "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG],
-         "tiny-random-deepseek-v3": [LONG], "tiny-random-lfm2": [LONG]}
+         "tiny-random-deepseek-v3": [LONG], "tiny-random-lfm2": [LONG], "tiny-random-gemma4": [LONG],
+         "tiny-random-gemma4-moe": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

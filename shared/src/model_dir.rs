@@ -246,6 +246,28 @@ pub struct ModelConfig {
     /// Qwen3-Next/3.5 MoE: the gated shared expert's hidden size.
     #[serde(default)]
     pub shared_expert_intermediate_size: Option<usize>,
+    /// Gemma 4: the global layers' head size and (with `attention_k_eq_v`, where values are
+    /// the keys' projection) their key-value heads; the last `num_kv_shared_layers` layers
+    /// reuse an earlier layer's keys and values.
+    #[serde(default)]
+    pub global_head_dim: Option<usize>,
+    #[serde(default)]
+    pub num_global_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub attention_k_eq_v: Option<bool>,
+    #[serde(default)]
+    pub num_kv_shared_layers: Option<usize>,
+    /// Gemma 4's per-layer input embeddings: their width per layer (0: none) and vocabulary.
+    #[serde(default)]
+    pub hidden_size_per_layer_input: Option<usize>,
+    #[serde(default)]
+    pub vocab_size_per_layer_input: Option<usize>,
+    /// Gemma 4: the KV-shared layers' MLPs are twice as wide.
+    #[serde(default)]
+    pub use_double_wide_mlp: Option<bool>,
+    /// Logits pass through `tanh(x / c) * c` (Gemma 4).
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f32>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }
@@ -401,7 +423,13 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelDirError> {
             message,
         })?;
     }
-    if let Some(params) = config.rope_parameters.clone() {
+    // Gemma 4 keeps RoPE settings per layer kind (`full_attention`, `sliding_attention`):
+    // the worker reads them per layer.
+    let per_kind = config
+        .rope_parameters
+        .as_ref()
+        .is_some_and(|p| p.get("full_attention").is_some());
+    if let (Some(params), false) = (config.rope_parameters.clone(), per_kind) {
         let declared = raw.get("rope_theta").is_some_and(|v| !v.is_null());
         if let (false, Some(theta)) = (declared, params.get("rope_theta").and_then(Value::as_f64)) {
             config.rope_theta = theta as f32;
@@ -447,6 +475,9 @@ fn text_part(raw: Value) -> Value {
             _ => top,
         };
         return qwen3_5_text(kind, top, text);
+    }
+    if let Some(kind @ ("gemma4" | "gemma4_text")) = top.get("model_type").and_then(Value::as_str) {
+        return gemma4_text(kind, top);
     }
     let Some(Value::Object(text)) = top.get("text_config") else {
         return raw;
@@ -543,6 +574,64 @@ fn qwen3_5_text(
         if let (Some(v), false) = (top.get(key), m.contains_key(key)) {
             m.insert(key.to_string(), v.clone());
         }
+    }
+    m.insert("model_type".into(), kind.into());
+    merged
+}
+
+/// Gemma 4's text model config (the wrapper's `text_config`, or the config itself for
+/// `gemma4_text`) with mlx-lm's defaults for what it leaves out, its expert settings in the
+/// shared names, and the wrapper's vocabulary, quantization and special tokens.
+fn gemma4_text(kind: &str, top: &serde_json::Map<String, Value>) -> Value {
+    let mut merged = serde_json::json!({
+        "hidden_size": 1536, "num_hidden_layers": 35, "intermediate_size": 6144,
+        "num_attention_heads": 8, "head_dim": 256, "global_head_dim": 512,
+        "rms_norm_eps": 1.0e-6, "vocab_size": 262_144, "vocab_size_per_layer_input": 262_144,
+        "num_key_value_heads": 1, "num_kv_shared_layers": 20, "hidden_size_per_layer_input": 256,
+        "sliding_window": 512, "sliding_window_pattern": 5, "max_position_embeddings": 131_072,
+        "attention_k_eq_v": false, "final_logit_softcapping": 30.0, "use_double_wide_mlp": true,
+        "tie_word_embeddings": true,
+        "rope_parameters": {
+            "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0,
+                               "rope_type": "proportional"},
+            "sliding_attention": {"partial_rotary_factor": 1.0, "rope_theta": 10_000.0,
+                                  "rope_type": "default"}},
+    });
+    let Value::Object(m) = &mut merged else {
+        return merged;
+    };
+    let wrapped = kind == "gemma4";
+    let text = match top.get("text_config") {
+        Some(Value::Object(text)) if wrapped => text,
+        _ => top,
+    };
+    m.extend(
+        text.iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    if wrapped {
+        // mlx-lm's wrapper gives the text model its own vocabulary size (default 262144).
+        let vocab = top.get("vocab_size").cloned().unwrap_or(262_144.into());
+        m.insert("vocab_size".into(), vocab);
+        for key in [
+            "quantization",
+            "eos_token_id",
+            "bos_token_id",
+            "torch_dtype",
+        ] {
+            if let Some(v) = top.get(key) {
+                m.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    // Experts only where `enable_moe_block` says, `top_k_experts` of them per token.
+    if m.get("enable_moe_block").and_then(Value::as_bool) == Some(true) {
+        if let Some(k) = m.get("top_k_experts").cloned() {
+            m.insert("num_experts_per_tok".into(), k);
+        }
+    } else {
+        m.remove("num_experts");
     }
     m.insert("model_type".into(), kind.into());
     merged
@@ -737,6 +826,8 @@ pub const GENERATION_TYPES: &[&str] = &[
     "gpt_oss",
     "gemma3_text",
     "gemma3",
+    "gemma4_text",
+    "gemma4",
 ];
 
 /// Why the worker cannot run a model of this config, before one is started for it: its
@@ -937,6 +1028,34 @@ mod tests {
 
     /// Qwen3.5's wrapper: the text model with mlx-lm's defaults, RoPE from `rope_parameters`
     /// (a quarter of each head rotated unless it says otherwise), the wrapper's quantization.
+    #[test]
+    fn gemma4_text_config_inside_its_wrapper_and_alone() {
+        // The 26B's shape: experts on, per-layer inputs off; the wrapper's vocabulary wins.
+        let c = config_of(json!({
+            "model_type": "gemma4", "vocab_size": 1000, "eos_token_id": [1, 106],
+            "quantization": {"group_size": 64, "bits": 4},
+            "text_config": {"model_type": "gemma4_text", "hidden_size": 64,
+                "num_hidden_layers": 4, "enable_moe_block": true, "num_experts": 8,
+                "top_k_experts": 2, "hidden_size_per_layer_input": 0,
+                "num_kv_shared_layers": 0, "attention_k_eq_v": true}}));
+        assert_eq!(c.model_type, "gemma4");
+        assert_eq!((c.hidden_size, c.vocab_size, c.head_dim()), (64, 1000, 256));
+        assert_eq!((c.experts(), c.num_experts_per_tok), (8, Some(2)));
+        assert_eq!(c.global_head_dim, Some(512));
+        assert_eq!(c.final_logit_softcapping, Some(30.0));
+        assert_eq!(c.quantization_label(), "4bit");
+        assert_eq!(c.eos_token_id, Some(json!([1, 106])));
+        // RoPE stays per layer kind, for the worker to read per layer.
+        assert!(c.rope_scaling.is_none(), "{:?}", c.rope_scaling);
+        assert!(c
+            .rope_parameters
+            .is_some_and(|p| p.get("sliding_attention").is_some()));
+        // Alone, with experts listed but not enabled: a dense model.
+        let dense = config_of(json!({"model_type": "gemma4_text", "num_experts": 8}));
+        assert_eq!((dense.experts(), dense.num_kv_shared_layers), (0, Some(20)));
+        assert_eq!(dense.hidden_size_per_layer_input, Some(256));
+    }
+
     #[test]
     fn qwen3_5_text_config_inside_its_wrapper() {
         let c = config_of(json!({

@@ -56,6 +56,8 @@ impl CacheState {
 pub enum LayerCache {
     Kv(KvCache),
     Recurrent(RecurrentCache),
+    /// Nothing: the layer attends over an earlier layer's cache (Gemma 4's KV-shared layers).
+    Borrowed,
 }
 
 /// What the prompt cache keeps of one layer.
@@ -63,6 +65,7 @@ pub enum Saved {
     Kv(CacheState),
     /// Snapshots in position order, the last one the state at the sequence's end.
     Recurrent(Vec<Snapshot>),
+    Borrowed,
 }
 
 impl Saved {
@@ -70,14 +73,14 @@ impl Saved {
     pub fn min_prefix(&self) -> usize {
         match self {
             Saved::Kv(state) => state.min_prefix(),
-            Saved::Recurrent(_) => 0,
+            Saved::Recurrent(_) | Saved::Borrowed => 0,
         }
     }
 
     /// The prefix lengths a recurrent layer can serve (None: any from `min_prefix` on).
     pub fn points(&self) -> Option<Vec<usize>> {
         match self {
-            Saved::Kv(_) => None,
+            Saved::Kv(_) | Saved::Borrowed => None,
             Saved::Recurrent(snaps) => Some(snaps.iter().map(|s| s.at as usize).collect()),
         }
     }
@@ -89,6 +92,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => c.offset(),
             LayerCache::Recurrent(c) => c.offset,
+            LayerCache::Borrowed => 0,
         }
     }
 
@@ -97,6 +101,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => c.nbytes(),
             LayerCache::Recurrent(c) => c.nbytes(),
+            LayerCache::Borrowed => 0,
         }
     }
 
@@ -105,6 +110,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => Box::new(c.state()),
             LayerCache::Recurrent(c) => Box::new(c.conv.iter().chain(c.state.iter())),
+            LayerCache::Borrowed => Box::new(std::iter::empty()),
         }
     }
 
@@ -127,6 +133,7 @@ impl LayerCache {
                 }
                 (!snaps.is_empty()).then_some(Saved::Recurrent(snaps))
             }
+            LayerCache::Borrowed => Some(Saved::Borrowed),
         }
     }
 
@@ -145,20 +152,21 @@ impl LayerCache {
                     snapshots: vec![snap.clone()],
                 }))
             }
+            Saved::Borrowed => Some(LayerCache::Borrowed),
         }
     }
 
     pub(crate) fn kv(&mut self) -> Option<&mut KvCache> {
         match self {
             LayerCache::Kv(c) => Some(c),
-            LayerCache::Recurrent(_) => None,
+            LayerCache::Recurrent(_) | LayerCache::Borrowed => None,
         }
     }
 
     pub(crate) fn recurrent(&mut self) -> Option<&mut RecurrentCache> {
         match self {
             LayerCache::Recurrent(c) => Some(c),
-            LayerCache::Kv(_) => None,
+            LayerCache::Kv(_) | LayerCache::Borrowed => None,
         }
     }
 }

@@ -38,11 +38,16 @@ pub fn load(dir: &Path) -> Result<Weights, LoadError> {
             message: e.to_string(),
         })?;
         for (name, array) in loaded {
-            // A vision-language wrapper (Gemma 3, Mistral 3, Qwen3.5): run its language model, leave
+            // A vision-language wrapper (Gemma 3 and 4, Mistral 3, Qwen3.5): run its language model, leave
             // the vision tower and projector unloaded.
             if name.contains("vision_tower")
                 || name.contains("multi_modal_projector")
                 || name.starts_with("model.visual.")
+                // Gemma 4's audio tower and its vision and audio embedders.
+                || name.contains("audio_tower")
+                || name.contains("embed_vision")
+                || name.contains("embed_audio")
+                || name.contains("vision_embedder")
             {
                 continue;
             }

@@ -54,6 +54,7 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-qwen3.5-moe-4bit",
         "tiny-random-smollm3",
         "tiny-random-deepseek-v3-4bit",
+        "tiny-random-gemma4-moe-4bit",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
@@ -100,12 +101,14 @@ fn batched_as_alone(
 /// must reuse its cached prefix (the trimmed one included) and still answer as alone.
 #[test]
 fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
-    // Gemma 3's local layers, gpt-oss's alternating windows with attention sinks, and
-    // OLMo 3's three sliding layers to one full.
+    // Gemma 3's local layers, gpt-oss's alternating windows with attention sinks,
+    // OLMo 3's three sliding layers to one full, and Gemma 4's, whose last layers attend over
+    // earlier layers' caches (sliding and global).
     for name in [
         "tiny-random-gemma3",
         "tiny-random-gpt-oss",
         "tiny-random-olmo3",
+        "tiny-random-gemma4",
     ] {
         windowed_model_batches_and_reuses(name);
     }

@@ -180,6 +180,21 @@ fn deepseek_v3_matches_mlx_lm() {
     }
 }
 
+/// Gemma 4: KV-shared layers, per-layer inputs, global layers with their own head size and
+/// proportional RoPE, soft-capped logits (`gemma4_text`); values from the keys' projection and
+/// dense-plus-experts blocks inside the `gemma4` wrapper, quantized and in Hugging Face's layout.
+#[test]
+fn gemma4_matches_mlx_lm() {
+    for variant in [
+        "tiny-random-gemma4",
+        "tiny-random-gemma4-moe",
+        "tiny-random-gemma4-moe-4bit",
+        "tiny-random-gemma4-moe-hf",
+    ] {
+        check_against_mlx_lm(variant);
+    }
+}
+
 /// OLMo 3 (post-norms, all-head q/k norms, sliding layers with plain RoPE) and SmolLM3 (NoPE
 /// layers).
 #[test]

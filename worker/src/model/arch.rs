@@ -69,6 +69,8 @@ pub(crate) struct ArchSpec {
     pub(crate) mla: bool,
     /// LFM2: gated short convolutions between attention layers, under its own tensor names.
     pub(crate) short_conv: bool,
+    /// Gemma 4: its attention, per-layer inputs and feed-forward parts (see `gemma4`).
+    pub(crate) gemma4: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -95,6 +97,7 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     nope_layers: false,
     mla: false,
     short_conv: false,
+    gemma4: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -187,6 +190,14 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         "qwen3_moe" => Ok(ArchSpec {
             qk_norm: true,
             moe: true,
+            ..LLAMA
+        }),
+        // Gemma 4: Gemma 3's four norms per block and GeGLU, plain norm weights, the rest its
+        // own (see `gemma4`).
+        "gemma4_text" | "gemma4" => Ok(ArchSpec {
+            sandwich_norms: true,
+            activation: Activation::GeluApprox,
+            gemma4: true,
             ..LLAMA
         }),
         "gemma3_text" | "gemma3" => Ok(ArchSpec {

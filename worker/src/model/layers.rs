@@ -129,11 +129,17 @@ impl RmsNorm {
 
 pub struct Attention {
     pub(crate) q_proj: Linear,
-    pub(crate) k_proj: Linear,
-    pub(crate) v_proj: Linear,
+    /// None in a layer that attends over an earlier layer's cache (Gemma 4's KV-shared
+    /// layers), which projects only queries.
+    pub(crate) k_proj: Option<Linear>,
+    /// None where the values are the keys' projection before its norm (Gemma 4's
+    /// `attention_k_eq_v`).
+    pub(crate) v_proj: Option<Linear>,
     pub(crate) o_proj: Linear,
     pub(crate) q_norm: Option<RmsNorm>,
     pub(crate) k_norm: Option<RmsNorm>,
+    /// Values RMS-normed without a scale, with this epsilon (Gemma 4).
+    pub(crate) v_norm: Option<f32>,
     /// The q/k norms span all heads at once, before the split into heads (OLMo 2/3).
     pub(crate) full_qk_norm: bool,
     pub(crate) n_heads: i32,
@@ -161,18 +167,27 @@ impl Attention {
     /// token from each of n sequences when it holds n. The projections run once over all n
     /// rows (where batching pays); RoPE, the cache and attention run per sequence, so each
     /// keeps its own length and no padding or mask is needed.
+    /// A layer without key/value projections gets the cache of the layer it shares keys and
+    /// values with, which that layer has already extended by these tokens.
     pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
-        let (q, k, v, gate) = self.project(x)?;
-        let out = per_sequence(caches, &[&q, &k, &v], |t, cache| {
-            self.attend(&t[0], &t[1], &t[2], kv(cache)?)
-        })?;
+        let (q, kv_new, gate) = self.project(x)?;
+        let out = match &kv_new {
+            Some((k, v)) => per_sequence(caches, &[&q, k, v], |t, cache| {
+                self.attend(&t[0], &t[1], &t[2], kv(cache)?)
+            })?,
+            None => per_sequence(caches, &[&q], |t, cache| {
+                self.attend_shared(&t[0], kv(cache)?)
+            })?,
+        };
         reduce(&self.group, self.o_proj.forward(&gated(out, gate)?)?)
     }
 
     /// Queries, keys and values of `x` ([b, l, hidden]) as [b, l, heads, head_dim], with the
     /// per-head norms of the families that have them (Qwen3, Gemma 3), and the output gate
-    /// ([b, l, heads * head_dim]) of those that have one.
-    fn project(&self, x: &Array) -> Result<(Array, Array, Array, Option<Array>)> {
+    /// ([b, l, heads * head_dim]) of those that have one. No keys and values in a layer that
+    /// shares an earlier one's.
+    #[allow(clippy::type_complexity)]
+    fn project(&self, x: &Array) -> Result<(Array, Option<(Array, Array)>, Option<Array>)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let split = |y: Array, n: i32| -> Result<Array> { Ok(y.reshape(&[b, l, n, -1])?) };
         let full = |y: Array, norm: &Option<RmsNorm>| -> Result<Array> {
@@ -191,20 +206,29 @@ impl Attention {
                 q = queries.clone();
             }
         }
-        let mut k = split(
-            full(self.k_proj.forward(x)?, &self.k_norm)?,
-            self.n_kv_heads,
-        )?;
-        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
         if !self.full_qk_norm {
             if let Some(norm) = &self.q_norm {
                 q = norm.forward(&q)?;
             }
+        }
+        let Some(k_proj) = &self.k_proj else {
+            return Ok((q, None, gate));
+        };
+        let keys = k_proj.forward(x)?;
+        let mut v = match &self.v_proj {
+            Some(v_proj) => split(v_proj.forward(x)?, self.n_kv_heads)?,
+            None => split(keys.clone(), self.n_kv_heads)?,
+        };
+        let mut k = split(full(keys, &self.k_norm)?, self.n_kv_heads)?;
+        if !self.full_qk_norm {
             if let Some(norm) = &self.k_norm {
                 k = norm.forward(&k)?;
             }
         }
-        Ok((q, k, v, gate))
+        if let Some(eps) = self.v_norm {
+            v = gemma4::unscaled_norm(&v, eps)?;
+        }
+        Ok((q, Some((k, v)), gate))
     }
 
     /// A padded batch read whole, without a cache (embedders): `x` is [b, l, hidden], every
@@ -213,7 +237,10 @@ impl Attention {
     /// hidden by that mask ([b, 1, 1, l], true for real tokens).
     pub(crate) fn forward_padded(&self, x: &Array, keys: Option<&Array>) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v, gate) = self.project(x)?;
+        let (q, kv_new, gate) = self.project(x)?;
+        let Some((k, v)) = kv_new else {
+            return Err(Exception::custom("a KV-shared layer reads only through a cache").into());
+        };
         let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let q = self.rope.forward(&heads(&q)?, 0)?;
         let k = self.rope.forward(&heads(&k)?, 0)?;
@@ -243,11 +270,30 @@ impl Attention {
         v: &Array,
         cache: &mut KvCache,
     ) -> Result<Array> {
-        let l = q.shape()[1];
         let heads = |a: &Array| a.transpose_axes(&[0, 2, 1, 3]);
         let offset = cache.offset();
-        let mut q = self.rope.forward(&heads(q)?, offset)?;
+        let q = self.rotate_queries(q, offset)?;
         let k = self.rope.forward(&heads(k)?, offset)?;
+        let (k, v, first) = cache.update_and_fetch(&k, &heads(v)?)?;
+        self.attend_cached(&q, k, v, first, offset)
+    }
+
+    /// Attention of one sequence's new queries over a cache that an earlier layer has
+    /// already extended by these tokens (Gemma 4's KV-shared layers).
+    fn attend_shared(&self, q: &Array, cache: &mut KvCache) -> Result<Array> {
+        let state = cache.filled().ok_or(ModelError::CacheLayers)?;
+        let offset = cache.offset() - q.shape()[1];
+        let q = self.rotate_queries(q, offset)?;
+        self.attend_cached(&q, state.keys, state.values, state.start, offset)
+    }
+
+    /// Queries ([1, l, heads, head_dim]) as [1, heads, l, head_dim], rotated from `offset`,
+    /// with Ministral 3's position-dependent scale.
+    fn rotate_queries(&self, q: &Array, offset: i32) -> Result<Array> {
+        let l = q.shape()[1];
+        let mut q = self
+            .rope
+            .forward(&q.transpose_axes(&[0, 2, 1, 3])?, offset)?;
         if let Some((beta, original)) = self.query_scale {
             // 1 + beta * ln(1 + floor(position / original)), per new token, in float32 as
             // mlx-lm computes it, then in the queries' dtype.
@@ -260,7 +306,20 @@ impl Attention {
                 .reshape(&[l, 1])?;
             q = q.multiply(&scale)?;
         }
-        let (mut k, mut v, mut first) = cache.update_and_fetch(&k, &heads(v)?)?;
+        Ok(q)
+    }
+
+    /// Rotated queries ([1, heads, l, head_dim], the first at `offset`) over the cached keys
+    /// and values from position `first` on; returns [1, l, heads * head_dim].
+    fn attend_cached(
+        &self,
+        q: &Array,
+        mut k: Array,
+        mut v: Array,
+        mut first: i32,
+        offset: i32,
+    ) -> Result<Array> {
+        let l = q.shape()[2];
         let window_mask;
         // One new token attends to everything before it: no mask needed.
         let mut mask = (l > 1 && self.causal).then_some(ScaledDotProductAttentionMask::Causal);
@@ -285,7 +344,7 @@ impl Attention {
             }
         }
         let out =
-            fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
+            fast::scaled_dot_product_attention(q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, l, -1])?)
     }
 }
@@ -361,6 +420,8 @@ pub(crate) fn gelu_approx(x: &Array) -> Result<Array> {
 pub enum FeedForward {
     Dense(Mlp),
     Experts(Box<MoeBlock>),
+    /// Gemma 4's 26B: both, each between its own norms.
+    DenseAndExperts(Box<gemma4::DenseAndExperts>),
 }
 
 impl FeedForward {
@@ -368,6 +429,7 @@ impl FeedForward {
         match self {
             FeedForward::Dense(mlp) => mlp.forward(x),
             FeedForward::Experts(moe) => moe.forward(x),
+            FeedForward::DenseAndExperts(both) => both.forward(x),
         }
     }
 }
@@ -407,6 +469,7 @@ impl Mixer {
     /// A fresh cache of this mixer's kind.
     pub(crate) fn new_cache(&self) -> LayerCache {
         match self {
+            Mixer::Attention(a) if a.k_proj.is_none() => LayerCache::Borrowed,
             Mixer::Attention(a) => LayerCache::Kv(KvCache::new(a.window)),
             Mixer::GatedDelta(_) | Mixer::ShortConv(_) => LayerCache::Recurrent(Default::default()),
             Mixer::Mla(_) => LayerCache::Kv(KvCache::new(None)),
@@ -437,12 +500,31 @@ pub struct Block {
     pub(crate) sandwich: Option<SandwichNorms>,
     /// Granite scales each residual branch before adding it.
     pub(crate) residual_scale: Option<f32>,
+    /// Gemma 4: the layer's per-layer input, gated into the stream after the MLP.
+    pub(crate) per_layer: Option<gemma4::PerLayerGate>,
+    /// Gemma 4: the block's output scaled by this ([1]).
+    pub(crate) layer_scalar: Option<Array>,
+    /// Gemma 4: the earlier layer whose keys and values this one attends over.
+    pub(crate) kv_source: Option<usize>,
 }
 
 impl Block {
-    pub(crate) fn forward(&self, x: &Array, caches: &mut [&mut LayerCache]) -> Result<Array> {
+    /// `per_layer_input`: this layer's slice of the model's per-layer inputs (Gemma 4).
+    pub(crate) fn forward(
+        &self,
+        x: &Array,
+        caches: &mut [&mut LayerCache],
+        per_layer_input: Option<&Array>,
+    ) -> Result<Array> {
         let r = self.mixer.forward(&self.normed(x)?, caches)?;
-        self.finish(x, r)
+        let mut h = self.finish(x, r)?;
+        if let (Some(gate), Some(input)) = (&self.per_layer, per_layer_input) {
+            h = gate.forward(&h, input)?;
+        }
+        if let Some(s) = &self.layer_scalar {
+            h = h.multiply(s)?;
+        }
+        Ok(h)
     }
 
     /// The block over a padded batch without caches (see `Attention::forward_padded`).

@@ -1,5 +1,5 @@
 //! The transformer: one skeleton for every supported family (Llama, Mistral/Ministral, Phi-3,
-//! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3, gpt-oss, Qwen3-Next/3.5, DeepSeek-V3, GLM-4.7
+//! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3 and 4, gpt-oss, Qwen3-Next/3.5, DeepSeek-V3, GLM-4.7
 //! Flash, LFM2, OLMo 3, SmolLM3). Each block has a mixer (softmax attention, latent attention,
 //! Gated DeltaNet or a short convolution), each with its own cache kind, and a feed-forward
 //! part; beyond that the families differ only in data (which biases and norms exist, the
@@ -10,7 +10,7 @@
 //! identical weights.
 //!
 //! `arch` says what each `model_type` is; `layers`, `rope` and `moe` are the shared parts,
-//! `mla` and `delta` the latent-attention and recurrent mixers;
+//! `mla` and `delta` the latent-attention and recurrent mixers, `gemma4` what Gemma 4 adds;
 //! `source` builds them from a folder's tensors; this module holds the model and its loaders.
 
 use std::collections::HashMap;
@@ -102,6 +102,7 @@ impl LoadOptions {
 
 mod arch;
 mod delta;
+mod gemma4;
 mod layers;
 mod mla;
 mod moe;
@@ -130,6 +131,10 @@ pub struct Model {
     pub(crate) layers: Vec<Block>,
     pub(crate) norm: RmsNorm,
     pub(crate) lm_head: Option<Linear>,
+    /// Gemma 4's per-layer input embeddings.
+    pub(crate) per_layer_inputs: Option<gemma4::PerLayerInputs>,
+    /// Logits soft-capped at this (Gemma 4).
+    pub(crate) softcap: Option<f32>,
 }
 
 impl Model {
@@ -152,6 +157,9 @@ impl Model {
         }
         if spec.short_conv {
             lfm2_names(&mut tensors);
+        }
+        if spec.gemma4 {
+            gemma4::hugging_face_names(&mut tensors)?;
         }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
@@ -193,6 +201,11 @@ impl Model {
             None
         };
         let pattern = config.sliding_window_pattern.unwrap_or(6).max(1);
+        let kv_sources = if spec.gemma4 {
+            gemma4::kv_sources(&config)
+        } else {
+            Vec::new()
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -260,6 +273,11 @@ impl Model {
             }
             // Qwen3-Next/3.5: Gated DeltaNet layers, every `full_attention_interval`-th one
             // attention.
+            let inter = if spec.gemma4 {
+                gemma4::mlp_width(&config, i)
+            } else {
+                inter
+            };
             let interval = config.full_attention_interval.unwrap_or(4).max(1);
             let recurrent = spec.gated_delta.is_some() && !(i + 1).is_multiple_of(interval);
             // Phi-3 stores q/k/v and gate/up fused: split them into the separate projections.
@@ -279,7 +297,14 @@ impl Model {
                     .as_ref()
                     .and_then(|t| t.get(i))
                     .is_some_and(|k| k != "full_attention");
-            let mixer = if conv_layer {
+            let mixer = if spec.gemma4 {
+                Mixer::Attention(gemma4::attention(
+                    &mut w,
+                    &format!("{p}.self_attn"),
+                    &config,
+                    i,
+                )?)
+            } else if conv_layer {
                 Mixer::ShortConv(delta::load_short_conv(
                     &mut w,
                     &format!("{p}.conv"),
@@ -303,18 +328,18 @@ impl Model {
                         hidden,
                         spec.qkv_bias,
                     )?,
-                    k_proj: w.linear(
+                    k_proj: Some(w.linear(
                         &format!("{p}.self_attn.k_proj"),
                         n_kv * head_dim,
                         hidden,
                         spec.qkv_bias,
-                    )?,
-                    v_proj: w.linear(
+                    )?),
+                    v_proj: Some(w.linear(
                         &format!("{p}.self_attn.v_proj"),
                         n_kv * head_dim,
                         hidden,
                         spec.qkv_bias,
-                    )?,
+                    )?),
                     o_proj: w.linear(
                         &format!("{p}.self_attn.o_proj"),
                         hidden,
@@ -323,6 +348,7 @@ impl Model {
                     )?,
                     q_norm: qk_norm(&mut w, "q_norm", n_heads)?,
                     k_norm: qk_norm(&mut w, "k_norm", n_kv)?,
+                    v_norm: None,
                     full_qk_norm: spec.olmo,
                     n_heads,
                     n_kv_heads: n_kv,
@@ -340,21 +366,31 @@ impl Model {
                     group: None,
                 })
             };
-            let mlp = if spec.moe && moe_layer(&config, i) {
-                FeedForward::Experts(Box::new(w.moe(
-                    &format!("{p}.mlp"),
-                    &config,
-                    spec.oai_moe,
-                )?))
-            } else {
+            let dense = |w: &mut TensorSource| -> Result<Mlp> {
                 let b = spec.mlp_bias;
-                FeedForward::Dense(Mlp {
+                Ok(Mlp {
                     gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, b)?,
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, b)?,
                     down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, b)?,
                     activation: spec.activation,
                     group: None,
                 })
+            };
+            // Gemma 4's 26B runs its dense MLP and its experts side by side.
+            let both = spec.gemma4 && config.experts() > 0;
+            let mlp = if both {
+                let mlp = dense(&mut w)?;
+                FeedForward::DenseAndExperts(Box::new(gemma4::dense_and_experts(
+                    &mut w, &p, &config, mlp,
+                )?))
+            } else if spec.moe && moe_layer(&config, i) {
+                FeedForward::Experts(Box::new(w.moe(
+                    &format!("{p}.mlp"),
+                    &config,
+                    spec.oai_moe,
+                )?))
+            } else {
+                FeedForward::Dense(dense(&mut w)?)
             };
             let input_norm = if spec.olmo {
                 None
@@ -367,12 +403,13 @@ impl Model {
             let (post_attn_norm, sandwich) = if spec.sandwich_norms || spec.olmo {
                 let sandwich = SandwichNorms {
                     post_attn: norm(&mut w, "post_attention_layernorm", hidden)?,
-                    pre_mlp: if spec.olmo {
+                    // Gemma 4's dense-and-experts part norms its own inputs.
+                    pre_mlp: if spec.olmo || both {
                         None
                     } else {
                         Some(norm(&mut w, "pre_feedforward_layernorm", hidden)?)
                     },
-                    clip: !spec.olmo,
+                    clip: !spec.olmo && !spec.gemma4,
                 };
                 (
                     norm(&mut w, "post_feedforward_layernorm", hidden)?,
@@ -381,6 +418,14 @@ impl Model {
             } else {
                 (norm(&mut w, "post_attention_layernorm", hidden)?, None)
             };
+            let (per_layer, layer_scalar) = if spec.gemma4 {
+                (
+                    gemma4::PerLayerGate::load(&mut w, &p, &config)?,
+                    Some(w.take_shaped(&format!("{p}.layer_scalar"), &[1])?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(Block {
                 mixer,
                 mlp,
@@ -388,6 +433,9 @@ impl Model {
                 post_attn_norm,
                 sandwich,
                 residual_scale,
+                per_layer,
+                layer_scalar,
+                kv_source: kv_sources.get(i).copied().flatten(),
             });
         }
         let norm = w.norm("model.norm", hidden, eps)?;
@@ -406,10 +454,18 @@ impl Model {
         // sqrt(hidden) rounded to bfloat16, then used in the embeddings' dtype (as mlx-lm).
         let embed_scale = if spec.scale_embeddings {
             Some(round_to_bf16((hidden as f32).sqrt()))
+        } else if spec.gemma4 {
+            Some((hidden as f32).sqrt())
         } else {
             config.embedding_multiplier.filter(|_| spec.multipliers)
         };
         let logits_scaling = config.logits_scaling.filter(|_| spec.multipliers);
+        let per_layer_inputs = if spec.gemma4 {
+            gemma4::PerLayerInputs::load(&mut w, &config)?
+        } else {
+            None
+        };
+        let softcap = config.final_logit_softcapping.filter(|_| spec.gemma4);
         Ok(Model {
             config,
             embed,
@@ -418,6 +474,8 @@ impl Model {
             layers,
             norm,
             lm_head,
+            per_layer_inputs,
+            softcap,
         })
     }
 
@@ -502,12 +560,19 @@ impl Model {
         if let Some(scale) = self.embed_scale {
             h = h.multiply(Array::from_f32(scale).as_dtype(h.dtype())?)?;
         }
+        let per_layer = match &self.per_layer_inputs {
+            Some(p) => Some(p.forward(ids, &h)?),
+            None => None,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
+            // A KV-shared layer reads the cache of the layer it shares with.
+            let at = layer.kv_source.unwrap_or(i);
             let mut caches: Vec<&mut LayerCache> = seqs
                 .iter_mut()
-                .map(|seq| seq.get_mut(i).ok_or(ModelError::CacheLayers))
+                .map(|seq| seq.get_mut(at).ok_or(ModelError::CacheLayers))
                 .collect::<Result<_>>()?;
-            h = layer.forward(&h, &mut caches)?;
+            let input = per_layer.as_ref().map(|p| p.index((.., .., i as i32, ..)));
+            h = layer.forward(&h, &mut caches, input.as_ref())?;
         }
         self.norm.forward(&h)
     }
@@ -518,8 +583,12 @@ impl Model {
             Some(head) => head.forward(hidden)?,
             None => self.embed.as_linear(hidden)?,
         };
-        match self.logits_scaling {
-            Some(s) => Ok(logits.divide(Array::from_f32(s).as_dtype(logits.dtype())?)?),
+        let logits = match self.logits_scaling {
+            Some(s) => logits.divide(Array::from_f32(s).as_dtype(logits.dtype())?)?,
+            None => logits,
+        };
+        match self.softcap {
+            Some(cap) => gemma4::softcap(&logits, cap),
             None => Ok(logits),
         }
     }
@@ -544,6 +613,9 @@ impl Model {
         }
         let mut out = Vec::new();
         lin(&self.embed.table, &mut out);
+        if let Some(p) = &self.per_layer_inputs {
+            out.extend(p.arrays());
+        }
         if let Some(h) = &self.lm_head {
             lin(h, &mut out);
         }
@@ -551,7 +623,11 @@ impl Model {
         for l in &self.layers {
             match &l.mixer {
                 Mixer::Attention(a) => {
-                    for x in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                    for x in [Some(&a.q_proj), a.k_proj.as_ref(), a.v_proj.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .chain([&a.o_proj])
+                    {
                         lin(x, &mut out);
                     }
                     for n in [&a.q_norm, &a.k_norm].into_iter().flatten() {
@@ -583,7 +659,12 @@ impl Model {
                         out.extend(x.arrays());
                     }
                 }
+                FeedForward::DenseAndExperts(both) => out.extend(both.arrays()),
             }
+            if let Some(g) = &l.per_layer {
+                out.extend(g.arrays());
+            }
+            out.extend(&l.layer_scalar);
             out.extend(l.input_norm.as_ref().map(|n| &n.weight));
             out.push(&l.post_attn_norm.weight);
             if let Some(n) = &l.sandwich {

@@ -145,6 +145,8 @@ pub enum ExpertActivation {
     /// gpt-oss: the gate clipped from above and the linear part both ways at `limit`, then
     /// (up + 1) * gate * sigmoid(alpha * gate) (mlx-lm's `swiglu_oai`).
     ClampedSwiglu { alpha: f32, limit: f32 },
+    /// gelu_approx(gate) * up (Gemma 4).
+    GeGlu,
 }
 
 /// Qwen3 MoE's sparse block: a softmax router picks `top_k` experts per token, whose SwiGLU
@@ -172,6 +174,8 @@ pub enum Router {
     Softmax,
     /// gpt-oss: the top k raw logits, then a softmax over those k.
     TopKSoftmax,
+    /// Gemma 4: as `TopKSoftmax`, then each chosen weight times its expert's scale.
+    ScaledTopK { per_expert_scale: Array },
     /// GLM-4.5 (`noaux_tc`): sigmoid scores; the choice adds a per-expert correction bias and
     /// keeps only the `topk_group` best of `n_group` groups (each scored by its best two), the
     /// weights are the uncorrected scores of the chosen, renormalised, times `scale`.
@@ -187,7 +191,13 @@ pub enum Router {
 
 impl MoeBlock {
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-        let logits = self.gate.forward(x)?;
+        self.forward_routed(x, x)
+    }
+
+    /// The experts on `x`, chosen by the router from `route` (Gemma 4 routes from another
+    /// norm of the stream than the experts read).
+    pub(crate) fn forward_routed(&self, route: &Array, x: &Array) -> Result<Array> {
+        let logits = self.gate.forward(route)?;
         let experts = *logits.shape().last().unwrap_or(&0);
         let k = self.top_k;
         let (chosen, scores) =
@@ -207,6 +217,14 @@ impl MoeBlock {
                     let chosen = chosen.index((.., .., (experts - k)..));
                     let top = logits.take_along_axis(&chosen, -1)?;
                     (chosen, ops::softmax_axis(&top, -1, true)?)
+                }
+                Router::ScaledTopK { per_expert_scale } => {
+                    let chosen = ops::argpartition_axis(&logits, experts - k, -1)?;
+                    let chosen = chosen.index((.., .., (experts - k)..));
+                    let top = logits.take_along_axis(&chosen, -1)?;
+                    let weights = ops::softmax_axis(&top, -1, false)?;
+                    let scale = per_expert_scale.take(&chosen)?;
+                    (chosen, weights.multiply(&scale)?)
                 }
                 Router::SigmoidGrouped {
                     correction,
@@ -286,6 +304,7 @@ impl MoeBlock {
                 let glu = gate.multiply(ops::sigmoid(&gate.multiply(c(alpha)?)?)?)?;
                 up.add(c(1.0)?)?.multiply(&glu)?
             }
+            ExpertActivation::GeGlu => gelu_approx(&gate)?.multiply(&up)?,
         };
         let mut out = self.down_proj.forward(&act, &idx, sort)?;
         if let Some(inverse) = inverse {

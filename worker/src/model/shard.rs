@@ -108,6 +108,11 @@ impl Model {
         if n <= 1 {
             return Ok(());
         }
+        if self.per_layer_inputs.is_some() || self.layers.iter().any(|l| l.kv_source.is_some()) {
+            return Err(ModelError::Shard(
+                "Gemma 4's per-layer inputs and shared key-value layers are not split yet".into(),
+            ));
+        }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let what = format!("layer {i}");
             let Some(a) = layer.mixer.attention_mut() else {
@@ -124,8 +129,14 @@ impl Model {
                 )));
             }
             a.q_proj = a.q_proj.shard(Split::Rows, rank, n, &what)?;
-            a.k_proj = a.k_proj.shard(Split::Rows, rank, n, &what)?;
-            a.v_proj = a.v_proj.shard(Split::Rows, rank, n, &what)?;
+            let (Some(k_proj), Some(v_proj)) = (&a.k_proj, &a.v_proj) else {
+                return Err(ModelError::Shard(format!(
+                    "{what} takes its values from its keys' projection, which tensor \
+                     parallelism does not split yet"
+                )));
+            };
+            a.k_proj = Some(k_proj.shard(Split::Rows, rank, n, &what)?);
+            a.v_proj = Some(v_proj.shard(Split::Rows, rank, n, &what)?);
             a.o_proj = a.o_proj.shard(Split::Columns, rank, n, &what)?;
             a.sinks = a
                 .sinks
@@ -149,6 +160,12 @@ impl Model {
                         shared.shard(rank, n, &what)?;
                     }
                     moe.group = Some(group.clone());
+                }
+                FeedForward::DenseAndExperts(_) => {
+                    return Err(ModelError::Shard(format!(
+                        "{what} has Gemma 4's dense-and-experts block, which tensor \
+                         parallelism does not split yet"
+                    )));
                 }
             }
         }
