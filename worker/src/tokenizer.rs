@@ -121,6 +121,15 @@ impl Tokenizer {
         if template.as_deref().is_some_and(crate::harmony::is_harmony) {
             eos_ids.extend(inner.token_to_id(crate::harmony::CALL));
         }
+        // Likewise Gemma 4 ends a turn that calls a tool with `<|tool_response>`, where the
+        // tool's answer goes.
+        if template
+            .as_deref()
+            .and_then(crate::tool_syntax::ToolSyntax::infer)
+            == Some(crate::tool_syntax::ToolSyntax::Gemma4)
+        {
+            eos_ids.extend(inner.token_to_id(crate::tool_syntax::GEMMA_RESPONSE));
+        }
         let kept_specials = crate::tool_syntax::MARKERS
             .iter()
             .chain(crate::harmony::MARKERS)
