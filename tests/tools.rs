@@ -1,8 +1,9 @@
 //! Every tool-call syntax end to end, with the real worker: `models.tool_call_format` sets a
 //! syntax per model, a required call is forced by that syntax's grammar, and the parser reads
 //! the generated text back into an OpenAI tool call whose arguments fit the schema. The
-//! models' weights differ (SmolLM2 f32, bf16, 4-bit, a tiny random llama); what is checked is
-//! the round trip through each syntax, not what the models know.
+//! models' weights differ (SmolLM2 f32, bf16, 4-bit, tiny random Llama, DeepSeek V3, GLM-4 MoE
+//! and Gemma 3); what is checked is the round trip through each syntax, not what the models
+//! know.
 
 use opta_lmx_tests::Daemon;
 use serde_json::{json, Value};
@@ -12,6 +13,9 @@ const CASES: &[(&str, &str)] = &[
     ("opta/SmolLM2-135M-Instruct-bf16", "mistral"),
     ("opta/SmolLM2-135M-Instruct-4bit", "qwen3_coder"),
     ("opta/tiny-random-llama", "deepseek"),
+    ("opta/tiny-random-deepseek-v3", "kimi_k2"),
+    ("opta/tiny-random-glm4-moe", "glm47"),
+    ("opta/tiny-random-gemma3", "gemma4"),
 ];
 
 fn body(model: &str, stream: bool) -> Value {
@@ -24,7 +28,8 @@ fn body(model: &str, stream: bool) -> Value {
             "required": ["city"]}}}],
         "tool_choice": "required",
         "temperature": 0,
-        // DeepSeek's markers are spelled out in bytes by a vocabulary that lacks them.
+        // DeepSeek's and Kimi's markers are spelled out in bytes by a vocabulary that lacks
+        // them.
         "max_tokens": 200,
         "stream": stream,
     })

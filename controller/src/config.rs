@@ -96,7 +96,8 @@ pub struct ModelsConfig {
     /// gives no value.
     pub defaults: SamplingDefaults,
     /// Per model id, the tool-call syntax to use instead of the one its chat template
-    /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`, `harmony`).
+    /// implies (one of `hermes`, `qwen3_coder`, `llama3`, `mistral`, `deepseek`, `harmony`,
+    /// `kimi_k2`, `glm47`, `gemma4`).
     pub tool_call_format: std::collections::BTreeMap<String, String>,
     /// Per model id, its split over ranks of MLX's distributed engine: `{ranks: N}` on this
     /// machine, or `{hostfile: PATH, backend: ring|jaccl|...}` across machines.

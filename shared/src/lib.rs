@@ -12,5 +12,8 @@ pub const TOOL_SYNTAXES: &[&str] = &[
     "mistral",
     "deepseek",
     "harmony",
+    "kimi_k2",
+    "glm47",
+    "gemma4",
 ];
 pub mod protocol;

@@ -62,7 +62,8 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         prompt_cache_mb: u64,
         /// Read and force tool calls in this syntax instead of the one the chat template
-        /// implies: hermes, qwen3_coder, llama3, mistral, deepseek or harmony
+        /// implies: hermes, qwen3_coder, llama3, mistral, deepseek, harmony, kimi_k2, glm47 or
+        /// gemma4
         #[arg(long, value_parser = parse_tool_syntax)]
         tool_syntax: Option<ToolSyntax>,
         /// Prompt tokens read per forward pass (mlx-lm's prefill step size); the worker

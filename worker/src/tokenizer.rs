@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use minijinja::{Environment, Error as JinjaError, ErrorKind, Value as JinjaValue};
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, State, Value as JinjaValue};
 use opta_lmx_shared::model_dir::{self, ModelConfig};
 use serde_json::Value;
 
@@ -118,6 +121,15 @@ impl Tokenizer {
         if template.as_deref().is_some_and(crate::harmony::is_harmony) {
             eos_ids.extend(inner.token_to_id(crate::harmony::CALL));
         }
+        // Likewise Gemma 4 ends a turn that calls a tool with `<|tool_response>`, where the
+        // tool's answer goes.
+        if template
+            .as_deref()
+            .and_then(crate::tool_syntax::ToolSyntax::infer)
+            == Some(crate::tool_syntax::ToolSyntax::Gemma4)
+        {
+            eos_ids.extend(inner.token_to_id(crate::tool_syntax::GEMMA_RESPONSE));
+        }
         let kept_specials = crate::tool_syntax::MARKERS
             .iter()
             .chain(crate::harmony::MARKERS)
@@ -228,6 +240,31 @@ impl Tokenizer {
             .template
             .as_deref()
             .ok_or(TokenizerError::NoChatTemplate)?;
+        let template = ChatTemplate {
+            source,
+            bos_token: self.bos_token.as_deref().unwrap_or_default(),
+            eos_token: self.eos_token.as_deref().unwrap_or_default(),
+        };
+        template.render(messages, tools, add_generation_prompt, kwargs)
+    }
+}
+
+/// A chat template's source with the special tokens it may write.
+pub struct ChatTemplate<'a> {
+    pub source: &'a str,
+    pub bos_token: &'a str,
+    pub eos_token: &'a str,
+}
+
+impl ChatTemplate<'_> {
+    /// Renders it as Hugging Face's `apply_chat_template` does (see [`Tokenizer::render_chat`]).
+    pub fn render(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+        kwargs: Option<&Value>,
+    ) -> Result<String, TokenizerError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -243,7 +280,9 @@ impl Tokenizer {
                 .unwrap_or(0);
             format_date(now, &fmt)
         });
-        env.add_template("chat", source)
+        env.add_function("namespace", namespace);
+        env.add_filter("tojson", tojson);
+        env.add_template("chat", self.source)
             .map_err(|e| TokenizerError::Template(e.to_string()))?;
         let tmpl = env
             .get_template("chat")
@@ -252,8 +291,8 @@ impl Tokenizer {
             messages => JinjaValue::from_serialize(messages),
             tools => tools.map(JinjaValue::from_serialize),
             add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
         };
         // The fixed variables win over a kwarg of the same name.
         let ctx = match kwargs {
@@ -262,6 +301,231 @@ impl Tokenizer {
         };
         tmpl.render(ctx)
             .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}
+
+/// `namespace(...)` whose list attributes grow and shrink in place through Python's `append`
+/// and `pop`, as templates written for Jinja2 expect (Kimi K2 queues its tool-call ids so);
+/// minijinja's own lists are immutable.
+fn namespace(defaults: Option<JinjaValue>) -> Result<JinjaValue, JinjaError> {
+    let Some(defaults) = defaults else {
+        return minijinja::functions::namespace(None);
+    };
+    let mut attrs = std::collections::BTreeMap::new();
+    if let Some(pairs) = defaults.as_object().and_then(|o| o.try_iter_pairs()) {
+        for (key, value) in pairs {
+            let value = if value.kind() == minijinja::value::ValueKind::Seq {
+                let items: Vec<JinjaValue> = value.try_iter()?.collect();
+                JinjaValue::from_object(PyList(std::sync::Mutex::new(items)))
+            } else {
+                value
+            };
+            attrs.insert(key, value);
+        }
+    }
+    minijinja::functions::namespace(Some(JinjaValue::from(attrs)))
+}
+
+/// A mutable list for [`namespace`].
+#[derive(Debug)]
+struct PyList(std::sync::Mutex<Vec<JinjaValue>>);
+
+impl PyList {
+    fn items(&self) -> std::sync::MutexGuard<'_, Vec<JinjaValue>> {
+        // A panic while the lock was held cannot leave the list half-changed.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Object for PyList {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        let items = self.items();
+        let i = py_index(i64::try_from(key.clone()).ok()?, items.len())?;
+        items.get(i).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Iter(Box::new(self.items().clone().into_iter()))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        args: &[JinjaValue],
+    ) -> Result<JinjaValue, JinjaError> {
+        let mut items = self.items();
+        match (method, args) {
+            ("append", [item]) => {
+                items.push(item.clone());
+                Ok(JinjaValue::from(()))
+            }
+            ("pop", [] | [_]) => {
+                let at = match args.first() {
+                    Some(i) => i64::try_from(i.clone())?,
+                    None => -1,
+                };
+                let i = py_index(at, items.len()).ok_or_else(|| {
+                    JinjaError::new(ErrorKind::InvalidOperation, "pop index out of range")
+                })?;
+                Ok(items.remove(i))
+            }
+            _ => Err(JinjaError::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
+/// A Python index (negative counts from the end) into a list of `len` items.
+fn py_index(at: i64, len: usize) -> Option<usize> {
+    let len = i64::try_from(len).ok()?;
+    let i = if at < 0 { at + len } else { at };
+    (0..len).contains(&i).then_some(i as usize)
+}
+
+/// Hugging Face's `tojson`, Python's `json.dumps`: `", "` and `": "` between items, no HTML
+/// escaping, and its `ensure_ascii`, `indent`, `separators` and `sort_keys` options. Tools
+/// and arguments then read as the model saw them in training (minijinja's own is compact,
+/// HTML-safe and refuses those options).
+fn tojson(
+    value: &JinjaValue,
+    ensure_ascii: Option<bool>,
+    indent: Option<JinjaValue>,
+    kwargs: Kwargs,
+) -> Result<JinjaValue, JinjaError> {
+    let ensure_ascii = match ensure_ascii {
+        Some(v) => v,
+        None => kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+    };
+    let indent = match indent {
+        Some(v) => Some(v),
+        None => kwargs.get::<Option<JinjaValue>>("indent")?,
+    };
+    let indent = match indent {
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(match v.as_str() {
+            Some(s) => s.to_string(),
+            None => " ".repeat(usize::try_from(v)?),
+        }),
+        None => None,
+    };
+    let separators = match kwargs.get::<Option<Vec<String>>>("separators")? {
+        Some(pair) => match <[String; 2]>::try_from(pair) {
+            Ok([item, key]) => (item, key),
+            Err(_) => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: separators must be (item_separator, key_separator)",
+                ))
+            }
+        },
+        None if indent.is_some() => (",".into(), ": ".into()),
+        None => (", ".into(), ": ".into()),
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value).map_err(|e| {
+        JinjaError::new(ErrorKind::InvalidOperation, "tojson: cannot serialize").with_source(e)
+    })?;
+    let dumps = PyDumps {
+        ensure_ascii,
+        indent,
+        separators,
+        sort_keys,
+    };
+    let mut out = String::new();
+    dumps.value(&json, 0, &mut out);
+    Ok(JinjaValue::from_safe_string(out))
+}
+
+/// The options of Python's `json.dumps`.
+struct PyDumps {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    separators: (String, String),
+    sort_keys: bool,
+}
+
+impl PyDumps {
+    fn value(&self, v: &Value, level: usize, out: &mut String) {
+        match v {
+            Value::String(s) => self.string(s, out),
+            Value::Array(items) => {
+                let items: Vec<&Value> = items.iter().collect();
+                self.container(('[', ']'), &items, level, out, |item, out| {
+                    self.value(item, level + 1, out)
+                });
+            }
+            Value::Object(map) => {
+                let mut pairs: Vec<(&String, &Value)> = map.iter().collect();
+                if self.sort_keys {
+                    pairs.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                self.container(('{', '}'), &pairs, level, out, |(k, v), out| {
+                    self.string(k, out);
+                    out.push_str(&self.separators.1);
+                    self.value(v, level + 1, out);
+                });
+            }
+            // null, booleans and numbers read the same in both.
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    fn container<T: Copy>(
+        &self,
+        (open, close): (char, char),
+        items: &[T],
+        level: usize,
+        out: &mut String,
+        mut each: impl FnMut(T, &mut String),
+    ) {
+        out.push(open);
+        if items.is_empty() {
+            out.push(close);
+            return;
+        }
+        let newline = |out: &mut String, level: usize| {
+            if let Some(indent) = &self.indent {
+                out.push('\n');
+                out.push_str(&indent.repeat(level));
+            }
+        };
+        for (i, &item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&self.separators.0);
+            }
+            newline(out, level + 1);
+            each(item, out);
+        }
+        newline(out, level);
+        out.push(close);
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (self.ensure_ascii && !(' '..='~').contains(&c)) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
 }
 
@@ -301,7 +565,41 @@ fn format_date(unix: u64, fmt: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_date;
+    use super::{format_date, ChatTemplate};
+    use serde_json::json;
+
+    /// `tojson` writes what transformers' (Python's `json.dumps`) writes, and a namespace's
+    /// lists change in place as in Jinja2.
+    #[test]
+    fn tojson_and_namespace_lists_behave_as_in_transformers() {
+        let source = concat!(
+            "{{ x | tojson }}|{{ x | tojson(indent=2) }}|",
+            "{{ x | tojson(ensure_ascii=True, separators=(',', ':'), sort_keys=True) }}|",
+            "{% set ns = namespace(q=[], n=0) %}{% set _ = ns.q.append('a') %}",
+            "{% set _ = ns.q.append('b') %}{% set _ = ns.q.append('c') %}",
+            "{{ ns.q.pop(0) }}{{ ns.q.pop() }}{{ ns.q | length }}{{ ns.q[-1] }}",
+            "{% if ns.q %}+{% endif %}{% set _ = ns.q.pop() %}{% if not ns.q %}-{% endif %}"
+        );
+        let template = ChatTemplate {
+            source,
+            bos_token: "",
+            eos_token: "",
+        };
+        let x = json!({"x": {"b": "\u{e9}<&\n", "a": [1, 2.5, null, true, {}]}});
+        let text = template
+            .render(&json!([]), None, false, Some(&x))
+            .expect("renders");
+        assert_eq!(
+            text,
+            concat!(
+                "{\"b\": \"\u{e9}<&\\n\", \"a\": [1, 2.5, null, true, {}]}|",
+                "{\n  \"b\": \"\u{e9}<&\\n\",\n  \"a\": [\n    1,\n    2.5,\n    null,\n",
+                "    true,\n    {}\n  ]\n}|",
+                "{\"a\":[1,2.5,null,true,{}],\"b\":\"\\u00e9<&\\n\"}|",
+                "ac1b+-"
+            )
+        );
+    }
 
     #[test]
     fn dates_format_like_strftime() {

@@ -27,6 +27,17 @@ pub enum ToolSyntax {
     /// DeepSeek V3 and R1 (`function<｜tool▁sep｜>NAME` and a fenced JSON block) and V3.1
     /// (`NAME<｜tool▁sep｜>{...}`), between `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`.
     DeepSeek,
+    /// Kimi K2: `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{...}
+    /// <|tool_call_end|>`, the calls between `<|tool_calls_section_begin|>` and
+    /// `<|tool_calls_section_end|>`.
+    KimiK2,
+    /// GLM-4.5 to 4.7 (and Laguna, Ling 3): `<tool_call>NAME<arg_key>K</arg_key>
+    /// <arg_value>V</arg_value>...</tool_call>`, newlines between the parts in 4.5 and 4.6;
+    /// a value is raw text for a string and JSON otherwise.
+    Glm,
+    /// Gemma 4: `<|tool_call>call:NAME{key:value,...}<tool_call|>`, keys bare, strings between
+    /// `<|"|>` marks, everything else as in JSON.
+    Gemma4,
     /// gpt-oss's harmony messages (`<|channel|>commentary to=functions.NAME …<|message|>{...}`),
     /// read by `harmony::HarmonyParser` with the rest of that format, never by `CallParser`.
     Harmony,
@@ -42,6 +53,20 @@ const DS_CALLS_END: &str = "<｜tool▁calls▁end｜>";
 const DS_CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 const DS_CALL_END: &str = "<｜tool▁call▁end｜>";
 const DS_SEP: &str = "<｜tool▁sep｜>";
+const KIMI_SECTION_BEGIN: &str = "<|tool_calls_section_begin|>";
+const KIMI_SECTION_END: &str = "<|tool_calls_section_end|>";
+const KIMI_CALL_BEGIN: &str = "<|tool_call_begin|>";
+const KIMI_CALL_END: &str = "<|tool_call_end|>";
+const KIMI_ARGS: &str = "<|tool_call_argument_begin|>";
+const GLM_KEY_OPEN: &str = "<arg_key>";
+const GLM_KEY_CLOSE: &str = "</arg_key>";
+const GLM_VALUE_OPEN: &str = "<arg_value>";
+const GLM_VALUE_CLOSE: &str = "</arg_value>";
+const GEMMA_OPEN: &str = "<|tool_call>";
+const GEMMA_CLOSE: &str = "<tool_call|>";
+const GEMMA_QUOTE: &str = "<|\"|>";
+/// Where Gemma 4's template puts the tool's answer after a call: the model's turn ends there.
+pub const GEMMA_RESPONSE: &str = "<|tool_response>";
 
 /// Every marker some syntax uses, for the tokenizer to keep in decoded text.
 pub const MARKERS: &[&str] = &[
@@ -55,6 +80,18 @@ pub const MARKERS: &[&str] = &[
     DS_CALL_BEGIN,
     DS_CALL_END,
     DS_SEP,
+    KIMI_SECTION_BEGIN,
+    KIMI_SECTION_END,
+    KIMI_CALL_BEGIN,
+    KIMI_CALL_END,
+    KIMI_ARGS,
+    GLM_KEY_OPEN,
+    GLM_KEY_CLOSE,
+    GLM_VALUE_OPEN,
+    GLM_VALUE_CLOSE,
+    GEMMA_OPEN,
+    GEMMA_CLOSE,
+    GEMMA_QUOTE,
 ];
 
 impl ToolSyntax {
@@ -63,6 +100,13 @@ impl ToolSyntax {
     pub fn infer(template: &str) -> Option<ToolSyntax> {
         if crate::harmony::is_harmony(template) {
             Some(ToolSyntax::Harmony)
+        } else if template.contains(GEMMA_OPEN) && template.contains(GEMMA_CLOSE) {
+            Some(ToolSyntax::Gemma4)
+        } else if template.contains(GLM_KEY_OPEN) {
+            // GLM's template writes `<tool_call>` too: it must not be taken for Hermes.
+            Some(ToolSyntax::Glm)
+        } else if template.contains(KIMI_SECTION_BEGIN) {
+            Some(ToolSyntax::KimiK2)
         } else if template.contains("<function=") && template.contains("<parameter=") {
             Some(ToolSyntax::QwenXml)
         } else if template.contains(HERMES_OPEN) {
@@ -91,6 +135,10 @@ impl ToolSyntax {
             "mistral" => ToolSyntax::Mistral,
             "deepseek" => ToolSyntax::DeepSeek,
             "harmony" => ToolSyntax::Harmony,
+            "kimi_k2" => ToolSyntax::KimiK2,
+            // mlx-lm's name, and vLLM's for the same syntax in GLM-4.5 and 4.6.
+            "glm47" | "glm45" => ToolSyntax::Glm,
+            "gemma4" => ToolSyntax::Gemma4,
             _ => return None,
         })
     }
@@ -104,14 +152,19 @@ impl ToolSyntax {
             ToolSyntax::Mistral => "mistral",
             ToolSyntax::DeepSeek => "deepseek",
             ToolSyntax::Harmony => "harmony",
+            ToolSyntax::KimiK2 => "kimi_k2",
+            ToolSyntax::Glm => "glm47",
+            ToolSyntax::Gemma4 => "gemma4",
         }
     }
 
     /// Markers that open a call region.
     fn openers(self) -> &'static [&'static str] {
         match self {
-            ToolSyntax::Hermes | ToolSyntax::QwenXml => &[HERMES_OPEN],
+            ToolSyntax::Hermes | ToolSyntax::QwenXml | ToolSyntax::Glm => &[HERMES_OPEN],
             ToolSyntax::Llama3 => &[PYTHON_TAG],
+            ToolSyntax::KimiK2 => &[KIMI_CALL_BEGIN],
+            ToolSyntax::Gemma4 => &[GEMMA_OPEN],
             ToolSyntax::Mistral => &[MISTRAL_CALLS],
             ToolSyntax::DeepSeek => &[DS_CALL_BEGIN],
             ToolSyntax::Harmony => &[],
@@ -122,8 +175,10 @@ impl ToolSyntax {
     /// the end of the output.
     fn closer(self) -> Option<&'static str> {
         match self {
-            ToolSyntax::Hermes | ToolSyntax::QwenXml => Some(HERMES_CLOSE),
+            ToolSyntax::Hermes | ToolSyntax::QwenXml | ToolSyntax::Glm => Some(HERMES_CLOSE),
             ToolSyntax::DeepSeek => Some(DS_CALL_END),
+            ToolSyntax::KimiK2 => Some(KIMI_CALL_END),
+            ToolSyntax::Gemma4 => Some(GEMMA_CLOSE),
             ToolSyntax::Llama3 | ToolSyntax::Mistral | ToolSyntax::Harmony => None,
         }
     }
@@ -132,18 +187,23 @@ impl ToolSyntax {
     fn wrappers(self) -> &'static [&'static str] {
         match self {
             ToolSyntax::DeepSeek => &[DS_CALLS_BEGIN, DS_CALLS_END],
+            ToolSyntax::KimiK2 => &[KIMI_SECTION_BEGIN, KIMI_SECTION_END],
             _ => &[],
         }
     }
 
-    /// The calls in one region's body (the text between its markers), as far as written.
-    fn parse_region(self, body: &str, types: &ParamTypes) -> Vec<PartialCall> {
+    /// The calls in one region's body (the text between its markers), as far as written;
+    /// `closed`: the region's closing marker followed it.
+    fn parse_region(self, body: &str, types: &ParamTypes, closed: bool) -> Vec<PartialCall> {
         match self {
             ToolSyntax::Hermes => parse_json_calls(body, ""),
             ToolSyntax::Llama3 => parse_json_calls(body, ";"),
             ToolSyntax::QwenXml => parse_xml_call(body, types).into_iter().collect(),
             ToolSyntax::Mistral => parse_mistral(body),
             ToolSyntax::DeepSeek => parse_deepseek(body).into_iter().collect(),
+            ToolSyntax::KimiK2 => parse_kimi(body).into_iter().collect(),
+            ToolSyntax::Glm => parse_glm(body, types, closed),
+            ToolSyntax::Gemma4 => parse_gemma(body).into_iter().collect(),
             ToolSyntax::Harmony => Vec::new(),
         }
     }
@@ -389,7 +449,9 @@ impl CallParser {
             }
         };
         let done = closed_at.is_some() || at_end;
-        let mut calls = self.syntax.parse_region(&self.buf[..body_end], &self.types);
+        let mut calls =
+            self.syntax
+                .parse_region(&self.buf[..body_end], &self.types, closed_at.is_some());
         let room = self.max_calls.saturating_sub(self.base) as usize;
         calls.truncate(room);
         if done {
@@ -752,20 +814,226 @@ fn parse_deepseek(body: &str) -> Option<PartialCall> {
     } else {
         (head.trim().to_string(), tail)
     };
-    let brace = args_text.find('{');
-    let (arguments, complete) = match brace {
-        Some(b) => {
-            let args = &args_text[b..];
-            let end = scan_value(args.as_bytes(), 0);
-            (args[..end.unwrap_or(args.len())].to_string(), end.is_some())
-        }
-        None => (String::new(), false),
-    };
+    let (arguments, complete) = json_object_from(args_text);
     Some(PartialCall {
         name: Some(name),
         arguments,
         complete,
     })
+}
+
+/// The JSON object starting at the first `{` of `text`, as far as written, and whether it
+/// is complete.
+fn json_object_from(text: &str) -> (String, bool) {
+    match text.find('{') {
+        Some(b) => {
+            let args = &text[b..];
+            let end = scan_value(args.as_bytes(), 0);
+            (args[..end.unwrap_or(args.len())].to_string(), end.is_some())
+        }
+        None => (String::new(), false),
+    }
+}
+
+/// Kimi K2: `functions.NAME:IDX<|tool_call_argument_begin|>{...}`. The name is known once
+/// the argument marker follows it.
+fn parse_kimi(body: &str) -> Option<PartialCall> {
+    let (id, args_text) = body.split_once(KIMI_ARGS)?;
+    let id = id.trim();
+    let id = id.strip_prefix("functions.").unwrap_or(id);
+    // The index after the colon counts calls over the conversation; it is not the name's.
+    let name = match id.rsplit_once(':') {
+        Some((name, index)) if index.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => id,
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let (arguments, complete) = json_object_from(args_text);
+    Some(PartialCall {
+        name: Some(name.to_string()),
+        arguments,
+        complete,
+    })
+}
+
+/// GLM: `NAME` then `<arg_key>K</arg_key><arg_value>V</arg_value>` pairs, whitespace allowed
+/// between the parts. A value is raw text where the schema says string, JSON otherwise (raw
+/// text again if it does not parse). The arguments JSON grows by one whole pair at a time.
+fn parse_glm(body: &str, types: &ParamTypes, closed: bool) -> Vec<PartialCall> {
+    let body = body.trim_start();
+    if body.starts_with('{') {
+        // A Hermes JSON call inside GLM's tags, which GLM models sometimes write.
+        return parse_json_calls(body, "");
+    }
+    // The name ends at the line's end or the first tag; with neither, only the closing tag
+    // says it is whole.
+    let name_end = match body.find(['\n', '<']) {
+        Some(i) => i,
+        None if closed => body.len(),
+        None => return Vec::new(),
+    };
+    let name = body[..name_end].trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Vec::new();
+    }
+    let mut rest = &body[name_end..];
+    let mut parts = Vec::new();
+    while let Some(key_text) = rest.trim_start().strip_prefix(GLM_KEY_OPEN) {
+        let Some((key, after_key)) = key_text.split_once(GLM_KEY_CLOSE) else {
+            break;
+        };
+        let Some(value_text) = after_key.trim_start().strip_prefix(GLM_VALUE_OPEN) else {
+            break;
+        };
+        let Some((raw, after_value)) = value_text.split_once(GLM_VALUE_CLOSE) else {
+            break;
+        };
+        let key = key.trim();
+        let value = if types.is_string(name, key) {
+            Value::String(raw.to_string())
+        } else {
+            serde_json::from_str(raw.trim()).unwrap_or_else(|_| Value::String(raw.to_string()))
+        };
+        parts.push(format!("{}: {value}", Value::String(key.to_string())));
+        rest = after_value;
+    }
+    let arguments = match (parts.is_empty(), closed) {
+        (true, true) => "{}".to_string(),
+        (true, false) => String::new(),
+        (false, true) => format!("{{{}}}", parts.join(", ")),
+        (false, false) => format!("{{{}", parts.join(", ")),
+    };
+    vec![PartialCall {
+        name: Some(name.to_string()),
+        arguments,
+        complete: closed,
+    }]
+}
+
+/// Gemma 4: `call:NAME{key:value,...}`. The arguments JSON grows by one whole top-level
+/// pair at a time.
+fn parse_gemma(body: &str) -> Option<PartialCall> {
+    let rest = body.trim_start().strip_prefix("call:")?;
+    let brace = rest.find('{')?;
+    let name = rest[..brace].trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let object = &rest[brace..];
+    let mut parts = Vec::new();
+    let mut complete = false;
+    let mut i = 1; // past '{'
+    loop {
+        i = skip_ws(object.as_bytes(), i);
+        let tail = &object[i..];
+        if tail.starts_with('}') {
+            complete = true;
+            break;
+        }
+        if tail.starts_with(',') {
+            i += 1;
+            continue;
+        }
+        let Some((key, after_key)) = gemma_key(object, i) else {
+            break;
+        };
+        let Some((value, end)) = gemma_value(object, after_key) else {
+            break;
+        };
+        parts.push(format!("{}: {value}", Value::String(key)));
+        i = end;
+    }
+    let arguments = match (parts.is_empty(), complete) {
+        (true, true) => "{}".to_string(),
+        (true, false) => String::new(),
+        (false, true) => format!("{{{}}}", parts.join(", ")),
+        (false, false) => format!("{{{}", parts.join(", ")),
+    };
+    Some(PartialCall {
+        name: Some(name.to_string()),
+        arguments,
+        complete,
+    })
+}
+
+/// A Gemma 4 key at `i` (bare, or between `<|"|>` marks) and where its value starts, past
+/// the colon.
+fn gemma_key(s: &str, i: usize) -> Option<(String, usize)> {
+    let i = skip_ws(s.as_bytes(), i);
+    let (key, end) = match s[i..].strip_prefix(GEMMA_QUOTE) {
+        Some(quoted) => {
+            let len = quoted.find(GEMMA_QUOTE)?;
+            (quoted[..len].to_string(), i + 2 * GEMMA_QUOTE.len() + len)
+        }
+        None => {
+            let len = s[i..].find(':')?;
+            (s[i..i + len].trim().to_string(), i + len)
+        }
+    };
+    let colon = skip_ws(s.as_bytes(), end);
+    (s[colon..].starts_with(':') && !key.is_empty()).then_some((key, colon + 1))
+}
+
+/// The Gemma 4 value at `i` as JSON, and where it ends; `None` while it is not complete (a
+/// bare number or word ends only at the delimiter after it).
+fn gemma_value(s: &str, i: usize) -> Option<(Value, usize)> {
+    let i = skip_ws(s.as_bytes(), i);
+    let tail = &s[i..];
+    if let Some(quoted) = tail.strip_prefix(GEMMA_QUOTE) {
+        let len = quoted.find(GEMMA_QUOTE)?;
+        let end = i + 2 * GEMMA_QUOTE.len() + len;
+        return Some((Value::String(quoted[..len].to_string()), end));
+    }
+    match tail.as_bytes().first()? {
+        b'{' => {
+            let mut map = Map::new();
+            let mut j = i + 1;
+            loop {
+                j = skip_ws(s.as_bytes(), j);
+                match s.as_bytes().get(j)? {
+                    b'}' => return Some((Value::Object(map), j + 1)),
+                    b',' => j += 1,
+                    _ => {
+                        let (key, at) = gemma_key(s, j)?;
+                        let (value, end) = gemma_value(s, at)?;
+                        map.insert(key, value);
+                        j = end;
+                    }
+                }
+            }
+        }
+        b'[' => {
+            let mut list = Vec::new();
+            let mut j = i + 1;
+            loop {
+                j = skip_ws(s.as_bytes(), j);
+                match s.as_bytes().get(j)? {
+                    b']' => return Some((Value::Array(list), j + 1)),
+                    b',' => j += 1,
+                    _ => {
+                        let (value, end) = gemma_value(s, j)?;
+                        list.push(value);
+                        j = end;
+                    }
+                }
+            }
+        }
+        _ => {
+            let len = tail.find([',', '}', ']'])?;
+            let word = tail[..len].trim();
+            let value = match word {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                // Python writes None; minijinja, none.
+                "null" | "None" | "none" => Value::Null,
+                _ => serde_json::from_str::<serde_json::Number>(word)
+                    .map(Value::Number)
+                    .unwrap_or_else(|_| Value::String(word.to_string())),
+            };
+            Some((value, i + len))
+        }
+    }
 }
 
 /// The tools a forced call may use: all of them, or the one `tool_choice` names.
@@ -812,6 +1080,8 @@ pub fn forced_call_grammar(
     };
     let mut rules = Vec::new();
     let mut alts = Vec::new();
+    // Some Gemma 4 value is not typed by its schema: the rules for any value are needed.
+    let mut gemma_any = false;
     for (i, (name, params)) in chosen.iter().enumerate() {
         let quoted_name = serde_json::to_string(name).unwrap_or_default();
         let rule = match syntax {
@@ -853,6 +1123,43 @@ pub fn forced_call_grammar(
                     crate::harmony::call_rule(trie, name, &format!("args{i}"))
                 )
             }
+            ToolSyntax::KimiK2 => {
+                rules.push(format!("args{i}: %json {}", schema(params.clone())));
+                let id = serde_json::to_string(&format!("functions.{name}:")).unwrap_or_default();
+                // The index counts calls over the conversation: the model writes its own.
+                format!(
+                    "call{i}: {} {id} /[0-9]{{1,3}}/ {} args{i} {}",
+                    lit(KIMI_CALL_BEGIN),
+                    lit(KIMI_ARGS),
+                    lit(KIMI_CALL_END)
+                )
+            }
+            ToolSyntax::Glm => {
+                let pairs = glm_pairs(i, params, &lit, &schema, &mut rules);
+                // 4.5 and 4.6 put newlines between the parts, 4.7 does not: either is fine.
+                format!(
+                    "call{i}: {} {quoted_name} (\"\\n\")? {pairs} {}",
+                    lit(HERMES_OPEN),
+                    lit(HERMES_CLOSE)
+                )
+            }
+            ToolSyntax::Gemma4 => {
+                let quote = lit(GEMMA_QUOTE);
+                let mut gemma = GemmaRules {
+                    quote: &quote,
+                    rules: &mut rules,
+                    count: 0,
+                    any: false,
+                };
+                let object = gemma.object(&format!("g{i}"), params);
+                gemma_any |= gemma.any;
+                let head = serde_json::to_string(&format!("call:{name}")).unwrap_or_default();
+                format!(
+                    "call{i}: {} {head} {object} {}",
+                    lit(GEMMA_OPEN),
+                    lit(GEMMA_CLOSE)
+                )
+            }
             ToolSyntax::QwenXml => {
                 let names: Vec<String> = params
                     .get("properties")
@@ -892,24 +1199,250 @@ pub fn forced_call_grammar(
         ),
         _ => format!("({})", alts.join(" | ")),
     };
+    if gemma_any {
+        rules.extend(gemma_any_rules(&lit(GEMMA_QUOTE)));
+    }
     let sep = match syntax {
         ToolSyntax::Llama3 => "\"; \"",
-        ToolSyntax::Mistral | ToolSyntax::DeepSeek | ToolSyntax::Harmony => "",
+        ToolSyntax::Mistral
+        | ToolSyntax::DeepSeek
+        | ToolSyntax::Harmony
+        | ToolSyntax::KimiK2
+        | ToolSyntax::Gemma4 => "",
+        ToolSyntax::Glm => "(\"\\n\")?",
         _ => "\"\\n\"",
     };
-    let start = match (syntax, parallel) {
-        (ToolSyntax::DeepSeek, true) => format!(
-            "start: {} one ({sep} one)* {}",
-            lit(DS_CALLS_BEGIN),
-            lit(DS_CALLS_END)
-        ),
-        (ToolSyntax::DeepSeek, false) => {
-            format!("start: {} one {}", lit(DS_CALLS_BEGIN), lit(DS_CALLS_END))
-        }
-        (_, true) => format!("start: one ({sep} one)*"),
-        (_, false) => "start: one".to_string(),
+    let calls = if parallel {
+        format!("one ({sep} one)*")
+    } else {
+        "one".to_string()
     };
+    let start = match syntax {
+        ToolSyntax::DeepSeek => format!("{} {calls} {}", lit(DS_CALLS_BEGIN), lit(DS_CALLS_END)),
+        ToolSyntax::KimiK2 => format!(
+            "{} {calls} {}",
+            lit(KIMI_SECTION_BEGIN),
+            lit(KIMI_SECTION_END)
+        ),
+        _ => calls,
+    };
+    let start = format!("start: {start}");
     Ok(format!("{start}\none: {one}\n{}\n", rules.join("\n")))
+}
+
+/// The `(pair, required)` items of an object's properties written in order, `sep` between
+/// two: the required ones always, the optional ones or not. Adds the rules it needs (named
+/// from `prefix`) and returns the expression, `None` if there are no pairs.
+fn pair_sequence(
+    prefix: &str,
+    pairs: &[(String, bool)],
+    sep: &str,
+    rules: &mut Vec<String>,
+) -> Option<String> {
+    let n = pairs.len();
+    // What may follow once some pair is written, from pair `k` on.
+    let after = |k: usize| -> String {
+        pairs[k..]
+            .iter()
+            .map(|(p, required)| {
+                if *required {
+                    format!("{sep} {p}")
+                } else {
+                    format!("({sep} {p})?")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // `{prefix}_s{k}`: one pair or more from pair `k` on, none written before.
+    for k in (0..n).rev() {
+        let (pair, required) = &pairs[k];
+        let mut alts = format!("{pair} {}", after(k + 1));
+        if !required && k + 1 < n {
+            alts = format!("{alts} | {prefix}_s{}", k + 1);
+        }
+        rules.push(format!("{prefix}_s{k}: {alts}"));
+    }
+    if n == 0 {
+        None
+    } else if pairs.iter().all(|(_, required)| !required) {
+        Some(format!("({prefix}_s0)?"))
+    } else {
+        Some(format!("{prefix}_s0"))
+    }
+}
+
+/// Whether `schema` requires `key`.
+fn is_required(schema: &Value, key: &str) -> bool {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|k| k == key))
+}
+
+/// Raw text of a string with the schema's length bounds, as a lark expression that never
+/// needs an empty lexeme. `<` is left out: it would start the closing marker.
+fn raw_string(schema: &Value) -> String {
+    let bound = |k: &str| schema.get(k).and_then(Value::as_u64);
+    let min = bound("minLength").unwrap_or(0).max(1);
+    let max = bound("maxLength")
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let text = if min == 1 && max.is_empty() {
+        "/[^<]+/".to_string()
+    } else {
+        format!("/[^<]{{{min},{max}}}/")
+    };
+    if bound("minLength").unwrap_or(0) == 0 {
+        format!("({text})?")
+    } else {
+        text
+    }
+}
+
+/// A string schema's `enum` as lark alternatives of its raw texts, if it has one.
+fn string_enum(schema: &Value, quote: &str) -> Option<String> {
+    let values: Vec<String> = schema
+        .get("enum")?
+        .as_array()?
+        .iter()
+        .map(|v| {
+            Some(format!(
+                "{quote} {} {quote}",
+                serde_json::to_string(v.as_str()?).ok()?
+            ))
+        })
+        .collect::<Option<_>>()?;
+    (!values.is_empty()).then(|| format!("({})", values.join(" | ")))
+}
+
+/// GLM's `<arg_key>K</arg_key><arg_value>V</arg_value>` pairs for call `i`'s schema, in the
+/// schema's order: string values as raw text, others as JSON valid against their schema.
+fn glm_pairs(
+    i: usize,
+    params: &Value,
+    lit: &dyn Fn(&str) -> String,
+    schema: &dyn Fn(Value) -> String,
+    rules: &mut Vec<String>,
+) -> String {
+    let nl = "(\"\\n\")?";
+    let pair = |key: &str, value: &str| {
+        format!(
+            "{} {key} {} {nl} {} {value} {} {nl}",
+            lit(GLM_KEY_OPEN),
+            lit(GLM_KEY_CLOSE),
+            lit(GLM_VALUE_OPEN),
+            lit(GLM_VALUE_CLOSE)
+        )
+    };
+    let Some(props) = params.get("properties").and_then(Value::as_object) else {
+        // No schema for the arguments: any keys, any values.
+        rules.push(format!(
+            "glm{i}_any: {}",
+            pair("/[A-Za-z0-9_.-]+/", "(/[^<]+/)?")
+        ));
+        return format!("glm{i}_any*");
+    };
+    let mut pairs = Vec::new();
+    for (j, (key, prop)) in props.iter().enumerate() {
+        let value = if prop.get("type").and_then(Value::as_str) == Some("string") {
+            string_enum(prop, "").unwrap_or_else(|| raw_string(prop))
+        } else {
+            rules.push(format!("glm{i}_v{j}: %json {}", schema(prop.clone())));
+            format!("glm{i}_v{j}")
+        };
+        let quoted_key = serde_json::to_string(key).unwrap_or_default();
+        rules.push(format!("glm{i}_p{j}: {}", pair(&quoted_key, &value)));
+        pairs.push((format!("glm{i}_p{j}"), is_required(params, key)));
+    }
+    pair_sequence(&format!("glm{i}"), &pairs, "", rules).unwrap_or_default()
+}
+
+/// Lark rules for Gemma 4's argument syntax, driven by the tool's schema where it says a
+/// plain type, any value where it does not.
+struct GemmaRules<'a> {
+    /// Gemma's string mark, as a lark literal.
+    quote: &'a str,
+    rules: &'a mut Vec<String>,
+    /// Rules made so far, for unique names.
+    count: usize,
+    /// `gemma_any` is used: its rules must be added.
+    any: bool,
+}
+
+impl GemmaRules<'_> {
+    /// The expression for one value of `schema`.
+    fn value(&mut self, prefix: &str, schema: &Value) -> String {
+        let q = self.quote;
+        if let Some(alts) = string_enum(schema, q) {
+            return alts;
+        }
+        match schema.get("type").and_then(Value::as_str) {
+            Some("string") => format!("{q} {} {q}", raw_string(schema)),
+            Some("integer") => "/-?(0|[1-9][0-9]*)/".into(),
+            Some("number") => "/-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?/".into(),
+            Some("boolean") => "(\"true\" | \"false\")".into(),
+            Some("null") => "\"null\"".into(),
+            Some("object") if schema.get("properties").is_some() => {
+                self.count += 1;
+                let name = format!("{prefix}_o{}", self.count);
+                let object = self.object(&name, schema);
+                self.rules.push(format!("{name}: {object}"));
+                name
+            }
+            Some("array") => {
+                self.count += 1;
+                let name = format!("{prefix}_a{}", self.count);
+                let item = match schema.get("items") {
+                    Some(items) if items.is_object() => self.value(&name, items),
+                    _ => self.any(),
+                };
+                self.rules.push(format!("{name}_i: {item}"));
+                self.rules
+                    .push(format!("{name}: \"[\" ({name}_i (\",\" {name}_i)*)? \"]\""));
+                name
+            }
+            _ => self.any(),
+        }
+    }
+
+    /// `{key:value,...}` for an object schema: its properties in the template's order
+    /// (`dictsort`, which ignores case), keys bare.
+    fn object(&mut self, prefix: &str, schema: &Value) -> String {
+        let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+            self.any = true;
+            return "gemma_object".into();
+        };
+        let mut keys: Vec<(&String, &Value)> = props.iter().collect();
+        keys.sort_by_key(|(k, _)| k.to_lowercase());
+        let mut pairs = Vec::new();
+        for (j, (key, prop)) in keys.into_iter().enumerate() {
+            let value = self.value(&format!("{prefix}_{j}"), prop);
+            let head = serde_json::to_string(&format!("{key}:")).unwrap_or_default();
+            self.rules.push(format!("{prefix}_p{j}: {head} {value}"));
+            pairs.push((format!("{prefix}_p{j}"), is_required(schema, key)));
+        }
+        let inner = pair_sequence(prefix, &pairs, "\",\"", self.rules).unwrap_or_default();
+        format!("\"{{\" {inner} \"}}\"")
+    }
+
+    fn any(&mut self) -> String {
+        self.any = true;
+        "gemma_any".into()
+    }
+}
+
+/// Any Gemma 4 value: the rules behind `gemma_any` and `gemma_object`.
+fn gemma_any_rules(quote: &str) -> Vec<String> {
+    vec![
+        format!(
+            "gemma_any: {quote} (/[^<]+/)? {quote} | /-?[0-9]+(\\.[0-9]+)?([eE][+-]?[0-9]+)?/ \
+             | \"true\" | \"false\" | \"null\" | gemma_object \
+             | \"[\" (gemma_any (\",\" gemma_any)*)? \"]\""
+        ),
+        "gemma_object: \"{\" (gemma_pair (\",\" gemma_pair)*)? \"}\"".into(),
+        "gemma_pair: /[A-Za-z_][A-Za-z0-9_]*/ \":\" gemma_any".into(),
+    ]
 }
 
 /// The system prompt that teaches tools to a model whose template knows none, in the
@@ -951,6 +1484,12 @@ mod tests {
             pieces.extend(p.push(&chunk.iter().collect::<String>()));
         }
         pieces.extend(p.finish());
+        collect(pieces)
+    }
+
+    /// The joined text and the calls of `pieces`, checking every call's first delta carries
+    /// id and name.
+    fn collect(pieces: Vec<Piece>) -> (String, Vec<(String, String)>) {
         let mut content = String::new();
         let mut calls: Vec<(String, String)> = Vec::new();
         for piece in pieces {
@@ -1161,6 +1700,9 @@ mod tests {
             (ToolSyntax::DeepSeek, ds),
             (ToolSyntax::QwenXml, "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</function>\n</tool_call>".to_string()),
             (ToolSyntax::Harmony, "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{\"a\": 1}".to_string()),
+            (ToolSyntax::KimiK2, format!("{KIMI_SECTION_BEGIN}{KIMI_CALL_BEGIN}functions.f:0{KIMI_ARGS}{{\"a\": 1}}{KIMI_CALL_END}{KIMI_SECTION_END}")),
+            (ToolSyntax::Glm, "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value></tool_call>".to_string()),
+            (ToolSyntax::Gemma4, "<|tool_call>call:f{a:1}<tool_call|>".to_string()),
         ];
         for (syntax, text) in cases {
             let lark = forced_call_grammar(syntax, &tools, None, false, space.trie())
@@ -1215,6 +1757,183 @@ mod tests {
         (String::new(), calls)
     }
 
+    /// The calls read from `text` pushed in two pieces split at every character boundary,
+    /// and in pieces of one character; each reading must equal the first.
+    fn every_split(
+        syntax: ToolSyntax,
+        types: &ParamTypes,
+        text: &str,
+    ) -> (String, Vec<(String, String)>) {
+        let whole = run_with(syntax, types.clone(), text, usize::MAX, u32::MAX);
+        // Whitespace around calls may go either way, depending on where the pieces end.
+        let one_by_one = run_with(syntax, types.clone(), text, 1, u32::MAX);
+        assert_eq!(
+            (one_by_one.0.trim(), &one_by_one.1),
+            (whole.0.trim(), &whole.1),
+            "{syntax:?}: pieces of one character"
+        );
+        for (at, _) in text.char_indices().skip(1) {
+            let mut p = CallParser::new(syntax, types.clone(), u32::MAX, "call_");
+            let mut pieces = p.push(&text[..at]);
+            pieces.extend(p.push(&text[at..]));
+            pieces.extend(p.finish());
+            let (content, calls) = collect(pieces);
+            assert_eq!(
+                (content.trim(), &calls),
+                (whole.0.trim(), &whole.1),
+                "{syntax:?}: split after {:?}",
+                &text[..at]
+            );
+        }
+        whole
+    }
+
+    fn weather_types() -> ParamTypes {
+        ParamTypes::from_tools(Some(&json!([{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer"},
+                "zip": {"type": "string"}, "where": {"type": "object"}}}}}])))
+    }
+
+    #[test]
+    fn kimi_k2_sections_split_anywhere() {
+        let text = "Checking both.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"Paris\", \"days\": [1, 2]}<|tool_call_end|><|tool_call_begin|>functions.time:1<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>";
+        let (content, calls) = every_split(ToolSyntax::KimiK2, &ParamTypes::default(), text);
+        assert_eq!(content.trim(), "Checking both.");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].0.as_str(), args(&calls, 0)),
+            ("get_weather", json!({"city": "Paris", "days": [1, 2]}))
+        );
+        assert_eq!((calls[1].0.as_str(), args(&calls, 1)), ("time", json!({})));
+        // Names with a colon of their own keep it; only the trailing index goes.
+        let (_, calls) = run(
+            ToolSyntax::KimiK2,
+            "<|tool_call_begin|>functions.ns:f:12<|tool_call_argument_begin|>{}<|tool_call_end|>",
+            3,
+        );
+        assert_eq!(calls[0].0, "ns:f");
+    }
+
+    #[test]
+    fn glm_calls_in_45_and_47_layouts_split_anywhere() {
+        let glm46 = "Let me look.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris, 3e</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>zip</arg_key>\n<arg_value>75001</arg_value>\n<arg_key>where</arg_key>\n<arg_value>{\"lat\": 48.8, \"tags\": [\"a <b>\"]}</arg_value>\n</tool_call>\n<tool_call>time\n</tool_call>";
+        let glm47 = "Let me look.<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris, 3e</arg_value><arg_key>days</arg_key><arg_value>3</arg_value><arg_key>zip</arg_key><arg_value>75001</arg_value><arg_key>where</arg_key><arg_value>{\"lat\": 48.8, \"tags\": [\"a <b>\"]}</arg_value></tool_call><tool_call>time</tool_call>";
+        for text in [glm46, glm47] {
+            let (content, calls) = every_split(ToolSyntax::Glm, &weather_types(), text);
+            assert_eq!(content.trim(), "Let me look.");
+            assert_eq!(calls.len(), 2, "{text}");
+            assert_eq!(calls[0].0, "get_weather");
+            assert_eq!(
+                args(&calls, 0),
+                json!({"city": "Paris, 3e", "days": 3, "zip": "75001",
+                    "where": {"lat": 48.8, "tags": ["a <b>"]}}),
+                "a string parameter stays a string; the rest is JSON"
+            );
+            assert_eq!((calls[1].0.as_str(), args(&calls, 1)), ("time", json!({})));
+        }
+        // Prose after the tag is not a call; a Hermes JSON call in GLM's tags is.
+        let (content, calls) = run(ToolSyntax::Glm, "<tool_call>I would call it</tool_call>", 2);
+        assert!(calls.is_empty());
+        assert_eq!(content, "<tool_call>I would call it</tool_call>");
+        let (_, calls) = run(
+            ToolSyntax::Glm,
+            "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>",
+            2,
+        );
+        assert_eq!(
+            (calls[0].0.as_str(), args(&calls, 0)),
+            ("f", json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    fn gemma4_calls_split_anywhere() {
+        let text = "On it.<|tool_call>call:get_weather{city:<|\"|>Paris, {3e}<|\"|>,days:3,detailed:true,hours:[6,12.5],where:{lat:-48.8,note:<|\"|>a <b><|\"|>,none:null}}<tool_call|><|tool_call>call:time{}<tool_call|>";
+        let (content, calls) = every_split(ToolSyntax::Gemma4, &ParamTypes::default(), text);
+        assert_eq!(content.trim(), "On it.");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].0, "get_weather");
+        assert_eq!(
+            args(&calls, 0),
+            json!({"city": "Paris, {3e}", "days": 3, "detailed": true, "hours": [6, 12.5],
+                "where": {"lat": -48.8, "note": "a <b>", "none": null}})
+        );
+        assert_eq!((calls[1].0.as_str(), args(&calls, 1)), ("time", json!({})));
+    }
+
+    /// The new syntaxes' grammars follow the schema: required keys, optional ones in order,
+    /// string lengths and types.
+    #[test]
+    fn glm_and_gemma4_grammars_follow_the_schema() {
+        use crate::grammar::TokenSpace;
+        use llguidance::api::TopLevelGrammar;
+        use llguidance::toktrie::ApproximateTokEnv;
+
+        let env = ApproximateTokEnv::single_byte_env();
+        let eos = env.tok_trie().eos_token();
+        let space = TokenSpace::from_env(env, &[eos]).expect("space");
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {
+                "b": {"type": "string", "maxLength": 3},
+                "a": {"type": "integer"},
+                "c": {"type": "boolean"},
+                "d": {"type": "array", "items": {"type": "string", "enum": ["x", "y"]}}},
+            "required": ["a"]}}}),
+        ];
+        let accepts = |syntax: ToolSyntax, text: &str| -> bool {
+            let lark = forced_call_grammar(syntax, &tools, None, false, space.trie())
+                .unwrap_or_else(|e| panic!("{syntax:?}: {e}"));
+            let Ok(mut c) = space.constraint(TopLevelGrammar::from_lark(lark.clone())) else {
+                panic!("{syntax:?}: {lark}");
+            };
+            for &b in text.as_bytes() {
+                let mut logits = vec![0.0f32; space.trie().vocab_size()];
+                if c.apply(&mut logits).is_err() || logits[b as usize] == f32::NEG_INFINITY {
+                    return false;
+                }
+                if c.commit(u32::from(b)).is_err() {
+                    return false;
+                }
+            }
+            c.is_finished()
+        };
+        let glm = |pairs: &str| format!("<tool_call>f{pairs}</tool_call>");
+        let kv = |k: &str, v: &str| format!("<arg_key>{k}</arg_key><arg_value>{v}</arg_value>");
+        for (pairs, ok) in [
+            (kv("a", "1"), true),
+            (kv("b", "abc") + &kv("a", "-2") + &kv("c", "true"), true),
+            (
+                kv("b", "") + &kv("a", "1") + &kv("d", "[\"x\", \"y\"]"),
+                true,
+            ),
+            (kv("b", "abcd") + &kv("a", "1"), false),
+            (kv("b", "a"), false),
+            (kv("a", "1") + &kv("b", "a"), false),
+            (kv("a", "x"), false),
+        ] {
+            assert_eq!(accepts(ToolSyntax::Glm, &glm(&pairs)), ok, "{pairs}");
+        }
+        // GLM-4.6's newlines are allowed too.
+        assert!(accepts(
+            ToolSyntax::Glm,
+            "<tool_call>f\n<arg_key>a</arg_key>\n<arg_value>1</arg_value>\n</tool_call>"
+        ));
+        let gemma = |object: &str| format!("<|tool_call>call:f{{{object}}}<tool_call|>");
+        for (object, ok) in [
+            ("a:1", true),
+            ("a:-2,b:<|\"|>abc<|\"|>,c:false", true),
+            ("a:1,b:<|\"|><|\"|>,d:[<|\"|>y<|\"|>]", true),
+            ("a:1,b:<|\"|>abcd<|\"|>", false),
+            ("b:<|\"|>a<|\"|>,a:1", false),
+            ("c:true", false),
+            ("a:1,d:[<|\"|>z<|\"|>]", false),
+        ] {
+            assert_eq!(accepts(ToolSyntax::Gemma4, &gemma(object)), ok, "{object}");
+        }
+    }
+
     #[test]
     fn templates_name_their_syntax() {
         assert_eq!(
@@ -1238,9 +1957,204 @@ mod tests {
             ToolSyntax::infer("<｜tool▁call▁begin｜>"),
             Some(ToolSyntax::DeepSeek)
         );
+        assert_eq!(
+            ToolSyntax::infer("<|tool_calls_section_begin|>"),
+            Some(ToolSyntax::KimiK2)
+        );
+        assert_eq!(
+            ToolSyntax::infer("<tool_call>{{ name }}<arg_key>"),
+            Some(ToolSyntax::Glm)
+        );
+        assert_eq!(
+            ToolSyntax::infer("<|tool_call>call:{{ name }}<tool_call|>"),
+            Some(ToolSyntax::Gemma4)
+        );
         assert_eq!(ToolSyntax::infer("{{ messages }}"), None);
         for name in opta_lmx_shared::TOOL_SYNTAXES {
             assert!(ToolSyntax::from_name(name).is_some(), "{name}");
         }
+    }
+}
+
+/// The models' real chat templates (`tests/data/templates`, copied from a package registry;
+/// see the README there): they render a conversation with tools, calls and their results
+/// exactly as transformers does; the syntax is inferred from them; and the calls each writes
+/// into the history read back, through the reasoning split and the call parser, as the calls
+/// that went in.
+#[cfg(test)]
+mod real_templates {
+    use super::*;
+    use crate::output::{prompt_opens_thinking, OutputParser};
+    use crate::tokenizer::ChatTemplate;
+    use opta_lmx_shared::protocol::{answer_text, Delta};
+
+    macro_rules! data {
+        ($file:literal) => {
+            include_str!(concat!("../../tests/data/templates/", $file))
+        };
+    }
+
+    /// A template, what the reference renderer made of `conversation.json` with it, and
+    /// whether it keeps reasoning sent back with a call (the reference leaves it out where not).
+    struct Case {
+        source: &'static str,
+        rendered: &'static str,
+        syntax: ToolSyntax,
+        /// What opens an assistant turn.
+        header: &'static str,
+        /// What the template writes after the model's own text (its stop token).
+        turn_end: &'static str,
+        reasoning: bool,
+    }
+
+    fn round_trip(case: &Case) {
+        let Case {
+            source,
+            syntax,
+            header,
+            turn_end,
+            reasoning,
+            ..
+        } = *case;
+        assert_eq!(ToolSyntax::infer(source), Some(syntax));
+        let conversation: Value =
+            serde_json::from_str(data!("conversation.json")).expect("conversation.json");
+        let tools = &conversation["tools"];
+        let mut messages = conversation["messages"].clone();
+        if !reasoning {
+            if let Some(call) = messages[1].as_object_mut() {
+                call.remove("reasoning_content");
+            }
+        }
+        let template = ChatTemplate {
+            source,
+            bos_token: "<bos>",
+            eos_token: "<eos>",
+        };
+        let render = |upto: usize, generation_prompt: bool| {
+            let head = Value::Array(messages.as_array().expect("messages")[..upto].to_vec());
+            template
+                .render(&head, Some(tools), generation_prompt, None)
+                .unwrap_or_else(|e| panic!("{syntax:?}: {e}"))
+        };
+        assert_eq!(render(4, true), case.rendered, "{syntax:?}");
+
+        // What the model was asked to continue, and what the template writes for its turn.
+        let prompt = render(1, true);
+        let history = render(2, false);
+        let turn = history
+            .rsplit_once(header)
+            .map(|(_, turn)| turn)
+            .unwrap_or_else(|| panic!("{header:?} in {history}"));
+        let turn = turn.trim_end();
+        let turn = turn.strip_suffix(turn_end).unwrap_or(turn);
+        // A prompt that opened a block already wrote its opening marker.
+        let opened = prompt.rsplit_once(header).map_or("", |(_, t)| t);
+        let output = turn.strip_prefix(opened).unwrap_or(turn);
+        let thinking = prompt_opens_thinking(&prompt);
+
+        let sent = &messages[1]["tool_calls"];
+        for step in [1, 3, usize::MAX] {
+            let calls = CallParser::new(syntax, ParamTypes::from_tools(Some(tools)), 8, "c");
+            let mut parser = OutputParser::new(Some(thinking), Some(calls));
+            let chars: Vec<char> = output.chars().collect();
+            let mut deltas = Vec::new();
+            for piece in chars.chunks(step) {
+                deltas.extend(parser.push(&piece.iter().collect::<String>(), 1, false));
+            }
+            deltas.extend(parser.push("", 0, true));
+            let said: String = deltas
+                .iter()
+                .filter_map(|d| match d {
+                    Delta::Reasoning { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut read: Vec<Value> = Vec::new();
+            let mut texts: Vec<String> = Vec::new();
+            for d in &deltas {
+                if let Delta::ToolCall {
+                    name, arguments, ..
+                } = d
+                {
+                    match name {
+                        Some(n) => {
+                            read.push(json!({"name": n}));
+                            texts.push(arguments.clone());
+                        }
+                        None => texts.last_mut().expect("a call").push_str(arguments),
+                    }
+                }
+            }
+            for (call, text) in read.iter_mut().zip(&texts) {
+                call["arguments"] = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("{syntax:?}: arguments {text:?}: {e}"));
+            }
+            let context = format!("{syntax:?}, step {step}: {output:?}");
+            assert_eq!(answer_text(&deltas).trim(), "", "{context}");
+            if reasoning {
+                assert_eq!(said.trim(), messages[1]["reasoning_content"], "{context}");
+            }
+            let expected: Vec<&Value> = sent
+                .as_array()
+                .expect("tool_calls")
+                .iter()
+                .map(|c| &c["function"])
+                .collect();
+            assert_eq!(read.iter().collect::<Vec<_>>(), expected, "{context}");
+        }
+    }
+
+    #[test]
+    fn kimi_k2() {
+        let header = "<|im_assistant|>assistant<|im_middle|>";
+        round_trip(&Case {
+            source: data!("Kimi-K2-Instruct.jinja"),
+            rendered: data!("rendered/Kimi-K2-Instruct.txt"),
+            syntax: ToolSyntax::KimiK2,
+            header,
+            turn_end: "<|im_end|>",
+            reasoning: false,
+        });
+        round_trip(&Case {
+            source: data!("Kimi-K2-Thinking.jinja"),
+            rendered: data!("rendered/Kimi-K2-Thinking.txt"),
+            syntax: ToolSyntax::KimiK2,
+            header,
+            turn_end: "<|im_end|>",
+            reasoning: true,
+        });
+    }
+
+    #[test]
+    fn glm_46_and_47() {
+        round_trip(&Case {
+            source: data!("GLM-4.6.jinja"),
+            rendered: data!("rendered/GLM-4.6.txt"),
+            syntax: ToolSyntax::Glm,
+            header: "<|assistant|>",
+            turn_end: "",
+            reasoning: true,
+        });
+        round_trip(&Case {
+            source: data!("GLM-4.7-Flash.jinja"),
+            rendered: data!("rendered/GLM-4.7-Flash.txt"),
+            syntax: ToolSyntax::Glm,
+            header: "<|assistant|>",
+            turn_end: "",
+            reasoning: true,
+        });
+    }
+
+    #[test]
+    fn gemma_4() {
+        round_trip(&Case {
+            source: data!("google-gemma-4-31B-it.jinja"),
+            rendered: data!("rendered/google-gemma-4-31B-it.txt"),
+            syntax: ToolSyntax::Gemma4,
+            header: "<|turn>model\n",
+            turn_end: GEMMA_RESPONSE,
+            reasoning: false,
+        });
     }
 }
