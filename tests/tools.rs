@@ -15,7 +15,7 @@ const CASES: &[(&str, &str)] = &[
     ("opta/tiny-random-llama", "deepseek"),
     ("opta/tiny-random-deepseek-v3", "kimi_k2"),
     ("opta/tiny-random-glm4-moe", "glm47"),
-    ("opta/tiny-random-gemma3", "gemma4"),
+    ("opta/tiny-random-gemma4", "gemma4"),
 ];
 
 fn body(model: &str, stream: bool) -> Value {

@@ -9,8 +9,54 @@ use crate::tool_syntax::{CallParser, Piece};
 pub const THINK_OPEN: &str = "<think>";
 pub const THINK_CLOSE: &str = "</think>";
 
-/// Splits `<think>...</think>` out of a text stream, holding back partial markers.
+/// The markers around a reasoning block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThinkMarkers {
+    pub open: &'static str,
+    pub close: &'static str,
+}
+
+/// `<think>…</think>`: Qwen3, DeepSeek-R1, GLM, Kimi K2 Thinking and most others.
+pub const THINK: ThinkMarkers = ThinkMarkers {
+    open: THINK_OPEN,
+    close: THINK_CLOSE,
+};
+
+/// Gemma 4's thought channel, as its template writes one back into history.
+pub const GEMMA4_THOUGHT: ThinkMarkers = ThinkMarkers {
+    open: "<|channel>thought\n",
+    close: "<channel|>",
+};
+
+/// Reasoning tokens whose text must survive decoding (they are special in the vocabularies).
+pub const MARKERS: &[&str] = &[THINK_OPEN, THINK_CLOSE, "<|channel>", "<channel|>"];
+
+impl ThinkMarkers {
+    /// The markers a chat template writes reasoning between.
+    pub fn of_template(template: &str) -> ThinkMarkers {
+        if template.contains("<|channel>thought") {
+            GEMMA4_THOUGHT
+        } else {
+            THINK
+        }
+    }
+
+    /// Whether a rendered prompt leaves the model inside a reasoning block.
+    pub fn opened_by(&self, prompt: &str) -> bool {
+        let tail = prompt.trim_end();
+        let open = self.open.trim_end();
+        match (tail.rfind(open), tail.rfind(self.close)) {
+            (Some(open), Some(close)) => open > close,
+            (Some(_), None) => tail.ends_with(open),
+            _ => false,
+        }
+    }
+}
+
+/// Splits reasoning blocks (`<think>...</think>` or another pair of markers) out of a text
+/// stream, holding back partial markers.
 pub struct ThinkSplitter {
+    markers: ThinkMarkers,
     thinking: bool,
     buf: String,
     /// Just left a reasoning block: whitespace before the answer is dropped.
@@ -21,6 +67,7 @@ impl ThinkSplitter {
     /// `thinking`: the prompt already opened a `<think>` block (Qwen3, DeepSeek-R1).
     pub fn new(thinking: bool) -> Self {
         ThinkSplitter {
+            markers: THINK,
             thinking,
             buf: String::new(),
             trim: false,
@@ -48,9 +95,9 @@ impl ThinkSplitter {
                 self.trim = self.buf.is_empty();
             }
             let marker = if self.thinking {
-                THINK_CLOSE
+                self.markers.close
             } else {
-                THINK_OPEN
+                self.markers.open
             };
             if let Some(i) = self.buf.find(marker) {
                 let before: String = self.buf.drain(..i).collect();
@@ -97,6 +144,14 @@ impl OutputParser {
             pending_tokens: 0,
             reasoning_tokens: 0,
         }
+    }
+
+    /// Reasoning between `markers` rather than `<think>` tags (Gemma 4).
+    pub fn reasoning_in(mut self, markers: ThinkMarkers) -> Self {
+        if let Some(t) = &mut self.think {
+            t.markers = markers;
+        }
+        self
     }
 
     /// A harmony model's output (gpt-oss).
@@ -202,12 +257,7 @@ impl OutputParser {
 
 /// Whether a rendered prompt leaves the model inside a reasoning block.
 pub fn prompt_opens_thinking(prompt: &str) -> bool {
-    let tail = prompt.trim_end();
-    match (tail.rfind(THINK_OPEN), tail.rfind(THINK_CLOSE)) {
-        (Some(open), Some(close)) => open > close,
-        (Some(_), None) => tail.ends_with(THINK_OPEN),
-        _ => false,
-    }
+    THINK.opened_by(prompt)
 }
 
 #[cfg(test)]
@@ -251,6 +301,25 @@ mod tests {
                     .count()
                     .div_ceil(step)
             );
+        }
+    }
+
+    /// Gemma 4 thinks in its thought channel; its real template says so.
+    #[test]
+    fn gemma4_thoughts_split_at_any_boundary() {
+        let template = include_str!("../../tests/data/templates/google-gemma-4-31B-it.jinja");
+        let markers = ThinkMarkers::of_template(template);
+        assert_eq!(markers, GEMMA4_THOUGHT);
+        assert_eq!(ThinkMarkers::of_template("{{ '<think>' }}"), THINK);
+        // With thinking off, the template closes an empty channel in the prompt.
+        assert!(!markers.opened_by("<|turn>model\n<|channel>thought\n<channel|>"));
+        assert!(markers.opened_by("<|turn>model\n<|channel>thought\n"));
+        let text = "<|channel>thought\nIt is 1 < 2.<channel|>The answer.";
+        for step in 1..text.len() {
+            let mut p = OutputParser::new(Some(false), None).reasoning_in(markers);
+            let d = feed(&mut p, text, step);
+            assert_eq!(reasoning(&d), "It is 1 < 2.", "step {step}");
+            assert_eq!(answer_text(&d), "The answer.", "step {step}");
         }
     }
 

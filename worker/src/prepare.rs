@@ -85,7 +85,7 @@ pub fn prepare(
 
     let (thinking, tools, syntax) = match &chat {
         Some((text, tools, syntax)) => (
-            reasons(engine).then(|| output::prompt_opens_thinking(text)),
+            reasons(engine).then(|| think_markers(engine).opened_by(text)),
             tools.clone(),
             *syntax,
         ),
@@ -127,8 +127,10 @@ pub fn prepare(
                     lark.replacen("start:", "answer:", 1)
                 )
             } else if thinking == Some(true) {
-                let close =
-                    grammar::lark_literal(engine.token_space()?.trie(), output::THINK_CLOSE);
+                let close = grammar::lark_literal(
+                    engine.token_space()?.trie(),
+                    think_markers(engine).close,
+                );
                 format!(
                     "start: {close} \"\\n\\n\" answer\n{}",
                     lark.replacen("start:", "answer:", 1)
@@ -151,7 +153,7 @@ pub fn prepare(
             constraint,
             parser: match harmony {
                 Some(h) => OutputParser::harmony(h),
-                None => OutputParser::new(thinking, calls),
+                None => OutputParser::new(thinking, calls).reasoning_in(think_markers(engine)),
             },
         },
     })
@@ -380,13 +382,23 @@ fn speaks_harmony(engine: &Engine) -> bool {
         || engine.tokenizer.template().is_some_and(harmony::is_harmony)
 }
 
-/// Whether the model writes `<think>` blocks: its template or vocabulary knows the marker.
-fn reasons(engine: &Engine) -> bool {
+/// The markers the model's template writes reasoning between.
+fn think_markers(engine: &Engine) -> output::ThinkMarkers {
     engine
         .tokenizer
         .template()
-        .is_some_and(|t| t.contains(output::THINK_CLOSE))
-        || engine.tokenizer.token_id(output::THINK_CLOSE).is_some()
+        .map_or(output::THINK, output::ThinkMarkers::of_template)
+}
+
+/// Whether the model writes reasoning blocks: its template or vocabulary knows the closing
+/// marker.
+fn reasons(engine: &Engine) -> bool {
+    let close = think_markers(engine).close;
+    engine
+        .tokenizer
+        .template()
+        .is_some_and(|t| t.contains(close))
+        || engine.tokenizer.token_id(close).is_some()
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Value, GenerateError> {

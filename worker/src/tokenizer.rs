@@ -133,7 +133,7 @@ impl Tokenizer {
         let kept_specials = crate::tool_syntax::MARKERS
             .iter()
             .chain(crate::harmony::MARKERS)
-            .chain([&crate::output::THINK_OPEN, &crate::output::THINK_CLOSE])
+            .chain(crate::output::MARKERS)
             .filter_map(|m| inner.token_to_id(m))
             .collect();
         Ok(Tokenizer {

@@ -105,7 +105,10 @@ fn check_against_mlx_lm_within(variant: &str, conversations: usize, tokens: usiz
         let got = run(&engine, messages, &greedy(max.min(tokens)));
         if want.len() > tokens {
             want.truncate(tokens);
-            assert_eq!(got.ids, want, "{variant}: first generated ids for {messages}");
+            assert_eq!(
+                got.ids, want,
+                "{variant}: first generated ids for {messages}"
+            );
         } else {
             assert_eq!(got.ids, want, "{variant}: generated ids for {messages}");
             assert_eq!(got.text, case["text"].as_str().unwrap(), "{variant}: text");
