@@ -66,7 +66,8 @@ fn gemma3_answers_through_the_daemon_as_mlx_lm_does() {
 }
 
 /// The 2026 families through the daemon: Qwen3-Next, Qwen3.5 and Gemma 4 in mlx-lm's layout,
-/// Qwen3.5 MoE, DeepSeek-V3 and Gemma 4 MoE in Hugging Face's answer as mlx-lm does; a conversation resent with a new turn
+/// Qwen3.5 MoE, DeepSeek-V3, Gemma 4 MoE and Nemotron-H in Hugging Face's answer as mlx-lm
+/// does; a conversation resent with a new turn
 /// starts from the recurrent snapshot its first turn left, and answers as it does without it.
 #[test]
 fn hybrid_and_latent_attention_models_answer_through_the_daemon_as_mlx_lm_does() {
@@ -78,6 +79,7 @@ fn hybrid_and_latent_attention_models_answer_through_the_daemon_as_mlx_lm_does()
         "tiny-random-deepseek-v3-hf",
         "tiny-random-gemma4",
         "tiny-random-gemma4-moe-hf",
+        "tiny-random-nemotron-h-hf",
     ] {
         check_first_case(&d, variant);
     }

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -869,6 +870,69 @@ def gemma4(src: dict, out: Path, source: Path) -> None:
     print(f"wrote {dst}")
 
 
+def nemotron_h(src: dict, out: Path, source: Path) -> None:
+    """Nemotron-H, built by mlx-lm's own class with its weights redrawn (step-size biases and
+    decays as Mamba draws them): tiny-random-nemotron-h has every block kind, `M*-ME` (Mamba-2
+    with 8 heads in 2 groups, a 16-wide state and a biased kernel-4 convolution; attention
+    without positions; a relu² MLP; 8 relu² experts in 2 groups behind the sigmoid router,
+    inside a 64-wide latent space, with a shared expert), the step size bounded by
+    `time_step_limit: [0.0, Infinity]` written as Python writes it; -4bit is it quantized by
+    mlx-lm; -hf is Hugging Face's layout (convolutions [channels, 1, kernel], experts one by
+    one, an MTP head to leave out)."""
+    import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
+    from mlx.utils import tree_unflatten
+    from mlx_lm.models import nemotron_h as nemotron
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config.update({
+        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "vocab_size": src["vocab_size"],
+        "hidden_size": HIDDEN, "intermediate_size": INTER, "max_position_embeddings": 4096,
+        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+        "attention_bias": False, "mamba_num_heads": 8, "mamba_head_dim": 16, "mamba_proj_bias": False,
+        "ssm_state_size": 16, "conv_kernel": 4, "n_groups": 2, "mlp_bias": False, "layer_norm_epsilon": 1e-5,
+        "use_bias": False, "use_conv_bias": True, "hybrid_override_pattern": "M*-ME",
+        "moe_intermediate_size": 64, "moe_shared_expert_intermediate_size": 96, "moe_latent_size": 64,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+        "norm_topk_prob": True, "routed_scaling_factor": 2.5, "time_step_limit": [0.0, float("inf")],
+        "tie_word_embeddings": False, "torch_dtype": "float32",
+    })
+    model = nemotron.Model(nemotron.ModelArgs.from_dict(config))
+    w = redraw(model)
+    for name, t in w.items():
+        if name.endswith("dt_bias"):
+            # softplus⁻¹ of steps between 0.001 and 0.1, as Mamba initialises them.
+            dt = mx.exp(mx.random.uniform(math.log(0.001), math.log(0.1), t.shape))
+            w[name] = dt + mx.log(-mx.expm1(-dt))
+        elif name.endswith(".D"):
+            w[name] = mx.random.uniform(0.5, 1.5, t.shape)
+    model.update(tree_unflatten(list(w.items())))
+    write(out / "tiny-random-nemotron-h", source, config, w)
+
+    hf = {}
+    for name, t in w.items():
+        if "conv1d.weight" in name:
+            t = t.swapaxes(1, 2)
+        if ".switch_mlp.fc" in name:
+            proj = "up_proj" if ".fc1." in name else "down_proj"
+            for e in range(t.shape[0]):
+                hf[name.replace(f"switch_mlp.{'fc1' if proj == 'up_proj' else 'fc2'}", f"experts.{e}.{proj}")] = t[e]
+            continue
+        hf[name] = t
+    hf["mtp.layers.0.norm.weight"] = mx.ones((HIDDEN,))
+    write(out / "tiny-random-nemotron-h-hf", source, config, hf)
+
+    dst = out / "tiny-random-nemotron-h-4bit"
+    model, quantized = quantize_model(model, dict(config), group_size=32, bits=4)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(dst, model)
+    save_config(quantized, config_path=dst / "config.json")
+    for f in (out / "tiny-random-nemotron-h").iterdir():
+        if f.name != "config.json" and not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    print(f"wrote {dst}")
+
+
 def write(out: Path, source: Path, config: dict, weights: dict[str, mx.array]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -1103,6 +1167,8 @@ def main() -> None:
     lfm2(src, args.out, args.source)
     mx.random.seed(args.seed + 39)
     gemma4(src, args.out, args.source)
+    mx.random.seed(args.seed + 40)
+    nemotron_h(src, args.out, args.source)
 
 
 if __name__ == "__main__":

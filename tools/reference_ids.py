@@ -78,6 +78,9 @@ MODELS = {
             "gemma4-moe",
             "gemma4-moe-4bit",
             "gemma4-moe-hf",
+            "nemotron-h",
+            "nemotron-h-4bit",
+            "nemotron-h-hf",
         )
     },
 }
@@ -92,7 +95,7 @@ LONG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog
 EXTRA = {"tiny-random-gemma3": [LONG], "tiny-random-gpt-oss": [LONG], "tiny-random-qwen3.5": [LONG],
          "tiny-random-qwen3-next": [LONG], "tiny-random-olmo3": [LONG],
          "tiny-random-deepseek-v3": [LONG], "tiny-random-lfm2": [LONG], "tiny-random-gemma4": [LONG],
-         "tiny-random-gemma4-moe": [LONG]}
+         "tiny-random-gemma4-moe": [LONG], "tiny-random-nemotron-h": [LONG]}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Write a haiku about the sea."}],

@@ -268,6 +268,34 @@ pub struct ModelConfig {
     /// Logits pass through `tanh(x / c) * c` (Gemma 4).
     #[serde(default)]
     pub final_logit_softcapping: Option<f32>,
+    /// Nemotron-H: one character per layer (`M` Mamba-2, `*` attention, `-` MLP, `E`
+    /// experts), from `hybrid_override_pattern` or `layers_block_type` (see `read_config`).
+    #[serde(default)]
+    pub block_pattern: Option<String>,
+    /// Nemotron-H's Mamba-2 layers: heads and their width, B/C groups and state size, the
+    /// convolution's kernel and bias, projection biases, the step size's bounds.
+    #[serde(default)]
+    pub mamba_num_heads: Option<usize>,
+    #[serde(default)]
+    pub mamba_head_dim: Option<usize>,
+    #[serde(default)]
+    pub n_groups: Option<usize>,
+    #[serde(default)]
+    pub ssm_state_size: Option<usize>,
+    #[serde(default)]
+    pub conv_kernel: Option<usize>,
+    #[serde(default)]
+    pub use_conv_bias: Option<bool>,
+    #[serde(default)]
+    pub mamba_proj_bias: Option<bool>,
+    #[serde(default)]
+    pub time_step_limit: Option<Vec<f32>>,
+    /// Nemotron-H's experts: the shared expert's width, and the latent width the routed
+    /// experts work in.
+    #[serde(default)]
+    pub moe_shared_expert_intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub moe_latent_size: Option<usize>,
     #[serde(skip)]
     pub quantization: QuantizationConfig,
 }
@@ -467,6 +495,9 @@ fn text_part(raw: Value) -> Value {
     if top.get("model_type").and_then(Value::as_str) == Some("lfm2") {
         return lfm2_config(top.clone());
     }
+    if top.get("model_type").and_then(Value::as_str) == Some("nemotron_h") {
+        return nemotron_h_config(top.clone());
+    }
     // mlx-lm reads a Qwen3.5 config with or without the wrapper around it.
     if let Some(kind @ ("qwen3_5" | "qwen3_5_moe")) = top.get("model_type").and_then(Value::as_str)
     {
@@ -635,6 +666,40 @@ fn gemma4_text(kind: &str, top: &serde_json::Map<String, Value>) -> Value {
     }
     m.insert("model_type".into(), kind.into());
     merged
+}
+
+/// Nemotron-H's config in the shared names: the layer pattern as one string (from
+/// `hybrid_override_pattern`, a string or a list, or transformers' `layers_block_type` /
+/// `layer_types` names) with the layer count it implies, `layer_norm_epsilon` as the norms'
+/// epsilon.
+fn nemotron_h_config(mut m: serde_json::Map<String, Value>) -> Value {
+    let kind = |name: &str| match name {
+        "full_attention" | "attention" => Some('*'),
+        "linear_attention" | "mamba" | "conv" => Some('M'),
+        "moe" => Some('E'),
+        "mlp" => Some('-'),
+        _ => None,
+    };
+    let pattern: Option<String> = match m.get("hybrid_override_pattern") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => a.iter().map(Value::as_str).collect(),
+        _ => ["layers_block_type", "layer_types"]
+            .iter()
+            .find_map(|k| m.get(*k).and_then(Value::as_array))
+            .and_then(|a| a.iter().map(|v| v.as_str().and_then(kind)).collect()),
+    };
+    if let Some(p) = pattern {
+        m.insert("num_hidden_layers".into(), p.chars().count().into());
+        m.insert("block_pattern".into(), p.into());
+    }
+    // Its own names for what the block types were: not attention windows.
+    m.remove("layer_types");
+    if let Some(eps) = m.get("layer_norm_epsilon").cloned() {
+        m.insert("rms_norm_eps".into(), eps);
+    }
+    // The MoE models' dense width is unused; the shared config wants one.
+    m.entry("intermediate_size").or_insert(0.into());
+    Value::Object(m)
 }
 
 /// LFM2's config in the shared names: `norm_eps`, the MLP width as mlx-lm derives it from
@@ -828,6 +893,7 @@ pub const GENERATION_TYPES: &[&str] = &[
     "gemma3",
     "gemma4_text",
     "gemma4",
+    "nemotron_h",
 ];
 
 /// Why the worker cannot run a model of this config, before one is started for it: its
@@ -963,6 +1029,70 @@ pub fn max_seq_length(dir: &Path) -> Option<usize> {
 }
 
 /// Reads a JSON file, distinguishing a missing file from a broken one.
+/// Python's `json.dumps` writes infinities and NaN as bare `Infinity`, `-Infinity` and `NaN`
+/// (Nemotron-H's `time_step_limit: [0.0, Infinity]`), which JSON lacks: outside strings, they
+/// become float32's largest values and null.
+fn json_without_non_finite(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("Infinity") && !text.contains("NaN") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            let word = [
+                ("-Infinity", "-3.4028235e38"),
+                ("Infinity", "3.4028235e38"),
+                ("NaN", "null"),
+            ]
+            .into_iter()
+            .find(|(w, _)| rest.starts_with(w));
+            if let Some((w, json)) = word {
+                out.push_str(json);
+                rest = &rest[w.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// transformers (and mlx-lm after it) write non-finite floats as `{"__float__": "Infinity"}`
+/// to stay valid JSON: the same values as `json_without_non_finite` gives them.
+fn untag_non_finite(value: Value) -> Value {
+    match value {
+        Value::Object(m) => {
+            if let (1, Some(Value::String(tag))) = (m.len(), m.get("__float__")) {
+                return match tag.as_str() {
+                    "Infinity" => serde_json::json!(f32::MAX),
+                    "-Infinity" => serde_json::json!(f32::MIN),
+                    _ => Value::Null,
+                };
+            }
+            Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k, untag_non_finite(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(untag_non_finite).collect()),
+        other => other,
+    }
+}
+
 pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
     let text = fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -976,10 +1106,13 @@ pub fn read_json(path: &Path) -> Result<Value, ModelDirError> {
             }
         }
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelDirError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    let value: Result<Value, _> = serde_json::from_str(&json_without_non_finite(&text));
+    value
+        .map(untag_non_finite)
+        .map_err(|e| ModelDirError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -1054,6 +1187,33 @@ mod tests {
         let dense = config_of(json!({"model_type": "gemma4_text", "num_experts": 8}));
         assert_eq!((dense.experts(), dense.num_kv_shared_layers), (0, Some(20)));
         assert_eq!(dense.hidden_size_per_layer_input, Some(256));
+    }
+
+    #[test]
+    fn nemotron_h_pattern_and_non_finite_floats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = r#"{"model_type": "nemotron_h", "hidden_size": 64, "num_attention_heads": 4,
+            "vocab_size": 10, "layer_norm_epsilon": 1e-5, "mamba_num_heads": 8,"#;
+        let write = |rest: &str| {
+            std::fs::write(dir.path().join("config.json"), format!("{base} {rest}}}"))
+                .expect("write");
+            read_config(dir.path()).expect("config")
+        };
+        // Python's bare Infinity, and a pattern string.
+        let c = write(r#""hybrid_override_pattern": "M*-ME", "time_step_limit": [0.0, Infinity]"#);
+        assert_eq!(c.block_pattern.as_deref(), Some("M*-ME"));
+        assert_eq!((c.num_hidden_layers, c.intermediate_size), (5, 0));
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert_eq!(c.time_step_limit, Some(vec![0.0, f32::MAX]));
+        // transformers' tagged infinity, and its block type names; "Infinity" in a string stays.
+        let c = write(
+            r#""layers_block_type": ["mamba", "attention", "mlp", "moe"], "name": "Infinity",
+            "time_step_limit": [0.0, {"__float__": "Infinity"}], "intermediate_size": 32"#,
+        );
+        assert_eq!(c.block_pattern.as_deref(), Some("M*-E"));
+        assert_eq!((c.num_hidden_layers, c.intermediate_size), (4, 32));
+        assert_eq!(c.time_step_limit, Some(vec![0.0, f32::MAX]));
+        assert!(c.layer_types.is_none());
     }
 
     #[test]

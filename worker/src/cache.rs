@@ -56,8 +56,9 @@ impl CacheState {
 pub enum LayerCache {
     Kv(KvCache),
     Recurrent(RecurrentCache),
-    /// Nothing: the layer attends over an earlier layer's cache (Gemma 4's KV-shared layers).
-    Borrowed,
+    /// Nothing of its own: the layer attends over an earlier layer's cache (Gemma 4's
+    /// KV-shared layers) or works on each position alone (Nemotron-H's MLP and expert blocks).
+    Stateless,
 }
 
 /// What the prompt cache keeps of one layer.
@@ -65,7 +66,7 @@ pub enum Saved {
     Kv(CacheState),
     /// Snapshots in position order, the last one the state at the sequence's end.
     Recurrent(Vec<Snapshot>),
-    Borrowed,
+    Stateless,
 }
 
 impl Saved {
@@ -73,14 +74,14 @@ impl Saved {
     pub fn min_prefix(&self) -> usize {
         match self {
             Saved::Kv(state) => state.min_prefix(),
-            Saved::Recurrent(_) | Saved::Borrowed => 0,
+            Saved::Recurrent(_) | Saved::Stateless => 0,
         }
     }
 
     /// The prefix lengths a recurrent layer can serve (None: any from `min_prefix` on).
     pub fn points(&self) -> Option<Vec<usize>> {
         match self {
-            Saved::Kv(_) | Saved::Borrowed => None,
+            Saved::Kv(_) | Saved::Stateless => None,
             Saved::Recurrent(snaps) => Some(snaps.iter().map(|s| s.at as usize).collect()),
         }
     }
@@ -92,7 +93,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => c.offset(),
             LayerCache::Recurrent(c) => c.offset,
-            LayerCache::Borrowed => 0,
+            LayerCache::Stateless => 0,
         }
     }
 
@@ -101,7 +102,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => c.nbytes(),
             LayerCache::Recurrent(c) => c.nbytes(),
-            LayerCache::Borrowed => 0,
+            LayerCache::Stateless => 0,
         }
     }
 
@@ -110,7 +111,7 @@ impl LayerCache {
         match self {
             LayerCache::Kv(c) => Box::new(c.state()),
             LayerCache::Recurrent(c) => Box::new(c.conv.iter().chain(c.state.iter())),
-            LayerCache::Borrowed => Box::new(std::iter::empty()),
+            LayerCache::Stateless => Box::new(std::iter::empty()),
         }
     }
 
@@ -133,7 +134,7 @@ impl LayerCache {
                 }
                 (!snaps.is_empty()).then_some(Saved::Recurrent(snaps))
             }
-            LayerCache::Borrowed => Some(Saved::Borrowed),
+            LayerCache::Stateless => Some(Saved::Stateless),
         }
     }
 
@@ -152,21 +153,21 @@ impl LayerCache {
                     snapshots: vec![snap.clone()],
                 }))
             }
-            Saved::Borrowed => Some(LayerCache::Borrowed),
+            Saved::Stateless => Some(LayerCache::Stateless),
         }
     }
 
     pub(crate) fn kv(&mut self) -> Option<&mut KvCache> {
         match self {
             LayerCache::Kv(c) => Some(c),
-            LayerCache::Recurrent(_) | LayerCache::Borrowed => None,
+            LayerCache::Recurrent(_) | LayerCache::Stateless => None,
         }
     }
 
     pub(crate) fn recurrent(&mut self) -> Option<&mut RecurrentCache> {
         match self {
             LayerCache::Recurrent(c) => Some(c),
-            LayerCache::Kv(_) | LayerCache::Borrowed => None,
+            LayerCache::Kv(_) | LayerCache::Stateless => None,
         }
     }
 }

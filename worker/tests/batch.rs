@@ -55,6 +55,7 @@ fn newer_families_batch_as_they_run_alone() {
         "tiny-random-smollm3",
         "tiny-random-deepseek-v3-4bit",
         "tiny-random-gemma4-moe-4bit",
+        "tiny-random-nemotron-h-4bit",
     ] {
         let engine = load(name);
         let prompts: Vec<Vec<u32>> = [
@@ -114,7 +115,7 @@ fn sliding_window_layers_batch_and_reuse_cached_prefixes() {
     }
 }
 
-/// Recurrent hybrids the same way (Gated DeltaNet, LFM2's short convolutions): each
+/// Recurrent hybrids the same way (Gated DeltaNet, LFM2's short convolutions, Mamba-2): each
 /// sequence's recurrent state and convolution window through batched decode steps, and a resent conversation served from the snapshot
 /// taken where its prompt ended (a recurrent state cannot be cut back like keys and values).
 #[test]
@@ -123,6 +124,7 @@ fn recurrent_layers_batch_and_reuse_their_snapshots() {
         "tiny-random-qwen3.5",
         "tiny-random-qwen3-next",
         "tiny-random-lfm2",
+        "tiny-random-nemotron-h",
     ] {
         windowed_model_batches_and_reuses(name);
     }

@@ -215,6 +215,20 @@ fn gemma4_matches_mlx_lm() {
     }
 }
 
+/// Nemotron-H: Mamba-2's chunked scan (a 700-token prompt crosses its 256-token chunks),
+/// attention without positions, relu² MLP and latent experts; quantized, in Hugging Face's
+/// layout, and with `time_step_limit`'s infinity as Python writes it and as transformers tags it.
+#[test]
+fn nemotron_h_matches_mlx_lm() {
+    for variant in [
+        "tiny-random-nemotron-h",
+        "tiny-random-nemotron-h-4bit",
+        "tiny-random-nemotron-h-hf",
+    ] {
+        check_against_mlx_lm(variant);
+    }
+}
+
 /// OLMo 3 (post-norms, all-head q/k norms, sliding layers with plain RoPE) and SmolLM3 (NoPE
 /// layers).
 #[test]

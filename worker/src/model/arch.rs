@@ -13,6 +13,8 @@ pub(crate) enum Activation {
     Silu,
     /// GeGLU with the tanh approximation of GELU (Gemma).
     GeluApprox,
+    /// relu(x)^2 without a gate (Nemotron-H).
+    Relu2,
 }
 
 /// How one supported architecture differs from plain Llama.
@@ -71,6 +73,8 @@ pub(crate) struct ArchSpec {
     pub(crate) short_conv: bool,
     /// Gemma 4: its attention, per-layer inputs and feed-forward parts (see `gemma4`).
     pub(crate) gemma4: bool,
+    /// Nemotron-H: one part per block, placed by its pattern (see `nemotron`).
+    pub(crate) nemotron: bool,
 }
 
 pub(crate) const LLAMA: ArchSpec = ArchSpec {
@@ -98,6 +102,7 @@ pub(crate) const LLAMA: ArchSpec = ArchSpec {
     mla: false,
     short_conv: false,
     gemma4: false,
+    nemotron: false,
 };
 
 /// Which biases and norms each `model_type` has follows mlx-lm's class for it (Qwen3 and Gemma
@@ -194,6 +199,11 @@ pub(crate) fn arch_spec(config: &ModelConfig) -> Result<ArchSpec> {
         }),
         // Gemma 4: Gemma 3's four norms per block and GeGLU, plain norm weights, the rest its
         // own (see `gemma4`).
+        // Nemotron-H: Mamba-2, attention, relu² MLP and expert blocks (see `nemotron`).
+        "nemotron_h" => Ok(ArchSpec {
+            nemotron: true,
+            ..LLAMA
+        }),
         "gemma4_text" | "gemma4" => Ok(ArchSpec {
             sandwich_norms: true,
             activation: Activation::GeluApprox,

@@ -41,10 +41,6 @@ pub struct GatedDelta {
 }
 
 impl GatedDelta {
-    fn channels(&self) -> i32 {
-        2 * self.k_heads * self.k_dim + self.v_heads * self.v_dim
-    }
-
     /// `x` is [1, n, hidden]: n tokens of one sequence, or one token from each of n sequences
     /// (as `Attention::forward`). Projections run over all rows; the convolution and the
     /// recurrence per sequence.
@@ -100,18 +96,7 @@ impl GatedDelta {
     fn mix(&self, qkv: &Array, b: &Array, a: &Array, cache: &mut RecurrentCache) -> Result<Array> {
         let l = qkv.shape()[1];
         let (nk, nv, dk, dv) = (self.k_heads, self.v_heads, self.k_dim, self.v_dim);
-        let keep = self.kernel - 1;
-        let conv_state = match cache.conv.take() {
-            Some(c) => c,
-            None => ops::zeros_dtype(&[1, keep, self.channels()], qkv.dtype())?,
-        };
-        let input = ops::concatenate(&[conv_state, qkv.clone()], 1)?;
-        // A fresh copy of the last inputs (times one, exact): a slice would keep the whole
-        // chunk's buffer alive in every snapshot.
-        let total = input.shape()[1];
-        let tail = input.index((.., (total - keep)..));
-        cache.conv = Some(tail.multiply(Array::from_f32(1.0).as_dtype(tail.dtype())?)?);
-        let conv = ops::conv1d(&input, &self.conv, 1, 0, 1, self.channels())?;
+        let conv = causal_conv(cache, qkv, &self.conv, None, self.kernel)?;
         let conv = conv.multiply(ops::sigmoid(&conv)?)?;
         let key_dim = nk * dk;
         let [q, k, v] = pieces(&conv, &[key_dim, 2 * key_dim])?;
@@ -176,6 +161,35 @@ impl GatedDelta {
         }
         out
     }
+}
+
+/// One sequence's new inputs `x` ([1, l, channels]) through a depthwise causal convolution
+/// (`weight` [channels, kernel, 1], plus `bias`), continuing from the last `kernel - 1`
+/// inputs its cache holds, which it then replaces (mlx-lm's conv caches).
+pub(crate) fn causal_conv(
+    cache: &mut RecurrentCache,
+    x: &Array,
+    weight: &Array,
+    bias: Option<&Array>,
+    kernel: i32,
+) -> Result<Array> {
+    let channels = x.shape()[2];
+    let keep = kernel - 1;
+    let state = match cache.conv.take() {
+        Some(s) => s,
+        None => ops::zeros_dtype(&[1, keep, channels], x.dtype())?,
+    };
+    let input = ops::concatenate(&[state, x.clone()], 1)?;
+    // A fresh copy of the last inputs (times one, exact): a slice would keep the whole
+    // chunk's buffer alive in every snapshot.
+    let total = input.shape()[1];
+    let tail = input.index((.., (total - keep)..));
+    cache.conv = Some(tail.multiply(Array::from_f32(1.0).as_dtype(tail.dtype())?)?);
+    let y = ops::conv1d(&input, weight, 1, 0, 1, channels)?;
+    Ok(match bias {
+        Some(b) => y.add(b)?,
+        None => y,
+    })
 }
 
 /// `x` split along its last axis at `at` into exactly `N` parts.
@@ -323,24 +337,9 @@ impl ShortConv {
 
     /// One sequence's B·x [1, l, hidden] through the convolution, updating its cache.
     fn mix(&self, bx: &Array, cache: &mut RecurrentCache) -> Result<Array> {
-        let l = bx.shape()[1];
-        let hidden = bx.shape()[2];
-        let keep = self.kernel - 1;
-        let state = match cache.conv.take() {
-            Some(s) => s,
-            None => ops::zeros_dtype(&[1, keep, hidden], bx.dtype())?,
-        };
-        let input = ops::concatenate(&[state, bx.clone()], 1)?;
-        let total = input.shape()[1];
-        let tail = input.index((.., (total - keep)..));
-        // A copy, not a view of the chunk (see `GatedDelta::mix`).
-        cache.conv = Some(tail.multiply(Array::from_f32(1.0).as_dtype(tail.dtype())?)?);
-        cache.advance(l);
-        let y = ops::conv1d(&input, &self.conv, 1, 0, 1, hidden)?;
-        Ok(match &self.conv_bias {
-            Some(bias) => y.add(bias)?,
-            None => y,
-        })
+        let y = causal_conv(cache, bx, &self.conv, self.conv_bias.as_ref(), self.kernel)?;
+        cache.advance(bx.shape()[1]);
+        Ok(y)
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {

@@ -193,20 +193,8 @@ impl DenseAndExperts {
         .iter()
         .map(|n| &n.weight)
         .collect();
-        for l in [&self.mlp.gate_proj, &self.mlp.up_proj, &self.mlp.down_proj] {
-            out.extend(l.arrays());
-        }
-        out.extend(self.experts.gate.arrays());
-        for x in [
-            &self.experts.gate_proj,
-            &self.experts.up_proj,
-            &self.experts.down_proj,
-        ] {
-            out.extend(x.arrays());
-        }
-        if let Router::ScaledTopK { per_expert_scale } = &self.experts.router {
-            out.push(per_expert_scale);
-        }
+        out.extend(self.mlp.arrays());
+        out.extend(self.experts.arrays());
         out
     }
 }
@@ -236,7 +224,7 @@ pub(crate) fn dense_and_experts(
         router: Router::ScaledTopK {
             per_expert_scale: w.take_shaped(&format!("{p}.router.per_expert_scale"), &[experts])?,
         },
-        gate_proj: stacked(w, "gate_proj", inter, hidden)?,
+        gate_proj: Some(stacked(w, "gate_proj", inter, hidden)?),
         up_proj: stacked(w, "up_proj", inter, hidden)?,
         down_proj: stacked(w, "down_proj", hidden, inter)?,
         activation: ExpertActivation::GeGlu,
@@ -247,6 +235,7 @@ pub(crate) fn dense_and_experts(
         norm_topk_prob: false,
         shared: None,
         shared_gate: None,
+        latent: None,
         group: None,
     };
     Ok(DenseAndExperts {

@@ -383,7 +383,8 @@ fn gated(out: Array, gate: Option<Array>) -> Result<Array> {
 }
 
 pub struct Mlp {
-    pub(crate) gate_proj: Linear,
+    /// None for an ungated activation (Nemotron-H's relu²).
+    pub(crate) gate_proj: Option<Linear>,
     pub(crate) up_proj: Linear,
     pub(crate) down_proj: Linear,
     pub(crate) activation: Activation,
@@ -393,15 +394,38 @@ pub struct Mlp {
 
 impl Mlp {
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        let act = match self.activation {
+        let act = match (&self.gate_proj, self.activation) {
             // swiglu: silu(gate) * up, with silu(x) = x * sigmoid(x) as in MLX.
-            Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
-            Activation::GeluApprox => gelu_approx(&gate)?,
+            (Some(g), Activation::Silu) => {
+                let gate = g.forward(x)?;
+                gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?
+            }
+            (Some(g), Activation::GeluApprox) => gelu_approx(&g.forward(x)?)?.multiply(&up)?,
+            (None, Activation::Relu2) => relu2(&up)?,
+            _ => return Err(Exception::custom("an MLP's gate does not fit its activation").into()),
         };
-        reduce(&self.group, self.down_proj.forward(&act.multiply(&up)?)?)
+        reduce(&self.group, self.down_proj.forward(&act)?)
     }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        let linears = [
+            self.gate_proj.as_ref(),
+            Some(&self.up_proj),
+            Some(&self.down_proj),
+        ];
+        linears
+            .into_iter()
+            .flatten()
+            .flat_map(Linear::arrays)
+            .collect()
+    }
+}
+
+/// MLX's `nn.relu2`: relu(x) squared.
+pub(crate) fn relu2(x: &Array) -> Result<Array> {
+    let relu = ops::maximum(x, Array::from_f32(0.0).as_dtype(x.dtype())?)?;
+    Ok(ops::square(&relu)?)
 }
 
 /// MLX's `nn.gelu_approx`, op for op: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))),
@@ -454,6 +478,10 @@ pub enum Mixer {
     Mla(mla::Mla),
     /// A gated short convolution whose state is its last inputs (LFM2).
     ShortConv(delta::ShortConv),
+    /// Mamba-2's state-space scan over a recurrent state (Nemotron-H).
+    Mamba2(nemotron::Mamba2),
+    /// A feed-forward part on each position alone, as a block's only part (Nemotron-H).
+    FeedForward(FeedForward),
 }
 
 impl Mixer {
@@ -463,15 +491,20 @@ impl Mixer {
             Mixer::GatedDelta(d) => d.forward(x, caches),
             Mixer::Mla(m) => m.forward(x, caches),
             Mixer::ShortConv(c) => c.forward(x, caches),
+            Mixer::Mamba2(m) => m.forward(x, caches),
+            Mixer::FeedForward(f) => f.forward(x),
         }
     }
 
     /// A fresh cache of this mixer's kind.
     pub(crate) fn new_cache(&self) -> LayerCache {
         match self {
-            Mixer::Attention(a) if a.k_proj.is_none() => LayerCache::Borrowed,
+            Mixer::Attention(a) if a.k_proj.is_none() => LayerCache::Stateless,
             Mixer::Attention(a) => LayerCache::Kv(KvCache::new(a.window)),
-            Mixer::GatedDelta(_) | Mixer::ShortConv(_) => LayerCache::Recurrent(Default::default()),
+            Mixer::GatedDelta(_) | Mixer::ShortConv(_) | Mixer::Mamba2(_) => {
+                LayerCache::Recurrent(Default::default())
+            }
+            Mixer::FeedForward(_) => LayerCache::Stateless,
             Mixer::Mla(_) => LayerCache::Kv(KvCache::new(None)),
         }
     }
@@ -493,10 +526,12 @@ impl Mixer {
 
 pub struct Block {
     pub(crate) mixer: Mixer,
-    pub(crate) mlp: FeedForward,
+    pub(crate) mlp: Option<FeedForward>,
     /// None in OLMo 3, which norms the attention's output instead of its input.
     pub(crate) input_norm: Option<RmsNorm>,
-    pub(crate) post_attn_norm: RmsNorm,
+    /// The feed-forward part and the norm before it (after it, in a Gemma block); None in a
+    /// block that has only its mixer (Nemotron-H).
+    pub(crate) post_attn_norm: Option<RmsNorm>,
     pub(crate) sandwich: Option<SandwichNorms>,
     /// Granite scales each residual branch before adding it.
     pub(crate) residual_scale: Option<f32>,
@@ -554,10 +589,14 @@ impl Block {
                 None => Ok(r),
             }
         };
+        let (Some(mlp), Some(post)) = (&self.mlp, &self.post_attn_norm) else {
+            // A block with only its mixer (Nemotron-H).
+            return Ok(x.add(scaled(r)?)?);
+        };
         match &self.sandwich {
             None => {
                 let h = x.add(scaled(r)?)?;
-                let r = self.mlp.forward(&self.post_attn_norm.forward(&h)?)?;
+                let r = mlp.forward(&post.forward(&h)?)?;
                 Ok(h.add(scaled(r)?)?)
             }
             Some(n) => {
@@ -570,10 +609,10 @@ impl Block {
                 };
                 let h = add(x, &n.post_attn.forward(&r)?)?;
                 let r = match &n.pre_mlp {
-                    Some(pre) => self.mlp.forward(&pre.forward(&h)?)?,
-                    None => self.mlp.forward(&h)?,
+                    Some(pre) => mlp.forward(&pre.forward(&h)?)?,
+                    None => mlp.forward(&h)?,
                 };
-                add(&h, &self.post_attn_norm.forward(&r)?)
+                add(&h, &post.forward(&r)?)
             }
         }
     }

@@ -1,8 +1,8 @@
 //! The transformer: one skeleton for every supported family (Llama, Mistral/Ministral, Phi-3,
 //! Granite, Qwen2/3, Qwen3 MoE, GLM-4.5, Gemma 3 and 4, gpt-oss, Qwen3-Next/3.5, DeepSeek-V3, GLM-4.7
-//! Flash, LFM2, OLMo 3, SmolLM3). Each block has a mixer (softmax attention, latent attention,
-//! Gated DeltaNet or a short convolution), each with its own cache kind, and a feed-forward
-//! part; beyond that the families differ only in data (which biases and norms exist, the
+//! Flash, LFM2, OLMo 3, SmolLM3, Nemotron-H). Each block has a mixer (softmax attention, latent
+//! attention, Gated DeltaNet, a short convolution or Mamba-2), each with its own cache kind, and
+//! a feed-forward part (Nemotron-H's blocks have one part only); beyond that the families differ only in data (which biases and norms exist, the
 //! activation, how RoPE is scaled, which layers attend through a sliding window, which carry
 //! experts and how they are routed), so the differences live in `arch::ArchSpec` and in which
 //! tensors the folder holds, not in copies of the forward pass.
@@ -10,7 +10,8 @@
 //! identical weights.
 //!
 //! `arch` says what each `model_type` is; `layers`, `rope` and `moe` are the shared parts,
-//! `mla` and `delta` the latent-attention and recurrent mixers, `gemma4` what Gemma 4 adds;
+//! `mla`, `delta` and `nemotron` the latent-attention and recurrent mixers, `gemma4` what
+//! Gemma 4 adds;
 //! `source` builds them from a folder's tensors; this module holds the model and its loaders.
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub enum ModelError {
     RopeScaling(String),
     #[error("config.json lacks {0}")]
     MissingConfig(&'static str),
+    #[error("config.json: {0}")]
+    BadConfig(String),
     #[error("a sequence's cache has fewer layers than the model")]
     CacheLayers,
     #[error("cannot split the model for tensor parallelism: {0}")]
@@ -106,6 +109,7 @@ mod gemma4;
 mod layers;
 mod mla;
 mod moe;
+mod nemotron;
 mod quant;
 mod rope;
 mod shard;
@@ -161,6 +165,9 @@ impl Model {
         if spec.gemma4 {
             gemma4::hugging_face_names(&mut tensors)?;
         }
+        if spec.nemotron {
+            nemotron::names(&mut tensors);
+        }
         let dequantize = options.dequantize_up_to_bytes > 0
             && dense_bytes_of_quantized(&config, &tensors) <= options.dequantize_up_to_bytes;
         let mut w = TensorSource {
@@ -207,8 +214,17 @@ impl Model {
             Vec::new()
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let kinds = if spec.nemotron {
+            nemotron::pattern(&config)?
+        } else {
+            Vec::new()
+        };
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            if let Some(&kind) = kinds.get(i) {
+                layers.push(nemotron::block(&mut w, &p, &config, kind)?);
+                continue;
+            }
             let norm = |w: &mut TensorSource, name: &str, dim: i32| {
                 w.norm(&format!("{p}.{name}"), dim, eps)
             };
@@ -369,7 +385,7 @@ impl Model {
             let dense = |w: &mut TensorSource| -> Result<Mlp> {
                 let b = spec.mlp_bias;
                 Ok(Mlp {
-                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, b)?,
+                    gate_proj: Some(w.linear(&format!("{p}.mlp.gate_proj"), inter, hidden, b)?),
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), inter, hidden, b)?,
                     down_proj: w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, b)?,
                     activation: spec.activation,
@@ -428,9 +444,9 @@ impl Model {
             };
             layers.push(Block {
                 mixer,
-                mlp,
+                mlp: Some(mlp),
                 input_norm,
-                post_attn_norm,
+                post_attn_norm: Some(post_attn_norm),
                 sandwich,
                 residual_scale,
                 per_layer,
@@ -528,9 +544,12 @@ impl Model {
     /// Whether some layer keeps a recurrent state, which the prompt cache can serve only at
     /// marked positions.
     pub fn has_recurrent_layers(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| matches!(l.mixer, Mixer::GatedDelta(_) | Mixer::ShortConv(_)))
+        self.layers.iter().any(|l| {
+            matches!(
+                l.mixer,
+                Mixer::GatedDelta(_) | Mixer::ShortConv(_) | Mixer::Mamba2(_)
+            )
+        })
     }
 
     /// Runs `ids` ([1, tokens], int32) of one sequence through the transformer, appending
@@ -638,35 +657,23 @@ impl Model {
                 Mixer::GatedDelta(d) => out.extend(d.arrays()),
                 Mixer::Mla(m) => out.extend(m.arrays()),
                 Mixer::ShortConv(c) => out.extend(c.arrays()),
+                Mixer::Mamba2(m) => out.extend(m.arrays()),
+                Mixer::FeedForward(FeedForward::Dense(m)) => out.extend(m.arrays()),
+                Mixer::FeedForward(FeedForward::Experts(m)) => out.extend(m.arrays()),
+                Mixer::FeedForward(FeedForward::DenseAndExperts(m)) => out.extend(m.arrays()),
             }
-            match &l.mlp {
-                FeedForward::Dense(m) => {
-                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
-                        lin(x, &mut out);
-                    }
-                }
-                FeedForward::Experts(m) => {
-                    lin(&m.gate, &mut out);
-                    if let Some(shared) = &m.shared {
-                        for x in [&shared.gate_proj, &shared.up_proj, &shared.down_proj] {
-                            lin(x, &mut out);
-                        }
-                    }
-                    if let Some(g) = &m.shared_gate {
-                        lin(g, &mut out);
-                    }
-                    for x in [&m.gate_proj, &m.up_proj, &m.down_proj] {
-                        out.extend(x.arrays());
-                    }
-                }
-                FeedForward::DenseAndExperts(both) => out.extend(both.arrays()),
+            match l.mlp.as_ref() {
+                Some(FeedForward::Dense(m)) => out.extend(m.arrays()),
+                Some(FeedForward::Experts(m)) => out.extend(m.arrays()),
+                Some(FeedForward::DenseAndExperts(both)) => out.extend(both.arrays()),
+                None => {}
             }
             if let Some(g) = &l.per_layer {
                 out.extend(g.arrays());
             }
             out.extend(&l.layer_scalar);
             out.extend(l.input_norm.as_ref().map(|n| &n.weight));
-            out.push(&l.post_attn_norm.weight);
+            out.extend(l.post_attn_norm.as_ref().map(|n| &n.weight));
             if let Some(n) = &l.sandwich {
                 out.push(&n.post_attn.weight);
                 out.extend(n.pre_mlp.as_ref().map(|n| &n.weight));

@@ -147,6 +147,8 @@ pub enum ExpertActivation {
     ClampedSwiglu { alpha: f32, limit: f32 },
     /// gelu_approx(gate) * up (Gemma 4).
     GeGlu,
+    /// relu(up)², no gate (Nemotron-H).
+    Relu2,
 }
 
 /// Qwen3 MoE's sparse block: a softmax router picks `top_k` experts per token, whose SwiGLU
@@ -154,7 +156,8 @@ pub enum ExpertActivation {
 pub struct MoeBlock {
     pub(crate) gate: Linear,
     pub(crate) router: Router,
-    pub(crate) gate_proj: ExpertLinear,
+    /// None for an ungated activation (Nemotron-H).
+    pub(crate) gate_proj: Option<ExpertLinear>,
     pub(crate) up_proj: ExpertLinear,
     pub(crate) down_proj: ExpertLinear,
     pub(crate) activation: ExpertActivation,
@@ -164,6 +167,9 @@ pub struct MoeBlock {
     pub(crate) shared: Option<Mlp>,
     /// Qwen3-Next/3.5: the shared expert's output is scaled by sigmoid of this ([1, hidden]).
     pub(crate) shared_gate: Option<Linear>,
+    /// Nemotron-H: the routed experts work in a narrower latent space, projected into and
+    /// out of around them.
+    pub(crate) latent: Option<(Linear, Linear)>,
     /// Tensor parallel: this rank holds part of every expert; outputs are summed over it.
     pub(crate) group: Option<std::sync::Arc<crate::distributed::Group>>,
 }
@@ -260,9 +266,16 @@ impl MoeBlock {
                     (chosen, weights.multiply(Array::from_f32(*scale))?)
                 }
             };
-        let y = self.switch_glu(x, &chosen)?;
+        let inner = match &self.latent {
+            Some((into, _)) => into.forward(x)?,
+            None => x.clone(),
+        };
+        let y = self.switch_glu(&inner, &chosen)?;
         let weighted = y.multiply(scores.expand_dims(-1)?)?;
-        let routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
+        let mut routed = weighted.sum_axis(-2, None)?.as_dtype(y.dtype())?;
+        if let Some((_, out_of)) = &self.latent {
+            routed = out_of.forward(&routed)?;
+        }
         let out = match &self.shared {
             Some(mlp) => {
                 let mut shared = mlp.forward(x)?;
@@ -294,8 +307,12 @@ impl MoeBlock {
             (x, chosen.clone(), None)
         };
         let up = self.up_proj.forward(&x, &idx, sort)?;
-        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let gate = match &self.gate_proj {
+            Some(g) => g.forward(&x, &idx, sort)?,
+            None => up.clone(),
+        };
         let act = match self.activation {
+            ExpertActivation::Relu2 => relu2(&up)?,
             ExpertActivation::Swiglu => gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?,
             ExpertActivation::ClampedSwiglu { alpha, limit } => {
                 let c = |v: f32| Array::from_f32(v).as_dtype(gate.dtype());
@@ -314,6 +331,33 @@ impl MoeBlock {
                 .reshape(&[shape[0], shape[1], shape[2], 1, hidden])?;
         }
         Ok(out.squeeze_axes(&[-2])?)
+    }
+}
+
+impl MoeBlock {
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        let mut out = self.gate.arrays();
+        if let Router::SigmoidGrouped { correction, .. } = &self.router {
+            out.push(correction);
+        }
+        if let Router::ScaledTopK { per_expert_scale } = &self.router {
+            out.push(per_expert_scale);
+        }
+        let experts = [
+            self.gate_proj.as_ref(),
+            Some(&self.up_proj),
+            Some(&self.down_proj),
+        ];
+        out.extend(experts.into_iter().flatten().flat_map(ExpertLinear::arrays));
+        if let Some(shared) = &self.shared {
+            out.extend(shared.arrays());
+        }
+        out.extend(self.shared_gate.iter().flat_map(Linear::arrays));
+        if let Some((into, out_of)) = &self.latent {
+            out.extend(into.arrays());
+            out.extend(out_of.arrays());
+        }
+        out
     }
 }
 

@@ -93,7 +93,10 @@ impl ExpertLinear {
 
 impl Mlp {
     fn shard(&mut self, rank: i32, n: i32, what: &str) -> Result<()> {
-        self.gate_proj = self.gate_proj.shard(Split::Rows, rank, n, what)?;
+        self.gate_proj = match &self.gate_proj {
+            Some(g) => Some(g.shard(Split::Rows, rank, n, what)?),
+            None => None,
+        };
         self.up_proj = self.up_proj.shard(Split::Rows, rank, n, what)?;
         self.down_proj = self.down_proj.shard(Split::Columns, rank, n, what)?;
         Ok(())
@@ -117,8 +120,8 @@ impl Model {
             let what = format!("layer {i}");
             let Some(a) = layer.mixer.attention_mut() else {
                 return Err(ModelError::Shard(format!(
-                    "{what} is a Gated DeltaNet or latent-attention layer, which tensor \
-                     parallelism does not split yet"
+                    "{what} is a Gated DeltaNet, Mamba-2, short-convolution, latent-attention or \
+                     single-part layer, which tensor parallelism does not split yet"
                 )));
             };
             if a.n_heads % n != 0 || a.n_kv_heads % n != 0 {
@@ -147,12 +150,16 @@ impl Model {
             a.n_kv_heads /= n;
             a.group = Some(group.clone());
             match &mut layer.mlp {
-                FeedForward::Dense(mlp) => {
+                None => {}
+                Some(FeedForward::Dense(mlp)) => {
                     mlp.shard(rank, n, &what)?;
                     mlp.group = Some(group.clone());
                 }
-                FeedForward::Experts(moe) => {
-                    moe.gate_proj = moe.gate_proj.shard(Split::Rows, rank, n, &what)?;
+                Some(FeedForward::Experts(moe)) => {
+                    moe.gate_proj = match &moe.gate_proj {
+                        Some(g) => Some(g.shard(Split::Rows, rank, n, &what)?),
+                        None => None,
+                    };
                     moe.up_proj = moe.up_proj.shard(Split::Rows, rank, n, &what)?;
                     moe.down_proj = moe.down_proj.shard(Split::Columns, rank, n, &what)?;
                     // The shared experts' partial sums join the routed ones' in one all_sum.
@@ -161,7 +168,7 @@ impl Model {
                     }
                     moe.group = Some(group.clone());
                 }
-                FeedForward::DenseAndExperts(_) => {
+                Some(FeedForward::DenseAndExperts(_)) => {
                     return Err(ModelError::Shard(format!(
                         "{what} has Gemma 4's dense-and-experts block, which tensor \
                          parallelism does not split yet"

@@ -121,12 +121,12 @@ impl TensorSource<'_> {
                 let shared_inter = inter * n as i32;
                 let p = format!("{module}.shared_experts");
                 Some(Mlp {
-                    gate_proj: self.linear(
+                    gate_proj: Some(self.linear(
                         &format!("{p}.gate_proj"),
                         shared_inter,
                         hidden,
                         false,
-                    )?,
+                    )?),
                     up_proj: self.linear(&format!("{p}.up_proj"), shared_inter, hidden, false)?,
                     down_proj: self.linear(
                         &format!("{p}.down_proj"),
@@ -146,7 +146,7 @@ impl TensorSource<'_> {
                 let p = format!("{module}.shared_expert");
                 let size = size as i32;
                 let mlp = Mlp {
-                    gate_proj: self.linear(&format!("{p}.gate_proj"), size, hidden, false)?,
+                    gate_proj: Some(self.linear(&format!("{p}.gate_proj"), size, hidden, false)?),
                     up_proj: self.linear(&format!("{p}.up_proj"), size, hidden, false)?,
                     down_proj: self.linear(&format!("{p}.down_proj"), hidden, size, false)?,
                     activation: Activation::Silu,
@@ -191,7 +191,7 @@ impl TensorSource<'_> {
             ExpertActivation::Swiglu
         };
         Ok(MoeBlock {
-            gate_proj: stacked("gate_proj", inter, hidden)?,
+            gate_proj: Some(stacked("gate_proj", inter, hidden)?),
             up_proj: stacked("up_proj", inter, hidden)?,
             down_proj: stacked("down_proj", hidden, inter)?,
             gate: if oai {
@@ -203,6 +203,7 @@ impl TensorSource<'_> {
             activation,
             shared,
             shared_gate,
+            latent: None,
             top_k: config
                 .num_experts_per_tok
                 .unwrap_or(1)
