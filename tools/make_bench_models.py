@@ -20,29 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
-from make_tiny_model import redraw, write
+from make_tiny_model import redraw, write, write_quantized
 from mlx_lm.models import deepseek_v3, qwen3_5
-from mlx_lm.utils import quantize_model, save_config, save_model
 
 
 def both(out: Path, source: Path, name: str, config: dict, model) -> None:
     """`name` in float32 and `name`-4bit."""
     write(out / name, source, config, redraw(model))
-    dst = out / f"{name}-4bit"
-    model, quantized = quantize_model(model, dict(config), group_size=64, bits=4,
-                                      quant_predicate=getattr(model, "quant_predicate", None))
-    dst.mkdir(parents=True, exist_ok=True)
-    save_model(dst, model)
-    save_config(quantized, config_path=dst / "config.json")
-    for f in (out / name).iterdir():
-        if f.name != "config.json" and not f.name.startswith("model"):
-            shutil.copy(f, dst / f.name)
-    print(f"wrote {dst}")
+    write_quantized(model, config, out / name, out / f"{name}-4bit", group_size=64, bits=4,
+                    quant_predicate=getattr(model, "quant_predicate", None))
 
 
 def main() -> None:

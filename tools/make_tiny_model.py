@@ -512,20 +512,12 @@ def converted_mxfp4(out: Path) -> None:
     overrides that name no mode for the routers (8-bit affine, as mlx-lm reads them)."""
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
     from mlx_lm import load
-    from mlx_lm.utils import quantize_model, save_config, save_model
 
     src = out / "tiny-random-gpt-oss"
     dst = out / "tiny-random-gpt-oss-convert-mxfp4"
     model, _ = load(str(src))
     config = json.loads((src / "config.json").read_text())
-    model, config = quantize_model(model, config, group_size=32, bits=4, mode="mxfp4")
-    dst.mkdir(parents=True, exist_ok=True)
-    save_model(dst, model)
-    save_config(config, config_path=dst / "config.json")
-    for f in src.iterdir():
-        if f.name != "config.json" and not f.name.startswith("model"):
-            shutil.copy(f, dst / f.name)
-    print(f"wrote {dst}")
+    write_quantized(model, config, src, dst, group_size=32, bits=4, mode="mxfp4")
 
 
 def scripted_llama(src: dict, config: dict, llama: dict[str, mx.array], out: Path, source: Path) -> None:
@@ -636,7 +628,6 @@ def deepseek(src: dict, out: Path, source: Path) -> None:
     normed with the model's epsilon, no RoPE scaling)."""
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
     from mlx_lm.models import deepseek_v3
-    from mlx_lm.utils import quantize_model, save_config, save_model
 
     config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     config.update({
@@ -667,15 +658,8 @@ def deepseek(src: dict, out: Path, source: Path) -> None:
             hf[name] = t
     write(out / "tiny-random-deepseek-v3-hf", source, config, hf)
 
-    dst = out / "tiny-random-deepseek-v3-4bit"
-    model, quantized = quantize_model(model, dict(config), group_size=32, bits=4)
-    dst.mkdir(parents=True, exist_ok=True)
-    save_model(dst, model)
-    save_config(quantized, config_path=dst / "config.json")
-    for f in (out / "tiny-random-deepseek-v3").iterdir():
-        if f.name != "config.json" and not f.name.startswith("model"):
-            shutil.copy(f, dst / f.name)
-    print(f"wrote {dst}")
+    write_quantized(model, config, out / "tiny-random-deepseek-v3", out / "tiny-random-deepseek-v3-4bit",
+                    group_size=32, bits=4)
 
     # GLM-4.7-Flash: the same layers, queries projected directly, latents normed with the
     # model's own epsilon, plain RoPE, a router guarded against a zero sum.
@@ -724,7 +708,6 @@ def hybrids(src: dict, out: Path, source: Path) -> None:
     stand-in vision tower and MTP head that loaders must leave out)."""
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
     from mlx_lm.models import qwen3_5, qwen3_5_moe, qwen3_next
-    from mlx_lm.utils import quantize_model, save_config, save_model
 
     tokens = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
@@ -772,16 +755,8 @@ def hybrids(src: dict, out: Path, source: Path) -> None:
     hf["mtp.fc.weight"] = mx.zeros((HIDDEN, 2 * HIDDEN))
     write(out / "tiny-random-qwen3.5-moe-hf", source, moe_config, hf)
 
-    dst = out / "tiny-random-qwen3.5-moe-4bit"
-    model, config = quantize_model(model, dict(moe_config), group_size=64, bits=4,
-                                   quant_predicate=model.quant_predicate)
-    dst.mkdir(parents=True, exist_ok=True)
-    save_model(dst, model)
-    save_config(config, config_path=dst / "config.json")
-    for f in (out / "tiny-random-qwen3.5-moe").iterdir():
-        if f.name != "config.json" and not f.name.startswith("model"):
-            shutil.copy(f, dst / f.name)
-    print(f"wrote {dst}")
+    write_quantized(model, moe_config, out / "tiny-random-qwen3.5-moe", out / "tiny-random-qwen3.5-moe-4bit",
+                    group_size=64, bits=4, quant_predicate=model.quant_predicate)
 
 
 def gemma4(src: dict, out: Path, source: Path) -> None:
@@ -800,7 +775,6 @@ def gemma4(src: dict, out: Path, source: Path) -> None:
     from mlx.utils import tree_unflatten
     from mlx_lm.models import gemma4 as gemma4_model
     from mlx_lm.models import gemma4_text
-    from mlx_lm.utils import quantize_model, save_config, save_model
 
     def near_one(model, w: dict[str, mx.array]) -> dict[str, mx.array]:
         for name, t in w.items():
@@ -858,16 +832,8 @@ def gemma4(src: dict, out: Path, source: Path) -> None:
     hf["model.audio_tower.conv.weight"] = mx.zeros((8, 3))
     write(out / "tiny-random-gemma4-moe-hf", source, config, hf)
 
-    dst = out / "tiny-random-gemma4-moe-4bit"
-    model, quantized = quantize_model(model, dict(config), group_size=64, bits=4,
-                                      quant_predicate=model.quant_predicate)
-    dst.mkdir(parents=True, exist_ok=True)
-    save_model(dst, model)
-    save_config(quantized, config_path=dst / "config.json")
-    for f in (out / "tiny-random-gemma4-moe").iterdir():
-        if f.name != "config.json" and not f.name.startswith("model"):
-            shutil.copy(f, dst / f.name)
-    print(f"wrote {dst}")
+    write_quantized(model, config, out / "tiny-random-gemma4-moe", out / "tiny-random-gemma4-moe-4bit",
+                    group_size=64, bits=4, quant_predicate=model.quant_predicate)
 
 
 def nemotron_h(src: dict, out: Path, source: Path) -> None:
@@ -882,7 +848,6 @@ def nemotron_h(src: dict, out: Path, source: Path) -> None:
     import mlx_lm_compat  # noqa: F401  (before mlx_lm: see its docstring)
     from mlx.utils import tree_unflatten
     from mlx_lm.models import nemotron_h as nemotron
-    from mlx_lm.utils import quantize_model, save_config, save_model
 
     config = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     config.update({
@@ -922,12 +887,21 @@ def nemotron_h(src: dict, out: Path, source: Path) -> None:
     hf["mtp.layers.0.norm.weight"] = mx.ones((HIDDEN,))
     write(out / "tiny-random-nemotron-h-hf", source, config, hf)
 
-    dst = out / "tiny-random-nemotron-h-4bit"
-    model, quantized = quantize_model(model, dict(config), group_size=32, bits=4)
+    write_quantized(model, config, out / "tiny-random-nemotron-h", out / "tiny-random-nemotron-h-4bit",
+                    group_size=32, bits=4)
+
+
+def write_quantized(model, config: dict, src: Path, dst: Path, **options) -> None:
+    """`model` quantized by mlx-lm's own `quantize_model` (`options`: group_size, bits, mode,
+    quant_predicate) and saved as mlx-lm saves it, with the other files of `src` (tokenizer,
+    generation config). Call after importing mlx_lm_compat."""
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    model, quantized = quantize_model(model, dict(config), **options)
     dst.mkdir(parents=True, exist_ok=True)
     save_model(dst, model)
     save_config(quantized, config_path=dst / "config.json")
-    for f in (out / "tiny-random-nemotron-h").iterdir():
+    for f in src.iterdir():
         if f.name != "config.json" and not f.name.startswith("model"):
             shutil.copy(f, dst / f.name)
     print(f"wrote {dst}")
