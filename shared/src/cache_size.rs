@@ -66,6 +66,11 @@ pub struct SequenceShape {
     pub snapshots: bool,
 }
 
+/// The product of sizes read from a config, saturating rather than overflowing on absurd ones.
+fn product(sizes: &[u64]) -> u64 {
+    sizes.iter().fold(1, |acc, &x| acc.saturating_mul(x))
+}
+
 fn round_up(n: u64, step: u64) -> u64 {
     n.div_ceil(step).saturating_mul(step)
 }
@@ -86,9 +91,9 @@ impl LayerCache {
                     Some(w) => full.min(windowed_capacity(w, s.largest_append)),
                     None => full,
                 };
-                2 * kv_heads * head_dim * held * s.dtype_bytes
+                product(&[2, kv_heads, head_dim, held, s.dtype_bytes])
             }
-            LayerCache::Latent { width } => width * full * s.dtype_bytes,
+            LayerCache::Latent { width } => product(&[width, full, s.dtype_bytes]),
             LayerCache::GatedDelta {
                 channels,
                 kernel,
@@ -96,12 +101,12 @@ impl LayerCache {
                 key_dim,
                 value_dim,
             } => {
-                let conv = kernel.saturating_sub(1) * channels * s.dtype_bytes;
-                let state = heads * value_dim * key_dim * 4;
-                states * (conv + state)
+                let conv = product(&[kernel.saturating_sub(1), channels, s.dtype_bytes]);
+                let state = product(&[heads, value_dim, key_dim, 4]);
+                states.saturating_mul(conv.saturating_add(state))
             }
             LayerCache::ShortConv { channels, kernel } => {
-                states * kernel.saturating_sub(1) * channels * s.dtype_bytes
+                product(&[states, kernel.saturating_sub(1), channels, s.dtype_bytes])
             }
             LayerCache::Shared => 0,
         }
@@ -111,12 +116,15 @@ impl LayerCache {
 /// The largest buffer a windowed cache grows to: it drops all but `window - 1 + SLACK` positions
 /// when it grows, then makes room for the append in whole steps.
 fn windowed_capacity(window: u64, largest_append: u64) -> u64 {
-    window.saturating_sub(1) + SLACK + round_up(largest_append.max(1), STEP)
+    window
+        .saturating_sub(1)
+        .saturating_add(SLACK)
+        .saturating_add(round_up(largest_append.max(1), STEP))
 }
 
 /// Bytes one sequence's cache holds across all layers of `config`.
 pub fn sequence_bytes(config: &ModelConfig, s: &SequenceShape) -> u64 {
-    layers(config).iter().map(|l| l.bytes(s)).sum()
+    (0..config.num_hidden_layers).fold(0, |sum, i| sum.saturating_add(layer(config, i).bytes(s)))
 }
 
 /// Positions a sequence may reach: the worker refuses prompts at `max_position_embeddings` and
@@ -142,18 +150,22 @@ pub fn dtype_bytes(config: &ModelConfig, cpu_float32: bool) -> u64 {
 
 /// Each layer's cache, as the worker builds its mixers for `config.model_type`.
 pub fn layers(config: &ModelConfig) -> Vec<LayerCache> {
-    let kind = config.model_type.as_str();
     (0..config.num_hidden_layers)
-        .map(|i| match kind {
-            "gemma4" | "gemma4_text" => gemma4_layer(config, i),
-            "gemma3" | "gemma3_text" => attention(config, gemma3_window(config, i)),
-            "deepseek_v3" | "glm4_moe_lite" => latent(config),
-            "qwen3_next" | "qwen3_5" | "qwen3_5_moe" => hybrid_layer(config, i),
-            "lfm2" => lfm2_layer(config, i),
-            "ministral3" | "gpt_oss" | "olmo3" => attention(config, typed_window(config, i)),
-            _ => attention(config, None),
-        })
+        .map(|i| layer(config, i))
         .collect()
+}
+
+/// Layer `i`'s cache (the worker's `mod.rs` places the kinds so).
+pub fn layer(config: &ModelConfig, i: usize) -> LayerCache {
+    match config.model_type.as_str() {
+        "gemma4" | "gemma4_text" => gemma4_layer(config, i),
+        "gemma3" | "gemma3_text" => attention(config, gemma3_window(config, i)),
+        "deepseek_v3" | "glm4_moe_lite" => latent(config),
+        "qwen3_next" | "qwen3_5" | "qwen3_5_moe" => hybrid_layer(config, i),
+        "lfm2" => lfm2_layer(config, i),
+        "ministral3" | "gpt_oss" | "olmo3" => attention(config, typed_window(config, i)),
+        _ => attention(config, None),
+    }
 }
 
 fn n(v: usize) -> u64 {
@@ -193,8 +205,9 @@ fn typed_window(config: &ModelConfig, i: usize) -> Option<u64> {
 
 /// DeepSeek-V3's latent: `kv_lora_rank` plus the rotary key's `qk_rope_head_dim`.
 fn latent(config: &ModelConfig) -> LayerCache {
-    let width = config.kv_lora_rank.unwrap_or(0) + config.qk_rope_head_dim.unwrap_or(0);
-    LayerCache::Latent { width: n(width) }
+    let width =
+        n(config.kv_lora_rank.unwrap_or(0)).saturating_add(n(config.qk_rope_head_dim.unwrap_or(0)));
+    LayerCache::Latent { width }
 }
 
 /// Qwen3-Next/3.5: Gated DeltaNet, every `full_attention_interval`-th layer attention.
