@@ -2,23 +2,53 @@
 //! (or evict least-recently-used idle models) when it would push the system past
 //! `memory.max_memory_percent`.
 //!
-//! Estimate: the folder's `*.safetensors` bytes, with quantized weights counted as float32
-//! where a CPU worker expands them (up to `CPU_DEQUANTIZE_LIMIT`, as the worker does), plus
-//! 10% for the KV cache and activations, plus a fixed 256 MiB for the worker process itself
-//! (MLX, the tokenizer, buffers). "Used" is total minus available memory as the OS reports it
-//! (page cache that can be dropped does not count as used).
+//! Estimate = weights + caches + 256 MiB for the worker process itself (MLX, the tokenizer,
+//! buffers):
+//! - weights: the folder's `*.safetensors` bytes, with quantized weights counted as float32
+//!   where a CPU worker expands them (up to `CPU_DEQUANTIZE_LIMIT`, as the worker does);
+//! - caches: `max_batch` sequences each at the model's full context (`max_position_embeddings`,
+//!   the worker's own limit), each layer counted by kind as the worker stores it
+//!   (`opta_lmx_shared::cache_size`: keys and values, windows, latents, recurrent states,
+//!   shared layers), plus the prompt cache's whole budget (`prompt_cache_mb`). Embedding models
+//!   keep no cache.
+//!
+//! "Used" is total minus available memory as the OS reports it (page cache that can be dropped
+//! does not count as used).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use opta_lmx_shared::model_dir;
+use opta_lmx_shared::cache_size::{self, SequenceShape};
+use opta_lmx_shared::model_dir::{self, ModelConfig, ModelKind};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use super::ManagerConfig;
 
 /// Fixed per-worker allowance on top of the weights.
 pub const WORKER_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
-/// KV cache and activations, as a fraction of the weights: 1/10.
-pub const KV_ALLOWANCE_DIVISOR: u64 = 10;
+
+/// What a worker is started with that bounds its caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Sequences it decodes together (`--max-batch`).
+    pub sequences: u64,
+    /// The prompt cache's budget (`--prompt-cache-mb`, in bytes; 0: off).
+    pub prompt_cache_bytes: u64,
+    /// Prompt tokens per forward pass (`--prefill-step`): a windowed cache makes room for them.
+    pub prefill_step: u64,
+}
+
+impl WorkerLimits {
+    /// The limits the manager starts every worker with.
+    pub fn of(cfg: &ManagerConfig) -> WorkerLimits {
+        WorkerLimits {
+            sequences: u64::from(cfg.max_batch.max(1)),
+            prompt_cache_bytes: cfg.prompt_cache_mb.saturating_mul(1024 * 1024),
+            prefill_step: u64::from(cfg.prefill_step.max(1)),
+        }
+    }
+}
 
 /// Bytes of `*.safetensors` directly in `dir` (unreadable entries count as 0: the worker
 /// will report the real problem when it loads).
@@ -43,25 +73,55 @@ pub fn workers_expand_weights() -> bool {
     !cfg!(target_os = "macos") && !Path::new("/dev/nvidiactl").exists() && !exact
 }
 
-/// What loading the model in `dir` is expected to take.
-pub fn estimate_bytes(dir: &Path) -> u64 {
-    estimate_bytes_for(dir, workers_expand_weights())
+/// What loading the model in `dir` is expected to take, in a worker started with `limits`.
+pub fn estimate_bytes(dir: &Path, limits: &WorkerLimits) -> u64 {
+    estimate_bytes_for(dir, limits, workers_expand_weights())
 }
 
 /// [`estimate_bytes`] for a worker that does (`expands`) or does not expand quantized weights.
-pub fn estimate_bytes_for(dir: &Path, expands: bool) -> u64 {
+pub fn estimate_bytes_for(dir: &Path, limits: &WorkerLimits, expands: bool) -> u64 {
     let mut weights = weights_bytes(dir);
+    // Without a readable config the worker will not load: the weights are all there is to count.
+    let Ok(config) = model_dir::read_config(dir) else {
+        return weights.saturating_add(WORKER_OVERHEAD_BYTES);
+    };
+    let mut quantized = false;
     if expands {
-        if let Ok(config) = model_dir::read_config(dir) {
-            let (expanded, stored) = model_dir::quantized_footprint(dir, &config);
-            if expanded <= model_dir::CPU_DEQUANTIZE_LIMIT {
-                weights = weights.saturating_sub(stored).saturating_add(expanded);
-            }
+        let (expanded, stored) = model_dir::quantized_footprint(dir, &config);
+        quantized = expanded > 0;
+        if expanded <= model_dir::CPU_DEQUANTIZE_LIMIT {
+            weights = weights.saturating_sub(stored).saturating_add(expanded);
         }
     }
+    // A CPU worker runs a quantized model in float32, expanded or not (its scales are float32).
+    let cache = cache_bytes(dir, &config, limits, expands && quantized);
+    tracing::debug!(dir = %dir.display(), weights, cache, "memory estimate");
     weights
-        .saturating_add(weights / KV_ALLOWANCE_DIVISOR)
+        .saturating_add(cache)
         .saturating_add(WORKER_OVERHEAD_BYTES)
+}
+
+/// The caches a worker may fill: every sequence at the model's whole context, plus the prompt
+/// cache's budget. `cpu_float32`: the activations, and so the cache, are float32.
+pub fn cache_bytes(
+    dir: &Path,
+    config: &ModelConfig,
+    limits: &WorkerLimits,
+    cpu_float32: bool,
+) -> u64 {
+    // Embedders read each batch whole, without a cache.
+    if ModelKind::of(dir, config) == ModelKind::Embedding {
+        return 0;
+    }
+    let shape = SequenceShape {
+        positions: cache_size::context(config),
+        dtype_bytes: cache_size::dtype_bytes(config, cpu_float32),
+        largest_append: limits.prefill_step,
+        snapshots: limits.prompt_cache_bytes > 0,
+    };
+    cache_size::sequence_bytes(config, &shape)
+        .saturating_mul(limits.sequences.max(1))
+        .saturating_add(limits.prompt_cache_bytes)
 }
 
 /// The byte limit `max_memory_percent` sets on `total`.
@@ -236,8 +296,16 @@ mod tests {
         assert_eq!(limit_bytes(1000, 0), 0);
     }
 
+    /// A worker of 2 sequences without a prompt cache.
+    const TWO: WorkerLimits = WorkerLimits {
+        sequences: 2,
+        prompt_cache_bytes: 0,
+        prefill_step: 2048,
+    };
+
+    /// Without a config the worker will not load: only the weights and the process count.
     #[test]
-    fn estimate_counts_safetensors_plus_allowances() {
+    fn estimate_without_a_config_counts_safetensors_and_the_process() {
         let dir = std::env::temp_dir().join(format!("opta-lmx-mem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("model-00001.safetensors"), vec![0u8; 1000]).unwrap();
@@ -245,11 +313,89 @@ mod tests {
         std::fs::write(dir.join("tokenizer.json"), vec![0u8; 5000]).unwrap();
         assert_eq!(weights_bytes(&dir), 2000);
         assert_eq!(
-            estimate_bytes_for(&dir, false),
-            2000 + 200 + WORKER_OVERHEAD_BYTES
+            estimate_bytes_for(&dir, &TWO, false),
+            2000 + WORKER_OVERHEAD_BYTES
         );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(estimate_bytes(&dir), WORKER_OVERHEAD_BYTES);
+        assert_eq!(estimate_bytes(&dir, &TWO), WORKER_OVERHEAD_BYTES);
+    }
+
+    /// The manager's settings as the worker gets them: 1 sequence at least, MiB as bytes.
+    #[test]
+    fn limits_follow_the_worker_flags() {
+        let cfg = ManagerConfig {
+            worker_bin: "w".into(),
+            socket_dir: None,
+            load_timeout: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(1),
+            stop_grace: std::time::Duration::from_secs(1),
+            max_memory_percent: 90,
+            auto_evict_lru: false,
+            max_batch: 0,
+            prompt_cache_mb: 512,
+            prefill_step: 512,
+            tool_syntax: Default::default(),
+            tensor_parallel: Default::default(),
+        };
+        let limits = WorkerLimits::of(&cfg);
+        assert_eq!(
+            limits,
+            WorkerLimits {
+                sequences: 1,
+                prompt_cache_bytes: 512 << 20,
+                prefill_step: 512
+            }
+        );
+    }
+
+    fn tiny(name: &str) -> Option<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.deps/models/opta")
+            .join(name);
+        if dir.join("config.json").exists() {
+            Some(dir)
+        } else {
+            eprintln!("skipped: {} is not installed", dir.display());
+            None
+        }
+    }
+
+    /// The tiny Qwen3.5 (float32, dense: nothing to expand) in a worker of 8 sequences with a
+    /// 512 MiB prompt cache: each sequence holds 2 attention layers of 512 bytes a position for
+    /// all 4096 positions (4 MiB) and 2 Gated DeltaNet states of 10,496 bytes, nine of each with
+    /// the prompt cache's snapshots (188,928 bytes).
+    #[test]
+    fn tiny_qwen35_counts_its_caches_for_every_sequence_and_the_prompt_cache() {
+        let Some(dir) = tiny("tiny-random-qwen3.5") else {
+            return;
+        };
+        let limits = WorkerLimits {
+            sequences: 8,
+            prompt_cache_bytes: 512 << 20,
+            prefill_step: 2048,
+        };
+        let per_sequence = 2 * 4096 * 512 + 9 * 2 * 10_496;
+        assert_eq!(per_sequence, 4_383_232);
+        let expected = weights_bytes(&dir) + 8 * per_sequence + (512 << 20) + WORKER_OVERHEAD_BYTES;
+        assert_eq!(estimate_bytes_for(&dir, &limits, true), expected);
+        assert_eq!(estimate_bytes_for(&dir, &limits, false), expected);
+    }
+
+    /// An embedder keeps no cache between requests: weights and the process only.
+    #[test]
+    fn an_embedding_model_counts_no_cache() {
+        let Some(dir) = tiny("tiny-random-bert") else {
+            return;
+        };
+        let limits = WorkerLimits {
+            sequences: 8,
+            prompt_cache_bytes: 512 << 20,
+            prefill_step: 2048,
+        };
+        assert_eq!(
+            estimate_bytes_for(&dir, &limits, false),
+            weights_bytes(&dir) + WORKER_OVERHEAD_BYTES
+        );
     }
 
     /// A 4-bit [64, 256] layer: 8 KiB packed plus scales and biases as stored, 64 KiB as the
@@ -281,9 +427,18 @@ mod tests {
         std::fs::write(dir.join("model.safetensors"), &file).unwrap();
         let stored = file.len() as u64;
         let expanded = stored - (packed + 2 * groups) as u64 + 64 * 256 * 4;
-        let allowances = |w: u64| w + w / KV_ALLOWANCE_DIVISOR + WORKER_OVERHEAD_BYTES;
-        assert_eq!(estimate_bytes_for(&dir, false), allowances(stored));
-        assert_eq!(estimate_bytes_for(&dir, true), allowances(expanded));
+        // 1 layer of 4 KV heads of 64 at 32768 positions (no `max_position_embeddings`: the
+        // fallback context) is 2 * 4 * 64 * 32768 = 16 Mi values a sequence: bf16 on a GPU
+        // worker, float32 on a CPU worker, which runs a quantized model in float32.
+        let cache = |bytes: u64| 2 * (16 << 20) * bytes;
+        assert_eq!(
+            estimate_bytes_for(&dir, &TWO, false),
+            stored + cache(2) + WORKER_OVERHEAD_BYTES
+        );
+        assert_eq!(
+            estimate_bytes_for(&dir, &TWO, true),
+            expanded + cache(4) + WORKER_OVERHEAD_BYTES
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -462,7 +462,7 @@ impl ModelManager {
         if let Some(joined) = self.memory.join(model_id) {
             return Ok(joined);
         }
-        let needed = memory::estimate_bytes(dir);
+        let needed = memory::estimate_bytes(dir, &memory::WorkerLimits::of(&self.settings.cfg));
         let mut refused = HashSet::new();
         // Each round evicts one model or marks one as refusing; the cap only guards against
         // models being reloaded by others as fast as they are evicted.
