@@ -10,10 +10,13 @@
 //!   values per position (the normed latent and the shared rotary key);
 //! - Gated DeltaNet (Qwen3-Next/3.5): a fixed state whatever the length, the convolution's last
 //!   `kernel - 1` inputs plus float32 matrices `[heads, value_dim, key_dim]`;
+//! - Mamba-2 (Nemotron-H): the same shape of state, `[heads, head_dim, ssm_state_size]`;
 //! - short convolution (LFM2): the last `kernel - 1` inputs only;
+//! - Nemotron-H's MLP and expert blocks: nothing;
 //! - KV-shared layers (Gemma 4's last `num_kv_shared_layers`): nothing.
 //!
-//! With the prompt cache on, a recurrent layer also keeps up to [`MAX_SNAPSHOTS`] earlier states.
+//! With the prompt cache on, a recurrent layer also keeps an earlier state at the end of each
+//! prefill chunk, up to [`MAX_SNAPSHOTS`].
 
 use crate::model_dir::ModelConfig;
 
@@ -38,8 +41,9 @@ pub enum LayerCache {
     },
     /// One latent of `width` values per position (keys and values both read it).
     Latent { width: u64 },
-    /// Gated DeltaNet: a convolution over `channels` and a float32 state per value head.
-    GatedDelta {
+    /// Gated DeltaNet or Mamba-2: a convolution over `channels` and a float32 state
+    /// `[heads, value_dim, key_dim]` (Mamba-2: `[heads, head_dim, state_size]`).
+    Recurrent {
         channels: u64,
         kernel: u64,
         heads: u64,
@@ -48,7 +52,8 @@ pub enum LayerCache {
     },
     /// LFM2's short convolution over `channels`.
     ShortConv { channels: u64, kernel: u64 },
-    /// Attends over an earlier layer's cache and holds none.
+    /// Holds nothing: attends over an earlier layer's cache (Gemma 4), or has no mixer that
+    /// looks across positions (Nemotron-H's MLP and expert blocks).
     Shared,
 }
 
@@ -79,8 +84,14 @@ impl LayerCache {
     /// Bytes this layer's cache holds for one sequence shaped as `s`.
     pub fn bytes(&self, s: &SequenceShape) -> u64 {
         let full = round_up(s.positions, STEP);
-        // Every live state plus the snapshots the prompt cache may keep.
-        let states = if s.snapshots { 1 + MAX_SNAPSHOTS } else { 1 };
+        // The live state, plus one snapshot per prefill chunk (at most `MAX_SNAPSHOTS`) that the
+        // prompt cache may keep.
+        let chunks = s.positions.div_ceil(s.largest_append.max(1));
+        let states = if s.snapshots {
+            1 + chunks.min(MAX_SNAPSHOTS)
+        } else {
+            1
+        };
         match *self {
             LayerCache::Attention {
                 kv_heads,
@@ -94,7 +105,7 @@ impl LayerCache {
                 product(&[2, kv_heads, head_dim, held, s.dtype_bytes])
             }
             LayerCache::Latent { width } => product(&[width, full, s.dtype_bytes]),
-            LayerCache::GatedDelta {
+            LayerCache::Recurrent {
                 channels,
                 kernel,
                 heads,
@@ -163,6 +174,7 @@ pub fn layer(config: &ModelConfig, i: usize) -> LayerCache {
         "deepseek_v3" | "glm4_moe_lite" => latent(config),
         "qwen3_next" | "qwen3_5" | "qwen3_5_moe" => hybrid_layer(config, i),
         "lfm2" => lfm2_layer(config, i),
+        "nemotron_h" => nemotron_layer(config, i),
         "ministral3" | "gpt_oss" | "olmo3" => attention(config, typed_window(config, i)),
         _ => attention(config, None),
     }
@@ -224,13 +236,39 @@ fn hybrid_layer(config: &ModelConfig, i: usize) -> LayerCache {
         n(config.linear_key_head_dim.unwrap_or(0)),
         n(config.linear_value_head_dim.unwrap_or(0)),
     );
-    LayerCache::GatedDelta {
+    LayerCache::Recurrent {
         // The convolution runs over q, k and v together.
         channels: 2 * nk * dk + nv * dv,
         kernel: n(config.linear_conv_kernel_dim.unwrap_or(4)),
         heads: nv,
         key_dim: dk,
         value_dim: dv,
+    }
+}
+
+/// Nemotron-H: Mamba-2 at `M`, attention at `*`; its MLP and expert blocks keep nothing.
+fn nemotron_layer(config: &ModelConfig, i: usize) -> LayerCache {
+    match config
+        .block_pattern
+        .as_deref()
+        .and_then(|p| p.chars().nth(i))
+    {
+        Some('M') => {
+            let heads = n(config.mamba_num_heads.unwrap_or(0));
+            let head_dim = n(config.mamba_head_dim.unwrap_or(0));
+            let state = n(config.ssm_state_size.unwrap_or(0));
+            let groups = n(config.n_groups.unwrap_or(0));
+            LayerCache::Recurrent {
+                // The convolution runs over x, B and C together.
+                channels: heads * head_dim + 2 * groups * state,
+                kernel: n(config.conv_kernel.unwrap_or(4)),
+                heads,
+                key_dim: state,
+                value_dim: head_dim,
+            }
+        }
+        Some('*') => attention(config, None),
+        _ => LayerCache::Shared,
     }
 }
 
@@ -379,8 +417,8 @@ mod tests {
 
     /// Tiny Qwen3.5: layers 1 and 3 attention (512 bytes a position), 0 and 2 Gated DeltaNet:
     /// a convolution over 2*2*32 + 4*16 = 192 channels keeping 3 inputs (2304 bytes) and four
-    /// 16x32 float32 matrices (8192 bytes), 10,496 bytes whatever the length, nine times that
-    /// with the prompt cache's snapshots.
+    /// 16x32 float32 matrices (8192 bytes), 10,496 bytes whatever the length; with the prompt
+    /// cache, one snapshot more per 2048-token prefill chunk, up to eight.
     #[test]
     fn qwen35_recurrent_layers_count_a_fixed_state() {
         let Some(c) = tiny("tiny-random-qwen3.5") else {
@@ -398,7 +436,26 @@ mod tests {
         );
         assert_eq!(
             sequence_bytes(&c, &shape(4096, 4, true)),
-            2 * 4096 * 512 + 9 * recurrent
+            2 * 4096 * 512 + 3 * recurrent
+        );
+        assert_eq!(
+            sequence_bytes(&c, &shape(100_000, 4, true)),
+            2 * 100_096 * 512 + 9 * recurrent
+        );
+    }
+
+    /// Tiny Nemotron-H (`M*-ME`): two Mamba-2 layers (each a convolution over 8*16 + 2*2*16 =
+    /// 192 channels keeping 3 inputs, 2304 bytes, and 8 float32 states of 16x16, 8192 bytes),
+    /// one attention layer (2 KV heads of 32: 512 bytes a position in float32), the rest
+    /// nothing.
+    #[test]
+    fn nemotron_h_counts_mamba_state_and_attention_only() {
+        let Some(c) = tiny("tiny-random-nemotron-h") else {
+            return;
+        };
+        assert_eq!(
+            sequence_bytes(&c, &shape(4096, 4, false)),
+            4096 * 512 + 2 * (2304 + 8192)
         );
     }
 

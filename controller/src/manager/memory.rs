@@ -6,11 +6,14 @@
 //! buffers):
 //! - weights: the folder's `*.safetensors` bytes, with quantized weights counted as float32
 //!   where a CPU worker expands them (up to `CPU_DEQUANTIZE_LIMIT`, as the worker does);
-//! - caches: `max_batch` sequences each at the model's full context (`max_position_embeddings`,
-//!   the worker's own limit), each layer counted by kind as the worker stores it
+//! - caches: one sequence at the model's context (`max_position_embeddings`, the worker's own
+//!   limit) up to [`LONG_SEQUENCE`] positions, each other sequence it may batch (`max_batch`)
+//!   at [`SHORT_SEQUENCE`], each layer counted by kind as the worker stores it
 //!   (`opta_lmx_shared::cache_size`: keys and values, windows, latents, recurrent states,
 //!   shared layers), plus the prompt cache's whole budget (`prompt_cache_mb`). Embedding models
-//!   keep no cache.
+//!   keep no cache. Every slot at a 262k context would refuse a 27B model on a 64 GB Mac for
+//!   memory it only needs if eight clients each fill the whole context at once; the estimate
+//!   sizes a load for what sessions reach, and lets the caches grow from there.
 //!
 //! "Used" is total minus available memory as the OS reports it (page cache that can be dropped
 //! does not count as used).
@@ -27,6 +30,11 @@ use super::ManagerConfig;
 
 /// Fixed per-worker allowance on top of the weights.
 pub const WORKER_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
+/// Positions counted for the longest sequence (at most the model's context): a long agent
+/// session.
+pub const LONG_SEQUENCE: u64 = 32_768;
+/// Positions counted for each other sequence decoded beside it.
+pub const SHORT_SEQUENCE: u64 = 4_096;
 
 /// What a worker is started with that bounds its caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +109,9 @@ pub fn estimate_bytes_for(dir: &Path, limits: &WorkerLimits, expands: bool) -> u
         .saturating_add(WORKER_OVERHEAD_BYTES)
 }
 
-/// The caches a worker may fill: every sequence at the model's whole context, plus the prompt
-/// cache's budget. `cpu_float32`: the activations, and so the cache, are float32.
+/// The caches a worker is expected to fill: one long sequence, the others short (see the module
+/// comment), plus the prompt cache's budget. `cpu_float32`: the activations, and so the cache,
+/// are float32.
 pub fn cache_bytes(
     dir: &Path,
     config: &ModelConfig,
@@ -113,14 +122,16 @@ pub fn cache_bytes(
     if ModelKind::of(dir, config) == ModelKind::Embedding {
         return 0;
     }
-    let shape = SequenceShape {
-        positions: cache_size::context(config),
+    let context = cache_size::context(config);
+    let shape = |positions: u64| SequenceShape {
+        positions: context.min(positions),
         dtype_bytes: cache_size::dtype_bytes(config, cpu_float32),
         largest_append: limits.prefill_step,
         snapshots: limits.prompt_cache_bytes > 0,
     };
-    cache_size::sequence_bytes(config, &shape)
-        .saturating_mul(limits.sequences.max(1))
+    let long = cache_size::sequence_bytes(config, &shape(LONG_SEQUENCE));
+    let short = cache_size::sequence_bytes(config, &shape(SHORT_SEQUENCE));
+    long.saturating_add(short.saturating_mul(limits.sequences.max(1) - 1))
         .saturating_add(limits.prompt_cache_bytes)
 }
 
@@ -362,8 +373,8 @@ mod tests {
 
     /// The tiny Qwen3.5 (float32, dense: nothing to expand) in a worker of 8 sequences with a
     /// 512 MiB prompt cache: each sequence holds 2 attention layers of 512 bytes a position for
-    /// all 4096 positions (4 MiB) and 2 Gated DeltaNet states of 10,496 bytes, nine of each with
-    /// the prompt cache's snapshots (188,928 bytes).
+    /// all 4096 positions (4 MiB) and 2 Gated DeltaNet states of 10,496 bytes, three of each
+    /// with the prompt cache's snapshots after two 2048-token prefill chunks (62,976 bytes).
     #[test]
     fn tiny_qwen35_counts_its_caches_for_every_sequence_and_the_prompt_cache() {
         let Some(dir) = tiny("tiny-random-qwen3.5") else {
@@ -374,8 +385,8 @@ mod tests {
             prompt_cache_bytes: 512 << 20,
             prefill_step: 2048,
         };
-        let per_sequence = 2 * 4096 * 512 + 9 * 2 * 10_496;
-        assert_eq!(per_sequence, 4_383_232);
+        let per_sequence = 2 * 4096 * 512 + 3 * 2 * 10_496;
+        assert_eq!(per_sequence, 4_257_280);
         let expected = weights_bytes(&dir) + 8 * per_sequence + (512 << 20) + WORKER_OVERHEAD_BYTES;
         assert_eq!(estimate_bytes_for(&dir, &limits, true), expected);
         assert_eq!(estimate_bytes_for(&dir, &limits, false), expected);
@@ -427,10 +438,11 @@ mod tests {
         std::fs::write(dir.join("model.safetensors"), &file).unwrap();
         let stored = file.len() as u64;
         let expanded = stored - (packed + 2 * groups) as u64 + 64 * 256 * 4;
-        // 1 layer of 4 KV heads of 64 at 32768 positions (no `max_position_embeddings`: the
-        // fallback context) is 2 * 4 * 64 * 32768 = 16 Mi values a sequence: bf16 on a GPU
-        // worker, float32 on a CPU worker, which runs a quantized model in float32.
-        let cache = |bytes: u64| 2 * (16 << 20) * bytes;
+        // 1 layer of 4 KV heads of 64: the long sequence at 32768 positions (no
+        // `max_position_embeddings`: the fallback context) is 2 * 4 * 64 * 32768 = 16 Mi
+        // values, the second at 4096 positions 2 Mi: bf16 on a GPU worker, float32 on a CPU
+        // worker, which runs a quantized model in float32.
+        let cache = |bytes: u64| ((16 << 20) + (2 << 20)) * bytes;
         assert_eq!(
             estimate_bytes_for(&dir, &TWO, false),
             stored + cache(2) + WORKER_OVERHEAD_BYTES
