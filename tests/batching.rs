@@ -146,3 +146,111 @@ fn a_resent_conversation_is_served_from_the_prompt_cache_with_the_same_answer() 
         r2["choices"][0]["message"]["content"]
     );
 }
+
+/// The prompt cache's disk tier: a long system prompt's states, written after the first
+/// request, serve the same conversation after an unload, after the worker is killed (a crash
+/// restart) and on a new daemon; an entry corrupted on disk is skipped and removed.
+#[test]
+fn the_prompt_cache_on_disk_survives_unload_crash_and_daemon_restart() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let config = format!("models:\n  prompt_cache_dir: {}\n", cache.path().display());
+    let system = "You are a careful assistant. Follow the house style: short sentences, plain \
+                  words, no lists. "
+        .repeat(20);
+    let body = chat(
+        json!([{"role": "system", "content": system},
+               {"role": "user", "content": "What is the capital of France?"}]),
+        8,
+    );
+    let ask = |d: &Daemon| {
+        let (s, r) = d.post("/v1/chat/completions", &body);
+        assert_eq!(s, 200, "{r}");
+        let cached = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0);
+        (cached, r["choices"][0]["message"]["content"].clone())
+    };
+    // The entry's files appear once the worker's writer thread is done.
+    let entries = |ext: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|model| std::fs::read_dir(model.path()).ok())
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect()
+    };
+    let written = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while entries("json").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(entries("json").len(), 1, "one entry on disk");
+    };
+
+    let d = Daemon::start(&config);
+    let (cached, answer) = ask(&d);
+    assert_eq!(cached, 0);
+    written();
+    let prompt_tokens = {
+        let (_, r) = d.post("/v1/chat/completions", &body);
+        r["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    assert!(prompt_tokens > 256, "{prompt_tokens} prompt tokens");
+
+    // Unloaded: the next worker reads the prefix from disk.
+    let (s, r) = d.post("/admin/models/unload", &json!({"model_id": MODEL}));
+    assert_eq!(s, 200, "{r}");
+    let (cached, again) = ask(&d);
+    assert!(cached > 256, "{cached} tokens from disk after an unload");
+    assert_eq!(again, answer);
+
+    // Killed: the restarted worker reads it too.
+    let (_, status) = d.get("/admin/status");
+    let pid = status["workers"][0]["pid"].as_u64().expect("worker pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (cached, again) = loop {
+        let (s, r) = d.post("/v1/chat/completions", &body);
+        if s == 200 {
+            let cached = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            break (cached, r["choices"][0]["message"]["content"].clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer after the crash: {s} {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        cached > 256,
+        "{cached} tokens from disk after a crash restart"
+    );
+    assert_eq!(again, answer);
+    drop(d);
+
+    // A new daemon with the same folder.
+    let d = Daemon::start(&config);
+    let (cached, again) = ask(&d);
+    assert!(cached > 256, "{cached} tokens from disk on a new daemon");
+    assert_eq!(again, answer);
+    drop(d);
+
+    // A corrupted entry is not served, and goes.
+    for f in entries("safetensors") {
+        std::fs::write(&f, b"not a safetensors file").expect("corrupt");
+    }
+    let d = Daemon::start(&config);
+    let (cached, again) = ask(&d);
+    assert_eq!(cached, 0, "a corrupt entry served");
+    assert_eq!(again, answer);
+}

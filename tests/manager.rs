@@ -29,6 +29,8 @@ fn config(worker_bin: PathBuf) -> ManagerConfig {
         auto_evict_lru: false,
         max_batch: 8,
         prompt_cache_mb: 512,
+        prompt_cache_dir: None,
+        prompt_cache_disk_mb: 0,
         prefill_step: 2048,
         tool_syntax: Default::default(),
         tensor_parallel: Default::default(),

@@ -92,6 +92,10 @@ pub struct ModelsConfig {
     pub max_queue: u32,
     /// The worker's prompt (prefix) cache, in MiB; 0 turns it off.
     pub prompt_cache_mb: u64,
+    /// The prompt cache's disk tier, in MiB (0: memory only), and its folder (`None`:
+    /// `$XDG_CACHE_HOME/opta-lmx/prompt-cache`, or `~/.cache/opta-lmx/prompt-cache`).
+    pub prompt_cache_disk_mb: u64,
+    pub prompt_cache_dir: Option<PathBuf>,
     /// Sampling for fields a request leaves out, where the model's `generation_config.json`
     /// gives no value.
     pub defaults: SamplingDefaults,
@@ -300,6 +304,8 @@ impl Default for ModelsConfig {
             max_concurrent_per_model: 8,
             max_queue: 32,
             prompt_cache_mb: 512,
+            prompt_cache_disk_mb: 4096,
+            prompt_cache_dir: None,
             defaults: SamplingDefaults::default(),
             tool_call_format: Default::default(),
             tensor_parallel: Default::default(),
@@ -407,6 +413,22 @@ impl Config {
             source,
         })?;
         Self::from_yaml(&text, path)
+    }
+
+    /// The prompt cache's disk folder: `models.prompt_cache_dir` with `~` expanded, else the
+    /// user's cache folder; `None` when the disk tier is off or no folder is known.
+    pub fn prompt_cache_dir(&self) -> Option<PathBuf> {
+        if self.models.prompt_cache_disk_mb == 0 {
+            return None;
+        }
+        if let Some(dir) = &self.models.prompt_cache_dir {
+            return Some(expand_home(dir));
+        }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(cache.join("opta-lmx/prompt-cache"))
     }
 
     /// `models.models_directory` with a leading `~` expanded.
@@ -530,6 +552,12 @@ mod tests {
             ),
             (2, 0, 0)
         );
+        // The disk tier: a folder with `~` expanded, and off at 0 MiB.
+        let c = parse("models:\n  prompt_cache_dir: ~/pc\n").unwrap();
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        assert_eq!(c.prompt_cache_dir(), home.map(|h| h.join("pc")));
+        let c = parse("models:\n  prompt_cache_dir: /pc\n  prompt_cache_disk_mb: 0\n").unwrap();
+        assert_eq!(c.prompt_cache_dir(), None);
         let e = parse("models:\n  max_concurrent_per_model: 0\n")
             .unwrap_err()
             .to_string();

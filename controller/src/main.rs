@@ -209,6 +209,8 @@ async fn serve(
             1
         },
         prompt_cache_mb: cfg.models.prompt_cache_mb,
+        prompt_cache_dir: cfg.prompt_cache_dir(),
+        prompt_cache_disk_mb: cfg.models.prompt_cache_disk_mb,
         prefill_step: cfg.models.prefill_step_size,
         tool_syntax: cfg.models.tool_call_format.clone(),
         tensor_parallel: cfg.models.tensor_parallel.clone(),

@@ -37,7 +37,8 @@ def start_daemon(config: str = "", port: int | None = None, env: dict[str, str] 
     tmp = tempfile.TemporaryDirectory()
     cfg = Path(tmp.name) / "config.yaml"
     cfg.write_text(config)
-    full_env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name)
+    full_env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name,
+                    XDG_CACHE_HOME=tmp.name)
     full_env.update(env or {})
     proc = subprocess.Popen(
         [str(TARGET / "opta-lmx"), "serve", "--config", str(cfg), "--port", str(port),

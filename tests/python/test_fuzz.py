@@ -104,7 +104,8 @@ def daemon():
     # JSON is YAML.
     config.write_text(json.dumps({"models": {"default_model": TINY, "auto_load": [TINY]}}))
     port = free_port()
-    env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name)
+    env = dict(os.environ, OPTA_LMX_WORKER=str(TARGET / "opta-lmx-worker"), HF_HUB_CACHE=tmp.name,
+               XDG_CACHE_HOME=tmp.name)
     proc = subprocess.Popen(
         [str(TARGET / "opta-lmx"), "serve", "--config", str(config), "--port", str(port),
          "--models-dir", str(MODELS)],

@@ -149,6 +149,8 @@ impl Daemon {
             .arg(models)
             .env("OPTA_LMX_WORKER", binary("opta-lmx-worker"))
             .env("HF_HUB_CACHE", dir.path().join("no-hf-cache"))
+            // A fresh prompt cache on disk per daemon: nothing carries over between tests.
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .envs(env.iter().copied())
             .spawn()
             .expect("spawn opta-lmx");

@@ -78,6 +78,21 @@ impl Saved {
         }
     }
 
+    /// Bytes of the arrays it holds.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Saved::Kv(state) => state.keys.nbytes() + state.values.nbytes(),
+            Saved::Recurrent(snaps) => snaps
+                .iter()
+                .map(|s| {
+                    s.conv.as_ref().map_or(0, Array::nbytes)
+                        + s.state.as_ref().map_or(0, Array::nbytes)
+                })
+                .sum(),
+            Saved::Stateless => 0,
+        }
+    }
+
     /// The prefix lengths a recurrent layer can serve (None: any from `min_prefix` on).
     pub fn points(&self) -> Option<Vec<usize>> {
         match self {
@@ -194,6 +209,21 @@ pub struct Snapshot {
     pub at: i32,
     conv: Option<Array>,
     state: Option<Array>,
+}
+
+impl Snapshot {
+    /// A state read back from elsewhere (the prompt cache's disk tier).
+    pub fn new(at: i32, conv: Option<Array>, state: Option<Array>) -> Self {
+        Snapshot { at, conv, state }
+    }
+
+    pub fn conv(&self) -> Option<&Array> {
+        self.conv.as_ref()
+    }
+
+    pub fn state(&self) -> Option<&Array> {
+        self.state.as_ref()
+    }
 }
 
 impl RecurrentCache {

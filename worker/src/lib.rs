@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cache;
 pub mod detok;
+pub mod disk_cache;
 pub mod distributed;
 pub mod embed;
 pub mod engine;

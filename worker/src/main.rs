@@ -61,6 +61,13 @@ enum Command {
         /// Memory for the prompt (prefix) cache, in MiB; 0 turns it off
         #[arg(long, default_value_t = 512)]
         prompt_cache_mb: u64,
+        /// A folder for the prompt cache's disk tier (a subfolder per model), which survives
+        /// the worker; without it the cache lives in memory only
+        #[arg(long)]
+        prompt_cache_dir: Option<PathBuf>,
+        /// The disk tier's size, in MiB (least recently used entries go first)
+        #[arg(long, default_value_t = 4096)]
+        prompt_cache_disk_mb: u64,
         /// Read and force tool calls in this syntax instead of the one the chat template
         /// implies: hermes, qwen3_coder, llama3, mistral, deepseek, harmony, kimi_k2, glm47 or
         /// gemma4
@@ -154,6 +161,8 @@ fn run(cli: Cli) -> ExitCode {
             model,
             max_batch,
             prompt_cache_mb,
+            prompt_cache_dir,
+            prompt_cache_disk_mb,
             tool_syntax,
             prefill_step,
             tensor_parallel,
@@ -164,6 +173,8 @@ fn run(cli: Cli) -> ExitCode {
                 prompt_cache_bytes: prompt_cache_mb.saturating_mul(1024 * 1024),
                 tool_syntax,
                 prefill_step: prefill_step as usize,
+                prompt_cache_dir,
+                prompt_cache_disk_bytes: prompt_cache_disk_mb.saturating_mul(1024 * 1024),
                 tensor_parallel: tensor_parallel.map(|backend| {
                     opta_lmx_worker::serve::TensorParallel {
                         backend,

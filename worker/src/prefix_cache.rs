@@ -5,6 +5,7 @@
 //! served only at the positions where those kept snapshots (see `cache`).
 
 use crate::cache::{LayerCache, Saved};
+use crate::disk_cache::DiskTier;
 
 /// One finished sequence's states: `tokens[i]` produced position i of every layer's cache.
 struct Entry {
@@ -36,6 +37,8 @@ pub struct PrefixCache {
     /// Requests that reused at least one cached token, and the tokens they reused.
     pub hits: u64,
     pub hit_tokens: u64,
+    /// Entries also written to disk, read back when memory lacks a prefix.
+    disk: Option<DiskTier>,
 }
 
 impl PrefixCache {
@@ -47,7 +50,25 @@ impl PrefixCache {
             used: 0,
             hits: 0,
             hit_tokens: 0,
+            disk: None,
         }
+    }
+
+    /// Lets the disk tier finish its queued writes.
+    pub fn finish_disk(&mut self) {
+        if let Some(d) = &mut self.disk {
+            d.finish();
+        }
+    }
+
+    /// Adds a disk tier behind the memory one.
+    pub fn set_disk(&mut self, disk: DiskTier) {
+        self.disk = Some(disk);
+    }
+
+    /// The disk tier's entries read back and written, if it has one.
+    pub fn disk_counts(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref().map(|d| (d.reads, d.writes))
     }
 
     pub fn bytes(&self) -> usize {
@@ -67,6 +88,7 @@ impl PrefixCache {
     /// decode step's.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<(Vec<LayerCache>, usize)> {
         let limit = prompt.len().saturating_sub(1);
+        self.bring_in_from_disk(prompt, limit);
         let (best, len) = self
             .entries
             .iter()
@@ -92,8 +114,30 @@ impl PrefixCache {
         Some((caches, len))
     }
 
+    /// Brings in from disk an entry that serves a longer prefix than memory does.
+    fn bring_in_from_disk(&mut self, prompt: &[u32], limit: usize) {
+        let Some(disk) = &mut self.disk else { return };
+        let Some(on_disk) = disk.best(prompt, limit) else {
+            return;
+        };
+        let in_memory = self
+            .entries
+            .iter()
+            .filter_map(|e| e.servable(common_prefix(&e.tokens, prompt).min(limit)))
+            .max()
+            .unwrap_or(0);
+        if on_disk <= in_memory {
+            return;
+        }
+        if let Some(loaded) = disk.load(prompt, limit) {
+            let bytes = loaded.layers.iter().map(Saved::nbytes).sum();
+            self.keep(loaded.tokens, loaded.layers, bytes);
+        }
+    }
+
     /// Keeps a finished sequence's states. `tokens` are the tokens fed to the model, at least
-    /// as many as the caches hold; the caches' own length decides how many are kept.
+    /// as many as the caches hold; the caches' own length decides how many are kept. With a
+    /// disk tier, they are written there too.
     pub fn insert(&mut self, tokens: &[u32], caches: &[LayerCache]) {
         let Some(len) = caches.first().map(|c| c.offset() as usize) else {
             return;
@@ -103,18 +147,23 @@ impl PrefixCache {
         }
         let layers: Option<Vec<_>> = caches.iter().map(LayerCache::saved).collect();
         let Some(layers) = layers else { return };
-        let min_prefix = layers.iter().map(Saved::min_prefix).max().unwrap_or(0);
-        // Every recurrent layer is marked at the same positions; keep those all of them have.
-        let points = layers
-            .iter()
-            .filter_map(Saved::points)
-            .reduce(|a, b| a.into_iter().filter(|p| b.contains(p)).collect());
         // The buffers behind the slices stay alive, so they are what the budget counts.
         let bytes = caches.iter().map(LayerCache::nbytes).sum();
+        let tokens = tokens[..len].to_vec();
+        if let Some(disk) = &mut self.disk {
+            let (min_prefix, points) = limits(&layers);
+            disk.store(&tokens, &layers, min_prefix, points);
+        }
+        self.keep(tokens, layers, bytes);
+    }
+
+    /// Adds an entry to the memory tier, dropping those it makes redundant and then the least
+    /// recently used until it fits.
+    fn keep(&mut self, tokens: Vec<u32>, layers: Vec<Saved>, bytes: usize) {
         if bytes > self.budget {
             return;
         }
-        let tokens = tokens[..len].to_vec();
+        let (min_prefix, points) = limits(&layers);
         // An entry that the new one extends (or repeats) is redundant.
         self.entries.retain(|e| {
             // Recurrent states serve only their snapshots: the old entry must hold no
@@ -142,6 +191,17 @@ impl PrefixCache {
             bytes,
         });
     }
+}
+
+/// The shortest prefix the layers serve and, with recurrent layers, the only lengths they do.
+fn limits(layers: &[Saved]) -> (usize, Option<Vec<usize>>) {
+    let min_prefix = layers.iter().map(Saved::min_prefix).max().unwrap_or(0);
+    // Every recurrent layer is marked at the same positions; keep those all of them have.
+    let points = layers
+        .iter()
+        .filter_map(Saved::points)
+        .reduce(|a, b| a.into_iter().filter(|p| b.contains(p)).collect());
+    (min_prefix, points)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

@@ -77,6 +77,10 @@ pub struct Limits {
     pub tool_syntax: Option<crate::tool_syntax::ToolSyntax>,
     /// Prompt tokens per prefill chunk; progress is reported after each.
     pub prefill_step: usize,
+    /// The prompt cache's disk tier: its folder (one subfolder per model fingerprint) and byte
+    /// budget; None or 0: memory only.
+    pub prompt_cache_dir: Option<std::path::PathBuf>,
+    pub prompt_cache_disk_bytes: u64,
     /// Serve as rank 0 of a tensor-parallel group.
     pub tensor_parallel: Option<TensorParallel>,
 }
@@ -314,7 +318,11 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         prompt_cache_bytes: usize::try_from(limits.prompt_cache_bytes).unwrap_or(usize::MAX),
         prefill_step: limits.prefill_step.max(1),
     };
-    let sched = Scheduler::new(&engine, config);
+    let mut sched = Scheduler::new(&engine, config);
+    // Ranks of a group must hold the same caches: only a lone worker reads from disk.
+    if let (None, Some(disk)) = (&group, disk_tier(dir, &limits)) {
+        sched.prefix_cache.set_disk(disk);
+    }
     let mut server = Server {
         engine: &engine,
         link,
@@ -331,8 +339,27 @@ fn engine_main(link: &Link, rx: &Receiver<Inbound>, dir: &Path, limits: Limits) 
         doorbells,
     };
     server.serve();
+    server.sched.prefix_cache.finish_disk();
     log!("shut down");
     ExitCode::SUCCESS
+}
+
+/// The prompt cache's disk tier for the model in `dir`, when configured (and the memory tier
+/// is on: entries pass through it). A tier that cannot be opened is logged and left out.
+fn disk_tier(dir: &Path, limits: &Limits) -> Option<crate::disk_cache::DiskTier> {
+    let root = limits.prompt_cache_dir.as_ref()?;
+    if limits.prompt_cache_disk_bytes == 0 || limits.prompt_cache_bytes == 0 {
+        return None;
+    }
+    let options = format!("{:?}", crate::model::LoadOptions::for_this_machine());
+    let fingerprint = crate::disk_cache::fingerprint(dir, &options);
+    match crate::disk_cache::DiskTier::open(root, &fingerprint, limits.prompt_cache_disk_bytes) {
+        Ok(tier) => Some(tier),
+        Err(e) => {
+            log!("prompt cache on disk off: {}: {e}", root.display());
+            None
+        }
+    }
 }
 
 /// Joins the group `tp` describes as rank 0, first starting the local ranks if asked to.

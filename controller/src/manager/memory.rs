@@ -344,6 +344,8 @@ mod tests {
             auto_evict_lru: false,
             max_batch: 0,
             prompt_cache_mb: 512,
+            prompt_cache_dir: None,
+            prompt_cache_disk_mb: 0,
             prefill_step: 512,
             tool_syntax: Default::default(),
             tensor_parallel: Default::default(),

@@ -55,6 +55,9 @@ pub struct ManagerConfig {
     pub max_batch: u32,
     /// The worker's `--prompt-cache-mb`.
     pub prompt_cache_mb: u64,
+    /// The worker's `--prompt-cache-dir` (None: no disk tier) and `--prompt-cache-disk-mb`.
+    pub prompt_cache_dir: Option<PathBuf>,
+    pub prompt_cache_disk_mb: u64,
     /// The worker's `--prefill-step`: prompt tokens per forward pass, progress after each.
     pub prefill_step: u32,
     /// Per model id, the worker's `--tool-syntax` (`models.tool_call_format`).

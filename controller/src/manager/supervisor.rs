@@ -333,6 +333,8 @@ impl Supervisor {
             stop_grace: cfg.stop_grace,
             max_batch: cfg.max_batch,
             prompt_cache_mb: cfg.prompt_cache_mb,
+            prompt_cache_dir: cfg.prompt_cache_dir.clone(),
+            prompt_cache_disk_mb: cfg.prompt_cache_disk_mb,
             prefill_step: cfg.prefill_step,
             tool_syntax: cfg.tool_syntax.get(&self.model).cloned(),
             tensor_parallel: cfg.tensor_parallel.get(&self.model).cloned(),

@@ -43,6 +43,8 @@ pub(crate) struct Launch {
     pub stop_grace: Duration,
     pub max_batch: u32,
     pub prompt_cache_mb: u64,
+    pub prompt_cache_dir: Option<PathBuf>,
+    pub prompt_cache_disk_mb: u64,
     pub prefill_step: u32,
     /// The worker's `--tool-syntax`, when configured for this model.
     pub tool_syntax: Option<String>,
@@ -108,6 +110,12 @@ pub(crate) async fn launch(
                 .iter()
                 .flat_map(|s| ["--tool-syntax".to_string(), s.clone()]),
         );
+    if let Some(dir) = &l.prompt_cache_dir {
+        cmd.arg("--prompt-cache-dir")
+            .arg(dir)
+            .arg("--prompt-cache-disk-mb")
+            .arg(l.prompt_cache_disk_mb.to_string());
+    }
     if let Some(tp) = &l.tensor_parallel {
         // Local ranks are the worker's children, in its process group: stopping it stops them.
         let (args, env) = tp.worker_args();
