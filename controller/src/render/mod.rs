@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod lmstudio;
+mod lmstudio_chat;
 mod openai;
 mod responses;
 
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 pub use anthropic::MessagesRenderer;
 pub use lmstudio::LmStudio;
+pub use lmstudio_chat::LmsChatRenderer;
 pub use openai::{ChatRenderer, CompletionRenderer};
 pub use responses::ResponsesRenderer;
 
