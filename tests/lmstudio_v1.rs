@@ -306,3 +306,14 @@ fn models_are_listed_in_lm_studios_shape() {
     let (_, one) = d.get(&format!("/v1/models/{TINY_QWEN3}"));
     assert!(one["context_length"].as_u64() > Some(0), "{one}");
 }
+
+#[test]
+fn with_jit_loading_off_a_stream_for_a_model_not_loaded_is_a_plain_404() {
+    let d = Daemon::start("models:\n  jit_loading: false\n");
+    let mut body = chat(F32, json!("Hi"));
+    body["stream"] = json!(true);
+    let (code, raw) = d.request("POST", "/api/v1/chat", Some(&body.to_string()));
+    assert_eq!(code, 404, "{raw}");
+    let body: Value = serde_json::from_str(&raw).expect("JSON, not a stream");
+    assert_eq!(lms_error(&body)["type"], "model_not_found");
+}

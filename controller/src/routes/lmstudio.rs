@@ -71,7 +71,10 @@ pub async fn chat(
     };
     let store: Store = req.stores().then(|| (Arc::clone(&state), chat));
     let streamed = req.is_stream();
-    if streamed && !state.manager.is_ready(&entry.id) {
+    // Only a load this request will wait for gets events; with JIT loading off or a
+    // `Prefer: wait`, a refusal is still a plain HTTP error.
+    let loads = state.config.models.jit_loading && job.wait.is_none();
+    if streamed && loads && !state.manager.is_ready(&entry.id) {
         return Ok(stream_with_load(state, entry.id, job, store));
     }
     let started = dispatch::start(&state, job)
