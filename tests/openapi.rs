@@ -317,8 +317,36 @@ fn calls_for(method: &str, path: &str) -> Vec<Call> {
             vec![(json!({}), 400), (json!({"model_id": UNKNOWN}), 404)],
         ),
         ("post", "/api/v1/models/load") => post(
-            vec![json!({"model": TINY, "ttl": 600})],
+            vec![
+                json!({"model": TINY, "ttl": 600}),
+                json!({"model": TINY, "context_length": 512, "parallel": 2,
+                       "echo_load_config": true}),
+            ],
             vec![(json!({"model": 5}), 400), (json!({"model": UNKNOWN}), 404)],
+        ),
+        ("post", "/api/v1/chat") => post(
+            vec![
+                json!({"model": TINY, "input": "Hi", "max_output_tokens": 4, "temperature": 0,
+                       "system_prompt": "Be brief.", "store": false}),
+                json!({"model": TINY, "input": [{"type": "text", "content": "Hi"}],
+                       "max_output_tokens": 4, "stream": true}),
+                json!({"model": TINY_QWEN3, "input": "Hi", "max_output_tokens": 4,
+                       "temperature": 0, "reasoning": "on"}),
+                json!({"model": TINY_QWEN3, "input": "Hi", "max_output_tokens": 4,
+                       "temperature": 0, "stream": true}),
+            ],
+            vec![
+                (json!({"model": TINY, "input": []}), 400),
+                (
+                    json!({"model": TINY, "input": "x", "reasoning": "high"}),
+                    400,
+                ),
+                (json!({"model": UNKNOWN, "input": "x"}), 404),
+                (
+                    json!({"model": TINY, "input": "x", "previous_response_id": "resp_none"}),
+                    404,
+                ),
+            ],
         ),
         ("post", "/admin/models/unload") => unload_calls(post(
             vec![json!({"model_id": TINY})],

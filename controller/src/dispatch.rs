@@ -44,6 +44,8 @@ pub struct Started {
     pub permit: Permit,
     pub stream: GenerationStream,
     pub prompt_tokens: u32,
+    /// Seconds this request waited for its model to load (`None`: it was loaded already).
+    pub load_seconds: Option<f64>,
 }
 
 /// Why a request did not start.
@@ -101,7 +103,7 @@ pub async fn embed(
 ) -> Result<(ModelEntry, Vec<Vec<f32>>, u32), DispatchError> {
     let entry = resolve::model_for_request(state, model).await?;
     check_kind(&entry, ModelKind::Embedding)?;
-    let _permit = admit_and_load(state, &entry, ttl, wait).await?;
+    let (_permit, _) = admit_and_load(state, &entry, ttl, wait).await?;
     let req = EmbedRequest {
         request_id: 0,
         inputs,
@@ -126,7 +128,7 @@ pub async fn embed(
 pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchError> {
     let entry = resolve::model_for_request(state, job.model.as_deref()).await?;
     check_kind(&entry, ModelKind::Generation)?;
-    let permit = admit_and_load(state, &entry, job.ttl, job.wait).await?;
+    let (permit, load_seconds) = admit_and_load(state, &entry, job.ttl, job.wait).await?;
     let defaults = state.sampling_defaults(&entry);
     let req = GenerateRequest {
         request_id: 0,
@@ -165,17 +167,18 @@ pub async fn start(state: &Arc<AppState>, job: Job) -> Result<Started, DispatchE
         permit,
         stream,
         prompt_tokens,
+        load_seconds,
     })
 }
 
 /// Admits the request and, when its model is not ready, loads it (JIT, or a crashed model
-/// again) within the client's `Prefer: wait`.
+/// again) within the client's `Prefer: wait`; with the load's seconds when there was one.
 async fn admit_and_load(
     state: &Arc<AppState>,
     entry: &ModelEntry,
     ttl: Option<u64>,
     wait: Option<Duration>,
-) -> Result<Permit, DispatchError> {
+) -> Result<(Permit, Option<f64>), DispatchError> {
     let ready = state.manager.is_ready(&entry.id);
     if !ready {
         // A model that crashed is started again on its next request, JIT loading or not.
@@ -190,6 +193,7 @@ async fn admit_and_load(
     }
     // Requests waiting for the load count too: they will all reach the worker at once.
     let permit = state.admission.admit(&entry.id)?;
+    let mut load_seconds = None;
     if !ready {
         let ttl = ttl
             .or(state.config.models.idle_ttl_sec)
@@ -202,23 +206,24 @@ async fn admit_and_load(
                 let secs = result.as_ref().ok().map(|info| info.load_seconds);
                 state.admission.load_finished(&entry.id, secs);
                 result?;
+                load_seconds = secs;
             }
-            Some(wait) => load_within(state, entry, ttl, wait).await?,
+            Some(wait) => load_seconds = Some(load_within(state, entry, ttl, wait).await?),
         }
     }
-    Ok(permit)
+    Ok((permit, load_seconds))
 }
 
 /// Loads `entry` for a client that waits at most `wait` (`Prefer: wait=N`): the load runs in
 /// its own task, so it goes on when the client is answered 503 (at once when the load is
 /// expected to take longer than `wait`, else when `wait` runs out) and a retry finds the
-/// model loaded.
+/// model loaded. Returns the load's seconds.
 async fn load_within(
     state: &Arc<AppState>,
     entry: &ModelEntry,
     ttl: Option<Duration>,
     wait: Duration,
-) -> Result<(), DispatchError> {
+) -> Result<f64, DispatchError> {
     // A background load failed since the last such request: say why, once, rather than
     // sending the client around again.
     if let Some(err) = state.admission.take_failure(&entry.id) {
@@ -256,7 +261,7 @@ async fn load_within(
         return Err(not_yet());
     }
     match tokio::time::timeout(wait, task).await {
-        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Ok(info))) => Ok(info.load_seconds),
         Ok(Ok(Err(e))) => {
             // This client hears the failure itself; the next one starts afresh.
             state.admission.take_failure(&entry.id);

@@ -235,6 +235,7 @@ async fn serve(
         manager: manager.clone(),
         admission: Admission::new(&cfg.models),
         responses: opta_lmx::api::responses::ResponseStore::new(cfg.server.response_store_size),
+        lms_chats: opta_lmx::api::responses::ResponseStore::new(cfg.server.response_store_size),
         started: Instant::now(),
     });
 

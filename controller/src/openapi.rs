@@ -37,7 +37,7 @@ fn build() -> Value {
             "description": "A local LLM server that answers as LM Studio's local server does: \
                 OpenAI's API under /v1, LM Studio's REST API under /api/v0 and /api/v1, and an \
                 admin API under /admin. Every error, also one inside a stream, is OpenAI-shaped \
-                (the Error schema; AnthropicError on /v1/messages); an unknown path answers 404 and \
+                (the Error schema; AnthropicError on /v1/messages, LmsError on /api/v1); an unknown path answers 404 and \
                 a known path with another method 405 (code `method_not_allowed`) in that shape. Validation \
                 failures are 400, as OpenAI answers them; 422 is never used. Request bodies are \
                 JSON: sent as application/json (or any +json type) or with no Content-Type; \
@@ -214,7 +214,7 @@ fn paths() -> Value {
         .into_iter()
         .chain(openai_paths())
         .chain(anthropic_paths())
-        .chain([responses_path()])
+        .chain([responses_path(), lms_chat_path()])
         .chain(lmstudio_paths())
     {
         p.insert(path.to_string(), item);
@@ -479,6 +479,45 @@ fn with_anthropic_errors(ok: Value, codes: &[u16]) -> Value {
     Value::Object(out)
 }
 
+/// Errors in LM Studio's shape, for `codes`, inline (the shared responses are OpenAI's).
+fn with_lms_errors(ok: Value, codes: &[u16]) -> Value {
+    let mut out = Map::new();
+    out.insert("200".into(), ok);
+    for code in codes {
+        out.insert(
+            code.to_string(),
+            json!({"description": format!("As E{code}, in LM Studio's shape."),
+                   "content": json_content(schema_ref("LmsError"))}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// `POST /api/v1/chat`: LM Studio's native chat.
+fn lms_chat_path() -> (&'static str, Value) {
+    let ok = json!({
+        "description": "The chat's answer: JSON, or with `\"stream\": true` LM Studio's named             SSE events from chat.start to chat.end (which carries the JSON answer):             model_load.* when the request loads its model, prompt_processing.* with the             prefill's progress, reasoning.* and message.*. A failure after the 200 is an             `error` event, then chat.end with what was generated.",
+        "content": {
+            "application/json": {"schema": schema_ref("LmsChatResponse")},
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-sse-data-schema": schema_ref("LmsChatEvent"),
+                "x-sse-last-event": "chat.end",
+            },
+        },
+    });
+    (
+        "/api/v1/chat",
+        json!({"post": with_body(
+            with_prefer_header(operation("LM Studio", "lmsChat",
+                "A chat turn (LM Studio's native API): `input` as text, stored chats continued                  by `previous_response_id` (in memory, server.response_store_size of them; an                  unknown id is a 404), `reasoning` checked against the model's template.",
+                with_lms_errors(ok, GENERATION_ERRORS))),
+            json_body(schema_ref("LmsChatRequest"), json!({"model": EXAMPLE_MODEL,
+                "input": "What is the capital of France?", "max_output_tokens": 64})),
+        )}),
+    )
+}
+
 fn responses_path() -> (&'static str, Value) {
     let ok = json!({
         "description": "The response: JSON, or with `\"stream\": true` OpenAI's named SSE \
@@ -595,13 +634,14 @@ fn lmstudio_paths() -> Vec<(&'static str, Value)> {
             "/api/v1/models",
             json!({"get": operation("LM Studio", "lmsV1ListModels",
                 "Every model that could be loaded, with its loaded instances.",
-                with_errors(ok_json("The models.", schema_ref("LmsV1ModelList")), &[]))}),
+                with_lms_errors(ok_json("The models.", schema_ref("LmsV1ModelList")), &[]))}),
         ),
         (
             "/api/v1/models/load",
             json!({"post": with_body(
                 operation("LM Studio", "lmsLoadModel", "Load a model (LM Studio's shape).",
-                    with_errors(ok_json("Loaded.", schema_ref("LmsLoadResponse")), LOAD_ERRORS)),
+                    with_lms_errors(ok_json("Loaded.", schema_ref("LmsLoadResponse")),
+                        LOAD_ERRORS)),
                 json_body(schema_ref("LmsLoadRequest"), json!({"model": EXAMPLE_MODEL})),
             )}),
         ),
@@ -609,7 +649,7 @@ fn lmstudio_paths() -> Vec<(&'static str, Value)> {
             "/api/v1/models/unload",
             json!({"post": with_body(
                 operation("LM Studio", "lmsUnloadModel", "Unload a model instance.",
-                    with_errors(ok_json("Unloaded.", schema_ref("LmsUnloadResponse")),
+                    with_lms_errors(ok_json("Unloaded.", schema_ref("LmsUnloadResponse")),
                         UNLOAD_ERRORS)),
                 json_body(schema_ref("LmsUnloadRequest"), json!({"instance_id": EXAMPLE_MODEL})),
             )}),
@@ -1168,6 +1208,43 @@ fn request_schemas() -> Value {
         "LmsLoadRequest": open(&["model"], json!({
             "model": {"type": "string"},
             "ttl": nullable(json!({"type": "integer", "minimum": 0})),
+            "context_length": nullable(json!({"type": "integer", "minimum": 1, "description":
+                "Accepted, not applied: the model loads at its own context (load_config \
+                 says which)."})),
+            "parallel": nullable(json!({"type": "integer", "minimum": 1, "description":
+                "Accepted, not applied: models.max_concurrent_per_model holds for every \
+                 model (load_config says it)."})),
+            "echo_load_config": nullable(json!({"type": "boolean"})),
+        })),
+        "LmsChatRequest": open(&["input"], json!({
+            "model": {"type": "string"},
+            "input": {"oneOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 1, "items": open(&["type", "content"], json!({
+                    "type": {"type": "string", "enum": ["message", "text"], "description":
+                        "Image items are refused (400) until vision models are served."},
+                    "content": {"type": "string"},
+                }))},
+            ]},
+            "system_prompt": nullable(json!({"type": "string"})),
+            "stream": nullable(json!({"type": "boolean"})),
+            "temperature": nullable(json!({"type": "number", "minimum": 0, "maximum": 2})),
+            "top_p": nullable(json!({"type": "number", "minimum": 0, "maximum": 1})),
+            "top_k": nullable(json!({"type": "integer", "minimum": -1})),
+            "min_p": nullable(json!({"type": "number", "minimum": 0, "maximum": 1})),
+            "repeat_penalty": nullable(json!({"type": "number", "exclusiveMinimum": 0})),
+            "max_output_tokens": nullable(json!({"type": "integer", "minimum": -1})),
+            "reasoning": nullable(json!({"type": "string",
+                "enum": ["off", "low", "medium", "high", "on"], "description":
+                "400 where the model's template cannot apply it (`off` is always accepted by \
+                 a model that does not reason)."})),
+            "context_length": nullable(json!({"type": "integer", "minimum": 1,
+                "description": "Accepted, not applied."})),
+            "store": nullable(json!({"type": "boolean", "description": "Default true."})),
+            "previous_response_id": nullable(json!({"type": "string"})),
+            "integrations": nullable(json!({"type": "array", "maxItems": 0, "description":
+                "MCP integrations are not served yet: a non-empty list is a 400."})),
+            "ttl": nullable(json!({"type": "integer", "minimum": 0})),
         })),
         "LmsUnloadRequest": open(&["instance_id"], json!({"instance_id": {"type": "string"}})),
     })
@@ -1341,6 +1418,9 @@ fn model_schemas() -> Value {
             "object": {"type": "string", "enum": ["model"]},
             "created": {"type": "integer", "description": "config.json's modification time."},
             "owned_by": {"type": "string", "description": "The publisher."},
+            "context_length": {"type": "integer", "description": "The loaded context, else \
+                the model's maximum (absent when its config gives none). Cursor and Android \
+                Studio read it."},
         })),
         "LmsModelList": closed(&["object", "data", "unloadable"], json!({
             "object": {"type": "string", "enum": ["list"]},
@@ -1383,25 +1463,42 @@ fn model_schemas() -> Value {
         ),
         "LmsV1ModelList": closed(&["models"], json!({
             "models": {"type": "array", "items": closed(
-                &["type", "key", "publisher", "architecture", "quantization", "format",
-                  "max_context_length", "size_bytes", "loaded_context_length",
-                  "loaded_instances"],
+                &["type", "publisher", "key", "display_name", "architecture", "quantization",
+                  "size_bytes", "params_string", "loaded_instances", "loaded_context_length",
+                  "max_context_length", "format"],
                 json!({
                     "type": {"type": "string", "enum": ["llm", "embedding"]},
-                    "key": {"type": "string"},
                     "publisher": {"type": "string"},
+                    "key": {"type": "string"},
+                    "display_name": {"type": "string"},
                     "architecture": {"type": "string"},
-                    "quantization": {"type": "string"},
-                    "format": {"type": "string", "enum": ["mlx"]},
-                    "max_context_length": nullable(json!({"type": "integer"})),
+                    "quantization": closed(&["name", "bits_per_weight"], json!({
+                        "name": {"type": "string", "description": "`4bit`, `mxfp4`, `mixed`, \
+                            or the float type of a model that is not quantized."},
+                        "bits_per_weight": nullable(json!({"type": "integer"})),
+                    })),
                     "size_bytes": {"type": "integer"},
-                    "loaded_context_length": nullable(json!({"type": "integer"})),
+                    "params_string": nullable(json!({"type": "string",
+                        "description": "`135M`, `1.7B`: from the weights' shapes."})),
                     "loaded_instances": {"type": "array", "items": closed(&["id", "config"],
                         json!({
                             "id": {"type": "string"},
-                            "config": closed(&["context_length"],
-                                json!({"context_length": {"type": "integer"}})),
+                            "config": closed(&["context_length", "parallel"], json!({
+                                "context_length": {"type": "integer"},
+                                "parallel": {"type": "integer"},
+                            })),
                         }))},
+                    "loaded_context_length": nullable(json!({"type": "integer"})),
+                    "max_context_length": nullable(json!({"type": "integer"})),
+                    "format": {"type": "string", "enum": ["mlx"]},
+                    "capabilities": closed(&["vision", "trained_for_tool_use"], json!({
+                        "vision": {"type": "boolean"},
+                        "trained_for_tool_use": {"type": "boolean"},
+                        "reasoning": closed(&["allowed_options", "default"], json!({
+                            "allowed_options": {"type": "array", "items": reasoning_setting()},
+                            "default": reasoning_setting(),
+                        })),
+                    })),
                 }),
             )},
         })),
@@ -1410,11 +1507,105 @@ fn model_schemas() -> Value {
             "instance_id": {"type": "string"},
             "load_time_seconds": {"type": "number"},
             "status": {"type": "string", "enum": ["loaded"]},
+            "load_config": closed(&["context_length"], json!({
+                "context_length": nullable(json!({"type": "integer"})),
+                "parallel": {"type": "integer"},
+            })),
         })),
+        "LmsChatResponse": lms_chat_response(),
+        "LmsChatEvent": lms_chat_event(),
+        "LmsError": closed(&["error"], json!({"error": lms_error_detail()})),
         "LmsUnloadResponse": closed(&["instance_id"], json!({
             "instance_id": {"type": "string"},
         })),
     })
+}
+
+fn reasoning_setting() -> Value {
+    json!({"type": "string", "enum": ["off", "low", "medium", "high", "on"]})
+}
+
+fn lms_error_detail() -> Value {
+    closed(
+        &["type", "message"],
+        json!({
+            "type": {"type": "string", "enum": ["invalid_request", "unknown",
+                "not_implemented", "model_not_found", "internal_error"]},
+            "message": {"type": "string"},
+            "code": {"type": "string"},
+            "param": {"type": "string"},
+        }),
+    )
+}
+
+fn lms_chat_response() -> Value {
+    closed(
+        &["model_instance_id", "output", "stats"],
+        json!({
+            "model_instance_id": {"type": "string"},
+            "output": {"type": "array", "items": closed(&["type", "content"], json!({
+                "type": {"type": "string", "enum": ["reasoning", "message"]},
+                "content": {"type": "string"},
+            }))},
+            "stats": closed(
+                &["input_tokens", "total_output_tokens", "reasoning_output_tokens",
+                  "tokens_per_second", "time_to_first_token_seconds"],
+                json!({
+                    "input_tokens": {"type": "integer", "minimum": 0},
+                    "total_output_tokens": {"type": "integer", "minimum": 0},
+                    "reasoning_output_tokens": {"type": "integer", "minimum": 0},
+                    "tokens_per_second": {"type": "number"},
+                    "time_to_first_token_seconds": {"type": "number"},
+                    "model_load_time_seconds": {"type": "number", "description":
+                        "Only when this request loaded the model."},
+                }),
+            ),
+            "response_id": {"type": "string", "description": "Unless `store: false`."},
+        }),
+    )
+}
+
+/// Every event of the `/api/v1/chat` stream, told apart by `type`.
+fn lms_chat_event() -> Value {
+    let bare = |name: &str| closed(&["type"], json!({"type": {"const": name}}));
+    // An event naming the model instance, with `more` (all required).
+    let model = |name: &str, more: Value| {
+        let mut props = json!({"type": {"const": name}, "model_instance_id": {"type": "string"}});
+        let mut required = vec!["type".to_string(), "model_instance_id".to_string()];
+        if let (Some(p), Value::Object(more)) = (props.as_object_mut(), more) {
+            required.extend(more.keys().cloned());
+            p.extend(more);
+        }
+        json!({"type": "object", "required": required, "properties": props,
+               "additionalProperties": false})
+    };
+    let progress = json!({"type": "number", "minimum": 0, "maximum": 1});
+    let delta = |name: &str| {
+        closed(
+            &["type", "content"],
+            json!({"type": {"const": name}, "content": {"type": "string"}}),
+        )
+    };
+    json!({"oneOf": [
+        model("chat.start", json!({})),
+        model("model_load.start", json!({})),
+        model("model_load.progress", json!({"progress": progress})),
+        model("model_load.end", json!({"load_time_seconds": {"type": "number"}})),
+        bare("prompt_processing.start"),
+        closed(&["type", "progress"],
+            json!({"type": {"const": "prompt_processing.progress"}, "progress": progress})),
+        bare("prompt_processing.end"),
+        bare("reasoning.start"),
+        delta("reasoning.delta"),
+        bare("reasoning.end"),
+        bare("message.start"),
+        delta("message.delta"),
+        bare("message.end"),
+        closed(&["type", "error"],
+            json!({"type": {"const": "error"}, "error": lms_error_detail()})),
+        closed(&["type", "result"],
+            json!({"type": {"const": "chat.end"}, "result": lms_chat_response()})),
+    ]})
 }
 
 fn worker_properties() -> Value {

@@ -16,7 +16,7 @@ use crate::api::ApiError;
 use crate::config::Permission;
 use crate::guard::{Access, Guard};
 use crate::request_id;
-use crate::routes::{admin, embeddings, generate, models};
+use crate::routes::{admin, embeddings, generate, lmstudio, models};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -27,9 +27,19 @@ struct Route {
     method: Method,
     path: &'static str,
     access: Access,
-    /// Errors in Anthropic's shape, for the Messages API, whose SDKs read no other.
-    anthropic: bool,
+    errors: ErrorShape,
     handler: MethodRouter<Arc<AppState>>,
+}
+
+/// The shape a route's errors take: each API's clients read only their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    /// `ApiError`'s own, OpenAI's.
+    OpenAi,
+    /// Anthropic's, for the Messages API.
+    Anthropic,
+    /// LM Studio's, for its native `/api/v1`.
+    LmStudio,
 }
 
 fn route(
@@ -42,7 +52,7 @@ fn route(
         method,
         path,
         access,
-        anthropic: false,
+        errors: ErrorShape::OpenAi,
         handler,
     }
 }
@@ -81,13 +91,23 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 
 fn anthropic(route: Route) -> Route {
     Route {
-        anthropic: true,
+        errors: ErrorShape::Anthropic,
         ..route
     }
 }
 
-/// Rewrites an OpenAI-shaped error response (every handler's `ApiError`) as Anthropic's.
-async fn anthropic_errors(response: Response) -> Response {
+fn lmstudio(route: Route) -> Route {
+    Route {
+        errors: ErrorShape::LmStudio,
+        ..route
+    }
+}
+
+/// Rewrites an OpenAI-shaped error response (every handler's `ApiError`) with `rewrite`.
+async fn rewrite_errors(
+    response: Response,
+    rewrite: fn(u16, &serde_json::Value) -> serde_json::Value,
+) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -97,9 +117,17 @@ async fn anthropic_errors(response: Response) -> Response {
         .await
         .unwrap_or_default();
     let openai: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let body = crate::api::messages::error_body(status.as_u16(), &openai);
+    let body = rewrite(status.as_u16(), &openai);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     (parts, axum::Json(body)).into_response()
+}
+
+async fn anthropic_errors(response: Response) -> Response {
+    rewrite_errors(response, crate::api::messages::error_body).await
+}
+
+async fn lmstudio_errors(response: Response) -> Response {
+    rewrite_errors(response, crate::api::lmstudio::error_body).await
 }
 
 /// Every route the daemon serves.
@@ -159,9 +187,10 @@ fn table() -> Vec<Route> {
             generate::handle::<Completions, LmStudio>,
         ),
         post(INFER, "/api/v0/embeddings", embeddings::embeddings),
-        get(INFER, "/api/v1/models", models::v1_lms_models),
-        post(ADMIN, "/api/v1/models/load", admin::lms_load),
-        post(ADMIN, "/api/v1/models/unload", admin::lms_unload),
+        lmstudio(post(INFER, "/api/v1/chat", lmstudio::chat)),
+        lmstudio(get(INFER, "/api/v1/models", models::v1_lms_models)),
+        lmstudio(post(ADMIN, "/api/v1/models/load", admin::lms_load)),
+        lmstudio(post(ADMIN, "/api/v1/models/unload", admin::lms_unload)),
         get(PUBLIC, "/openapi.json", crate::openapi::serve),
         get(ADMIN, "/metrics", crate::metrics::serve),
     ]
@@ -182,7 +211,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let router = table().into_iter().fold(Router::new(), |router, r| {
         let guard = Arc::clone(&guard);
         let access = r.access;
-        // The guard runs inside the Anthropic rewrite, so its refusals come in that shape.
+        // The guard runs inside the error rewrite, so its refusals come in the route's shape.
         let handler = r.handler.layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let checked = guard.check(access, req.method(), req.headers());
@@ -194,10 +223,12 @@ pub fn app(state: Arc<AppState>) -> Router {
                 }
             },
         ));
-        let handler = if r.anthropic {
-            handler.layer(axum::middleware::map_response(anthropic_errors))
-        } else {
-            handler
+        let handler = match r.errors {
+            ErrorShape::OpenAi => handler,
+            ErrorShape::Anthropic => {
+                handler.layer(axum::middleware::map_response(anthropic_errors))
+            }
+            ErrorShape::LmStudio => handler.layer(axum::middleware::map_response(lmstudio_errors)),
         };
         router.route(r.path, handler)
     });

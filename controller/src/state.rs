@@ -21,6 +21,8 @@ pub struct AppState {
     pub admission: Admission,
     /// Past Responses API answers, for `previous_response_id`.
     pub responses: ResponseStore,
+    /// LM Studio's stored chats (`/api/v1/chat`), for its `previous_response_id`.
+    pub lms_chats: ResponseStore,
     pub started: Instant,
 }
 

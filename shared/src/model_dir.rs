@@ -400,6 +400,38 @@ pub fn quantized_footprint(dir: &Path, config: &ModelConfig) -> (u64, u64) {
     (expanded, stored)
 }
 
+/// The model's parameter count, read from the safetensors headers alone: quantized weights
+/// counted unpacked, their scales and biases not at all (LM Studio's `params_string`).
+pub fn parameter_count(dir: &Path, config: &ModelConfig) -> u64 {
+    let mut tensors: BTreeMap<String, (Vec<u64>, u64)> = BTreeMap::new();
+    for file in weight_files(dir).unwrap_or_default() {
+        tensors.extend(safetensors_header(&file).unwrap_or_default());
+    }
+    let mut count = 0u64;
+    for (name, (shape, _)) in &tensors {
+        let module = name.strip_suffix(".weight");
+        let quantized = module
+            .filter(|m| tensors.contains_key(&format!("{m}.scales")))
+            .and_then(|m| config.quantization.for_module(m));
+        count += match (name.strip_suffix("_blocks"), quantized, shape.as_slice()) {
+            // gpt-oss's MXFP4 experts: [.., groups, 16 bytes] of 32 values per group.
+            (Some(_), _, [lead @ .., groups, _]) => lead.iter().product::<u64>() * groups * 32,
+            (_, Some(q), [rows @ .., packed]) => {
+                rows.iter().product::<u64>() * packed * 32 / u64::from(q.bits.max(1))
+            }
+            _ if name.ends_with(".scales")
+                || name.ends_with(".biases")
+                || name.ends_with("_scales")
+                || name.ends_with(".weight_scale_inv") =>
+            {
+                0
+            }
+            _ => shape.iter().product::<u64>(),
+        };
+    }
+    count
+}
+
 /// Each tensor's shape and byte size from a safetensors file's JSON header.
 fn safetensors_header(path: &Path) -> Option<BTreeMap<String, (Vec<u64>, u64)>> {
     use std::io::Read;
@@ -1373,6 +1405,11 @@ mod tests {
         let q = config.quantization.for_module("e.gate_up_proj").unwrap();
         assert_eq!((q.group_size, q.bits, q.mode), (32, 4, QuantMode::Mxfp4));
         assert_eq!(quantized_footprint(d, &config), (2 * 8 * 64 * 4, 544));
+        assert_eq!(
+            parameter_count(d, &config),
+            2 * 8 * 64,
+            "scales not counted"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod common;
 pub mod completion;
 pub mod embeddings;
 pub mod error;
+pub mod lmstudio;
 pub mod messages;
 pub mod models;
 pub mod responses;

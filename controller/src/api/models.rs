@@ -24,6 +24,10 @@ pub struct ModelObject {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// The context a request gets: the loaded one, else the model's own maximum. Not in
+    /// OpenAI's shape; Cursor and Android Studio read it (LM Studio's open #2139).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u64>,
 }
 
 impl ModelObject {
@@ -33,6 +37,7 @@ impl ModelObject {
             object: "model".to_string(),
             created,
             owned_by: owned_by.into(),
+            context_length: None,
         }
     }
 }

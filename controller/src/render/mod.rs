@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod lmstudio;
+mod lmstudio_chat;
 mod openai;
 mod responses;
 
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 pub use anthropic::MessagesRenderer;
 pub use lmstudio::LmStudio;
+pub use lmstudio_chat::LmsChatRenderer;
 pub use openai::{ChatRenderer, CompletionRenderer};
 pub use responses::ResponsesRenderer;
 
@@ -48,7 +50,8 @@ impl Sse {
         Sse::Data(serde_json::to_value(value).unwrap_or(Value::Null))
     }
 
-    fn frame(&self) -> String {
+    /// The event as it is written on the wire.
+    pub fn frame(&self) -> String {
         match self {
             Sse::Data(v) => sse::event(v),
             Sse::Named(name, v) => sse::named_event(name, v),
@@ -249,6 +252,20 @@ fn sse_response<R: Renderer>(
     model: String,
 ) -> Response {
     let served_by = model.clone();
+    let frames = sse_frames(events, renderer, permit, model, tracing::Span::current());
+    sse_body(frames, served_by)
+}
+
+/// The SSE frames of a started generation in `renderer`'s shapes, keep-alives included;
+/// `span` is entered whenever the stream is polled. For a route that sends events of its
+/// own before the generation starts (LM Studio's model-load events).
+pub fn sse_frames<R: Renderer>(
+    events: GenerationStream,
+    renderer: R,
+    permit: Permit,
+    model: String,
+    span: tracing::Span,
+) -> impl futures_util::Stream<Item = Result<String, Infallible>> + Send + 'static {
     let state = Streaming {
         events,
         renderer,
@@ -259,12 +276,12 @@ fn sse_response<R: Renderer>(
         model,
         began: Instant::now(),
         last_frame: Instant::now(),
-        span: tracing::Span::current(),
+        span,
         _permit: permit,
     };
     // Dropping this stream (the client went away) drops the GenerationStream, which
     // cancels the request in the worker.
-    let body = futures_util::stream::unfold(state, |mut st| async move {
+    futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(frame) = st.queue.pop_front() {
                 return Some((Ok::<_, Infallible>(frame), st));
@@ -275,12 +292,19 @@ fn sse_response<R: Renderer>(
             let span = st.span.clone();
             st.fill().instrument(span).await;
         }
-    });
+    })
+}
+
+/// An SSE response of `frames`, counted for `served_by` in the metrics.
+pub fn sse_body<S>(frames: S, served_by: String) -> Response
+where
+    S: futures_util::Stream<Item = Result<String, Infallible>> + Send + 'static,
+{
     Response::builder()
         .header(header::CONTENT_TYPE, sse::CONTENT_TYPE)
         .header(header::CACHE_CONTROL, "no-cache")
         .extension(ServedBy(served_by))
-        .body(Body::from_stream(body))
+        .body(Body::from_stream(frames))
         .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::Json;
+use opta_lmx_shared::model_dir::ModelKind;
 use opta_lmx_shared::protocol::WorkerStats;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,11 +75,20 @@ pub async fn admin_unload(
     })))
 }
 
+/// LM Studio's load body. `context_length` and `parallel` are accepted and not applied: the
+/// worker loads a model at its own context, and every model shares
+/// `models.max_concurrent_per_model`; `load_config` says what is in force.
 #[derive(Deserialize)]
 pub struct LmsLoad {
     pub model: String,
     #[serde(default)]
     pub ttl: Option<u64>,
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    #[serde(default)]
+    pub echo_load_config: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -90,13 +100,40 @@ pub async fn lms_load(
     State(s): State<Arc<AppState>>,
     ApiJson(req): ApiJson<LmsLoad>,
 ) -> Result<Json<Value>, ApiError> {
+    for (param, value) in [
+        ("context_length", req.context_length),
+        ("parallel", req.parallel),
+    ] {
+        if value == Some(0) {
+            return Err(ApiError::invalid_param(
+                param,
+                format!("Invalid value for '{param}': 0; it must be at least 1."),
+            ));
+        }
+    }
     let (entry, secs) = load_entry(&s, &req.model, req.ttl).await?;
-    Ok(Json(json!({
+    let mut body = json!({
         "type": entry.lms_v1_type(),
         "instance_id": entry.id,
         "load_time_seconds": secs,
         "status": "loaded",
-    })))
+    });
+    if req.echo_load_config == Some(true) {
+        let context = s
+            .manager
+            .context_length(&entry.id)
+            .map(u64::from)
+            .or(entry.config.max_position_embeddings.map(|n| n as u64));
+        body["load_config"] = match entry.kind {
+            ModelKind::Generation => json!({
+                "context_length": context,
+                "parallel": s.admission.max_concurrent(),
+            }),
+            // LM Studio's embedding load config has the context alone.
+            ModelKind::Embedding => json!({"context_length": context}),
+        };
+    }
+    Ok(Json(body))
 }
 
 pub async fn lms_unload(

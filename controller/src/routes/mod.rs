@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod embeddings;
 pub mod generate;
+pub mod lmstudio;
 pub mod models;

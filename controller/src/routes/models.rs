@@ -8,8 +8,11 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use opta_lmx_shared::model_dir::{self, ModelConfig, ModelKind};
+
 use crate::api::models::{ModelList, ModelObject};
 use crate::api::ApiError;
+use crate::capabilities::Capabilities;
 use crate::discovery::ModelEntry;
 use crate::manager::{ModelState, ModelStatus};
 use crate::state::AppState;
@@ -42,17 +45,26 @@ fn listed_models(state: &AppState) -> Vec<ModelEntry> {
     all
 }
 
-fn model_object(e: &ModelEntry) -> ModelObject {
+fn model_object(s: &AppState, e: &ModelEntry) -> ModelObject {
     let created = std::fs::metadata(e.dir.join("config.json"))
         .and_then(|m| m.modified())
         .map(unix)
         .unwrap_or(0);
-    ModelObject::new(e.id.clone(), created, e.publisher().to_string())
+    let mut m = ModelObject::new(e.id.clone(), created, e.publisher().to_string());
+    m.context_length = s
+        .manager
+        .context_length(&e.id)
+        .map(u64::from)
+        .or(e.config.max_position_embeddings.map(|n| n as u64));
+    m
 }
 
 pub async fn v1_models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList::new(
-        listed_models(&s).iter().map(model_object).collect(),
+        listed_models(&s)
+            .iter()
+            .map(|e| model_object(&s, e))
+            .collect(),
     ))
 }
 
@@ -63,7 +75,7 @@ pub async fn v1_model(
     listed_models(&s)
         .iter()
         .find(|e| e.id == id)
-        .map(|e| Json(model_object(e)))
+        .map(|e| Json(model_object(&s, e)))
         .ok_or_else(|| ApiError::model_not_found(id))
 }
 
@@ -146,30 +158,92 @@ pub async fn v0_model(
     )))
 }
 
+/// LM Studio's `/api/v1/models` entry. `loaded_context_length` is ours (older clients of
+/// this server read it); the rest is LM Studio's shape.
+fn lms_v1_model(s: &AppState, e: &ModelEntry, status: Option<&ModelStatus>) -> Value {
+    let instances = match loaded_context(status) {
+        // One instance per model, its id the model's, as `/api/v1/models/load` answers.
+        Some(n) => json!([{"id": e.id, "config": {
+            "context_length": n,
+            "parallel": s.admission.max_concurrent(),
+        }}]),
+        None => json!([]),
+    };
+    let mut v = json!({
+        "type": e.lms_v1_type(),
+        "publisher": e.publisher(),
+        "key": e.id,
+        "display_name": e.id.rsplit('/').next().unwrap_or(&e.id),
+        "architecture": e.config.model_type,
+        "quantization": {
+            "name": e.config.quantization_label(),
+            "bits_per_weight": bits_per_weight(&e.config),
+        },
+        "size_bytes": e.weights_bytes,
+        "params_string": params_string(model_dir::parameter_count(&e.dir, &e.config)),
+        "loaded_instances": instances,
+        "loaded_context_length": loaded_context(status),
+        "max_context_length": e.config.max_position_embeddings,
+        "format": "mlx",
+    });
+    // LM Studio leaves capabilities out for embedding models.
+    if e.kind == ModelKind::Generation {
+        v["capabilities"] = Capabilities::of_dir(&e.dir).json();
+    }
+    v
+}
+
+/// The weights' nominal bits: the quantization's, else the float type's (`null` unknown).
+fn bits_per_weight(config: &ModelConfig) -> Option<u32> {
+    let q = &config.quantization;
+    if let Some(q) = q.default.as_ref().or(q.overrides.values().flatten().next()) {
+        return Some(q.bits);
+    }
+    match config.torch_dtype.as_deref()? {
+        "float32" => Some(32),
+        "bfloat16" | "float16" => Some(16),
+        _ => None,
+    }
+}
+
+/// A parameter count as LM Studio writes it: `135M`, `1.7B`, `7B` (`null` when unknown).
+fn params_string(count: u64) -> Option<String> {
+    let n = count as f64;
+    match count {
+        0 => None,
+        c if c >= 1_000_000_000 => Some(format!("{}B", round_one(n / 1e9))),
+        c if c >= 1_000_000 => Some(format!("{}M", (n / 1e6).round())),
+        _ => Some(format!("{}K", (n / 1e3).round().max(1.0))),
+    }
+}
+
+/// One decimal, without a trailing `.0`.
+fn round_one(x: f64) -> String {
+    let s = format!("{:.1}", x);
+    s.strip_suffix(".0").map_or(s.clone(), str::to_string)
+}
+
 pub async fn v1_lms_models(State(s): State<Arc<AppState>>) -> Json<Value> {
     let statuses = s.manager.models();
     let models: Vec<Value> = s
         .discovery
         .list()
         .iter()
-        .map(|e| {
-            let st = statuses.iter().find(|st| st.model_id == e.id);
-            json!({
-                "type": e.lms_v1_type(),
-                "key": e.id,
-                "publisher": e.publisher(),
-                "architecture": e.config.model_type,
-                "quantization": e.config.quantization_label(),
-                "format": "mlx",
-                "max_context_length": e.config.max_position_embeddings,
-                "size_bytes": e.weights_bytes,
-                "loaded_context_length": loaded_context(st),
-                "loaded_instances": match loaded_context(st) {
-                    Some(n) => json!([{"id": e.id, "config": {"context_length": n}}]),
-                    None => json!([]),
-                },
-            })
-        })
+        .map(|e| lms_v1_model(&s, e, statuses.iter().find(|st| st.model_id == e.id)))
         .collect();
     Json(json!({"models": models}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_read_as_lm_studio_writes_them() {
+        assert_eq!(params_string(134_515_008).as_deref(), Some("135M"));
+        assert_eq!(params_string(1_711_376_384).as_deref(), Some("1.7B"));
+        assert_eq!(params_string(7_000_000_000).as_deref(), Some("7B"));
+        assert_eq!(params_string(30_000).as_deref(), Some("30K"));
+        assert_eq!(params_string(0), None);
+    }
 }
