@@ -20,8 +20,9 @@
 //!   request that holds no tool result yet and offers one of the NAMEs gets one call of the
 //!   first such tool with its arguments; every other request gets TEXT. Both end with `Stop`,
 //!   as a model's turn does
-//! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--tool-syntax <s>`, `--prefill-step <n>`:
-//!   accepted as the real worker's, not used
+//! - `--max-batch <n>`, `--prompt-cache-mb <n>`, `--prompt-cache-dir <dir>`,
+//!   `--prompt-cache-disk-mb <n>`, `--tool-syntax <s>`, `--prefill-step <n>`: accepted as the
+//!   real worker's, not used
 //!
 //! It appends its pid to `<dir>/fake-worker.pids` and its arguments to
 //! `<dir>/fake-worker.args` (one line per start), so tests can find and count processes and
@@ -157,10 +158,13 @@ fn parse() -> Flags {
             "--crash-after-chunks" => {
                 f.crash_after_chunks = Some(value().parse().unwrap_or_else(|_| fail("bad n")))
             }
-            "--max-batch" | "--prompt-cache-mb" | "--tool-syntax" | "--prefill-step" => {
+            "--max-batch" | "--prompt-cache-mb" | "--prompt-cache-disk-mb" | "--prefill-step" => {
                 value()
                     .parse::<u64>()
                     .unwrap_or_else(|_| fail(&format!("bad {arg}")));
+            }
+            "--tool-syntax" | "--prompt-cache-dir" => {
+                value();
             }
             "--batch" => f.batch = true,
             "--chunk-delay-us" => {
