@@ -113,7 +113,7 @@ fn folders_that_cannot_load_say_why() {
     let mut config: Value =
         serde_json::from_str(&std::fs::read_to_string(future.join("config.json")).unwrap())
             .unwrap();
-    config["model_type"] = "gemma4_text".into();
+    config["model_type"] = "falcon_h1".into();
     std::fs::write(future.join("config.json"), config.to_string()).unwrap();
     let broken = copy("acme/broken");
     std::fs::write(broken.join("config.json"), "{\"model_type\": ").unwrap();
@@ -126,7 +126,7 @@ fn folders_that_cannot_load_say_why() {
     let (listed, unloadable) = out.split_once("cannot load:").expect("a section for them");
     assert!(listed.contains("acme/works"), "{out}");
     for (id, why) in [
-        ("acme/future", "gemma4_text"),
+        ("acme/future", "falcon_h1"),
         ("acme/broken", "invalid JSON"),
         ("acme/no-weights", "safetensors"),
     ] {
