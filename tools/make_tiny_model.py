@@ -737,20 +737,15 @@ def hybrids(src: dict, out: Path, source: Path) -> None:
     write(out / "tiny-random-qwen3.5-moe", source, moe_config, w)
 
     hf = {}
-    for name, t in w.items():
-        name = name.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
+    for key, t in w.items():
+        name = key.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
         if "conv1d" in name:
             t = t.swapaxes(1, 2)
         elif any(name.endswith(n) for n in CENTRED_NORMS):
             t = t - 1.0
-        if ".switch_mlp.gate_proj." in name:
-            up = w[name.replace("model.language_model.", "language_model.model.").replace("gate_proj", "up_proj")]
-            name, t = name.replace("switch_mlp.gate_proj.weight", "experts.gate_up_proj"), mx.concatenate([t, up], axis=-2)
-        elif ".switch_mlp.up_proj." in name:
-            continue
-        elif ".switch_mlp.down_proj." in name:
-            name = name.replace("switch_mlp.down_proj.weight", "experts.down_proj")
-        hf[name] = t
+        name, t = fused_experts(w, key, name, t, "switch_mlp", "experts.gate_up_proj", "experts.down_proj")
+        if name is not None:
+            hf[name] = t
     hf["model.visual.patch_embed.proj.weight"] = mx.zeros((8, 3, 2, 2))
     hf["mtp.fc.weight"] = mx.zeros((HIDDEN, 2 * HIDDEN))
     write(out / "tiny-random-qwen3.5-moe-hf", source, moe_config, hf)
@@ -813,16 +808,11 @@ def gemma4(src: dict, out: Path, source: Path) -> None:
     write(out / "tiny-random-gemma4-moe", source, config, w)
 
     hf = {}
-    for name, t in w.items():
-        name = name.replace("language_model.model.", "model.language_model.")
-        if ".switch_glu.gate_proj." in name:
-            up = w[name.replace("model.language_model.", "language_model.model.").replace("gate_proj", "up_proj")]
-            name, t = name.replace("switch_glu.gate_proj.weight", "gate_up_proj"), mx.concatenate([t, up], axis=-2)
-        elif ".switch_glu.up_proj." in name:
-            continue
-        elif ".switch_glu.down_proj." in name:
-            name = name.replace("switch_glu.down_proj.weight", "down_proj")
-        hf[name] = t
+    for key, t in w.items():
+        name = key.replace("language_model.model.", "model.language_model.")
+        name, t = fused_experts(w, key, name, t, "switch_glu", "gate_up_proj", "down_proj")
+        if name is not None:
+            hf[name] = t
     shared = "model.language_model.layers.3.self_attn"
     hf[f"{shared}.k_proj.weight"] = mx.zeros((2 * HEAD_DIM, HIDDEN))
     hf[f"{shared}.k_norm.weight"] = mx.zeros((2 * HEAD_DIM,))
@@ -889,6 +879,20 @@ def nemotron_h(src: dict, out: Path, source: Path) -> None:
 
     write_quantized(model, config, out / "tiny-random-nemotron-h", out / "tiny-random-nemotron-h-4bit",
                     group_size=32, bits=4)
+
+
+def fused_experts(w: dict, key: str, name: str, t: mx.array, stacked: str, gate_up: str, down: str):
+    """Hugging Face's fused experts from mlx-lm's stacked ones, for the tensor `key` of `w` (named
+    `name` in the new layout): `{stacked}.gate_proj` with its `up_proj` joined along the rows as
+    `gate_up`, `{stacked}.down_proj` as `down`; (None, None) for `up_proj`, which the gate took."""
+    if f".{stacked}.gate_proj." in name:
+        up = w[key.replace("gate_proj", "up_proj")]
+        return name.replace(f"{stacked}.gate_proj.weight", gate_up), mx.concatenate([t, up], axis=-2)
+    if f".{stacked}.up_proj." in name:
+        return None, None
+    if f".{stacked}.down_proj." in name:
+        return name.replace(f"{stacked}.down_proj.weight", down), t
+    return name, t
 
 
 def write_quantized(model, config: dict, src: Path, dst: Path, **options) -> None:
