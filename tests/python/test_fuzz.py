@@ -228,8 +228,10 @@ def make_cheap(case, sizes: dict[str, int]) -> None:
         return
     # A missing or null limit, or -1, is none: up to the whole context (2048 tokens, a minute
     # on the debug build). /v1/messages requires max_tokens, which its schema (shared with
-    # count_tokens) leaves optional.
-    default = "max_output_tokens" if case.operation.path.endswith("/responses") else "max_tokens"
+    # count_tokens) leaves optional. The Responses API and LM Studio's /api/v1/chat name it
+    # max_output_tokens.
+    output_limit = case.operation.path.endswith(("/responses", "/api/v1/chat"))
+    default = "max_output_tokens" if output_limit else "max_tokens"
     for key in [k for k in TOKEN_LIMITS if k in body] or [default]:
         value = body.get(key)
         if value is None or value == -1 or (type(value) is int and value > MAX_TOKENS):

@@ -249,6 +249,16 @@ impl DiskTier {
         if tokens.len() < MIN_TOKENS {
             return;
         }
+        let stem = format!("{:016x}", hash_tokens(tokens));
+        // The same prompt again (a resent request): already on disk.
+        if let Some(e) = self
+            .index
+            .iter()
+            .find(|e| e.stem == stem && e.tokens == tokens)
+        {
+            touch(&self.dir.join(format!("{}.safetensors", e.stem)));
+            return;
+        }
         let Some((meta, tensors)) = to_host(tokens, layers, min_prefix, points.clone()) else {
             return;
         };
@@ -256,7 +266,6 @@ impl DiskTier {
         if bytes > self.budget {
             return;
         }
-        let stem = format!("{:016x}", hash_tokens(tokens));
         // The same rule as the memory tier: an entry the new one extends is redundant.
         let mut removed = Vec::new();
         self.index.retain(|e| {

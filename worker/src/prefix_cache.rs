@@ -66,11 +66,6 @@ impl PrefixCache {
         self.disk = Some(disk);
     }
 
-    /// The disk tier's entries read back and written, if it has one.
-    pub fn disk_counts(&self) -> Option<(u64, u64)> {
-        self.disk.as_ref().map(|d| (d.reads, d.writes))
-    }
-
     pub fn bytes(&self) -> usize {
         self.used
     }
@@ -88,7 +83,9 @@ impl PrefixCache {
     /// decode step's.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<(Vec<LayerCache>, usize)> {
         let limit = prompt.len().saturating_sub(1);
-        self.bring_in_from_disk(prompt, limit);
+        if let Some(hit) = self.lookup_disk(prompt, limit) {
+            return Some(hit);
+        }
         let (best, len) = self
             .entries
             .iter()
@@ -114,12 +111,12 @@ impl PrefixCache {
         Some((caches, len))
     }
 
-    /// Brings in from disk an entry that serves a longer prefix than memory does.
-    fn bring_in_from_disk(&mut self, prompt: &[u32], limit: usize) {
-        let Some(disk) = &mut self.disk else { return };
-        let Some(on_disk) = disk.best(prompt, limit) else {
-            return;
-        };
+    /// Caches from disk, when an entry there serves a longer prefix than memory does. The
+    /// entry is kept in memory too if it fits; served either way, since one too large for the
+    /// memory tier (a long prompt of a large model) is exactly what the disk tier is for.
+    fn lookup_disk(&mut self, prompt: &[u32], limit: usize) -> Option<(Vec<LayerCache>, usize)> {
+        let disk = self.disk.as_mut()?;
+        let on_disk = disk.best(prompt, limit)?;
         let in_memory = self
             .entries
             .iter()
@@ -127,12 +124,27 @@ impl PrefixCache {
             .max()
             .unwrap_or(0);
         if on_disk <= in_memory {
-            return;
+            return None;
         }
-        if let Some(loaded) = disk.load(prompt, limit) {
-            let bytes = loaded.layers.iter().map(Saved::nbytes).sum();
-            self.keep(loaded.tokens, loaded.layers, bytes);
-        }
+        let loaded = disk.load(prompt, limit)?;
+        let (min_prefix, points) = limits(&loaded.layers);
+        let entry = Entry {
+            bytes: loaded.layers.iter().map(Saved::nbytes).sum(),
+            tokens: loaded.tokens,
+            layers: loaded.layers,
+            min_prefix,
+            points,
+        };
+        let len = entry.servable(common_prefix(&entry.tokens, prompt).min(limit))?;
+        let caches = entry
+            .layers
+            .iter()
+            .map(|saved| LayerCache::from_saved(saved, len))
+            .collect::<Option<Vec<_>>>()?;
+        self.hits += 1;
+        self.hit_tokens += len as u64;
+        self.keep(entry.tokens, entry.layers, entry.bytes);
+        Some((caches, len))
     }
 
     /// Keeps a finished sequence's states. `tokens` are the tokens fed to the model, at least
@@ -251,6 +263,32 @@ mod tests {
         let mut early = tokens[..min - 1].to_vec();
         early.push(9999);
         assert!(pc.lookup(&early).is_none());
+    }
+
+    /// An entry too large for the memory tier is still written to disk, and served from there
+    /// by a later worker.
+    #[test]
+    fn the_disk_tier_serves_what_memory_cannot_hold() {
+        let root = tempfile::tempdir().unwrap();
+        let n = crate::disk_cache::MIN_TOKENS as i32 + 10;
+        let tokens: Vec<u32> = (0..n as u32).collect();
+        let open = || crate::disk_cache::DiskTier::open(root.path(), "m", 1 << 30).unwrap();
+        let mut pc = PrefixCache::new(1);
+        pc.set_disk(open());
+        pc.insert(&tokens, &caches(n));
+        assert!(pc.is_empty(), "too large for memory");
+        pc.finish_disk();
+
+        let mut pc = PrefixCache::new(1);
+        pc.set_disk(open());
+        let mut prompt = tokens.clone();
+        prompt.push(9999);
+        let (mut c, len) = pc.lookup(&prompt).expect("served from disk");
+        assert_eq!((len, c[0].offset() as usize), (n as usize, n as usize));
+        let state = kv(&mut c[0]).filled().unwrap();
+        let last: f32 = state.keys.index((.., .., -1, ..)).item_exact();
+        assert_eq!(last, (n - 1) as f32);
+        assert_eq!((pc.hits, pc.hit_tokens), (1, n as u64));
     }
 
     #[test]
