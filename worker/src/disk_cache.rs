@@ -171,30 +171,31 @@ impl DiskTier {
     }
 
     /// Reads back the entry that serves the longest prefix of `prompt` (at most `limit`
-    /// tokens); an unreadable one is removed and the next best tried.
+    /// tokens); an unreadable one is removed and the next best tried. One still being written
+    /// (no description yet) is passed over, not removed.
     pub fn load(&mut self, prompt: &[u32], limit: usize) -> Option<Loaded> {
-        loop {
-            let (i, _) = self
-                .index
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    Some((i, e.servable(common_prefix(&e.tokens, prompt).min(limit))?))
-                })
-                .max_by_key(|&(_, len)| len)?;
-            let stem = self.index[i].stem.clone();
-            match self.read(&stem) {
-                Some(loaded) => {
-                    self.reads += 1;
-                    touch(&self.dir.join(format!("{stem}.safetensors")));
-                    return Some(loaded);
-                }
-                None => {
-                    self.index.remove(i);
-                    self.send(Job::Remove { stem });
-                }
+        let mut candidates: Vec<(usize, String)> = self
+            .index
+            .iter()
+            .filter_map(|e| {
+                let len = e.servable(common_prefix(&e.tokens, prompt).min(limit))?;
+                Some((len, e.stem.clone()))
+            })
+            .collect();
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+        for (_, stem) in candidates {
+            if !self.dir.join(format!("{stem}.json")).exists() {
+                continue;
             }
+            if let Some(loaded) = self.read(&stem) {
+                self.reads += 1;
+                touch(&self.dir.join(format!("{stem}.safetensors")));
+                return Some(loaded);
+            }
+            self.index.retain(|e| e.stem != stem);
+            self.send(Job::Remove { stem });
         }
+        None
     }
 
     fn read(&self, stem: &str) -> Option<Loaded> {
