@@ -151,7 +151,8 @@ impl PrefixCache {
     /// as many as the caches hold; the caches' own length decides how many are kept. With a
     /// disk tier, they are written there too.
     pub fn insert(&mut self, tokens: &[u32], caches: &[LayerCache]) {
-        let Some(len) = caches.first().map(|c| c.offset() as usize) else {
+        // A layer without state of its own reports no length: the others say how far it went.
+        let Some(len) = caches.iter().map(|c| c.offset() as usize).max() else {
             return;
         };
         if len == 0 || len > tokens.len() {
